@@ -1,0 +1,153 @@
+"""Argument normalisation, output-size arithmetic and input checks.
+
+Everything here is pure Python (plus tensor metadata): no computation on tensor data.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
+
+
+def ntuple(value, n: int, name: str) -> tuple[int, ...]:
+    """Expand an int to an ``n``-tuple, or check that a sequence has ``n`` ints."""
+    if isinstance(value, bool):
+        raise TypeError(f"{name} must be an int or a tuple of {n} ints, got {value!r}")
+    if isinstance(value, int):
+        return (value,) * n
+    if isinstance(value, Sequence) and not isinstance(value, str):
+        items = tuple(value)
+        if len(items) != n or not all(isinstance(v, int) and not isinstance(v, bool) for v in items):
+            raise ValueError(f"{name} must be an int or a tuple of {n} ints, got {value!r}")
+        return items
+    raise TypeError(f"{name} must be an int or a tuple of {n} ints, got {value!r}")
+
+
+def positive(values: tuple[int, ...], name: str) -> tuple[int, ...]:
+    if any(v <= 0 for v in values):
+        raise ValueError(f"{name} must be positive, got {name}={values}")
+    return values
+
+
+def normalize_padding(padding, kernel_size, stride, dilation) -> tuple[tuple[int, int], ...]:
+    """Padding as ``((lo, hi), ...)`` per spatial dimension.
+
+    ``"same"`` pads ``d * (k - 1)`` in total, the extra element on the high side (as ``nn.Conv2d``).
+    """
+    n = len(kernel_size)
+    if isinstance(padding, str):
+        if padding == "valid":
+            return ((0, 0),) * n
+        if padding == "same":
+            if any(s != 1 for s in stride):
+                raise ValueError(f"padding='same' requires stride 1, got stride={stride}")
+            total = [d * (k - 1) for k, d in zip(kernel_size, dilation)]
+            return tuple((t // 2, t - t // 2) for t in total)
+        raise ValueError(f"padding must be an int, a tuple of {n} ints, 'valid' or 'same', got {padding!r}")
+    pads = ntuple(padding, n, "padding")
+    if any(p < 0 for p in pads):
+        raise ValueError(f"padding must be non-negative, got padding={pads}")
+    return tuple((p, p) for p in pads)
+
+
+def output_size(input_size, kernel_size, stride, padding, dilation) -> tuple[int, ...]:
+    """``floor((i + lo + hi - d * (k - 1) - 1) / s) + 1`` per dimension.
+
+    Raises ``ValueError`` when the (dilated) kernel is larger than the padded input.
+    """
+    out = []
+    for i, k, s, (lo, hi), d in zip(input_size, kernel_size, stride, padding, dilation):
+        span = d * (k - 1) + 1
+        if i + lo + hi < span:
+            raise ValueError(
+                f"kernel larger than the padded input: kernel_size={tuple(kernel_size)}, "
+                f"dilation={tuple(dilation)} spans {span} but input_size={tuple(input_size)} "
+                f"with padding={tuple(padding)} gives {i + lo + hi}"
+            )
+        out.append((i + lo + hi - span) // s + 1)
+    return tuple(out)
+
+
+def check_padding_mode(padding_mode: str) -> str:
+    if padding_mode not in PADDING_MODES:
+        raise ValueError(f"padding_mode must be one of {PADDING_MODES}, got padding_mode={padding_mode!r}")
+    return padding_mode
+
+
+def check_groups(in_channels: int, out_channels: int, groups: int) -> None:
+    if not isinstance(groups, int) or isinstance(groups, bool) or groups <= 0:
+        raise ValueError(f"groups must be a positive int, got groups={groups!r}")
+    if in_channels % groups:
+        raise ValueError(f"in_channels must be divisible by groups, got {in_channels=}, {groups=}")
+    if out_channels % groups:
+        raise ValueError(f"out_channels must be divisible by groups, got {out_channels=}, {groups=}")
+
+
+def fan_in(in_channels: int, groups: int, kernel_size) -> int:
+    """Per-position fan-in: ``in_channels / groups * prod(kernel_size)`` (never times positions)."""
+    return in_channels // groups * math.prod(kernel_size)
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """Everything about one locally connected call that does not depend on tensor data."""
+
+    input_size: tuple[int, ...]
+    output_size: tuple[int, ...]
+    kernel_size: tuple[int, ...]
+    stride: tuple[int, ...]
+    padding: tuple[tuple[int, int], ...]
+    dilation: tuple[int, ...]
+    groups: int
+    in_channels: int
+    out_channels: int
+
+    @property
+    def ndim(self) -> int:
+        return len(self.kernel_size)
+
+    @property
+    def padded_size(self) -> tuple[int, ...]:
+        return tuple(i + lo + hi for i, (lo, hi) in zip(self.input_size, self.padding))
+
+    @property
+    def positions(self) -> int:
+        return math.prod(self.output_size)
+
+    @property
+    def kernel_volume(self) -> int:
+        return math.prod(self.kernel_size)
+
+
+# ---------------------------------------------------------------------------------------------
+# Weight layout. Public shape: (*output_size, out_channels, in_channels // groups, *kernel_size).
+# Internal storage order: (*output_size, out_channels, *kernel_size, in_channels // groups), so
+# that a gathered patch (kernel offsets, then channels) is one contiguous reduction axis.
+# ---------------------------------------------------------------------------------------------
+
+def public_to_storage_perm(nd: int) -> tuple[int, ...]:
+    """Permutation taking a public-shaped weight to storage order."""
+    return (*range(nd + 1), *range(nd + 2, 2 * nd + 2), nd + 1)
+
+
+def storage_to_public_perm(nd: int) -> tuple[int, ...]:
+    """Permutation taking a storage-ordered weight to the public shape."""
+    return (*range(nd + 1), 2 * nd + 1, *range(nd + 1, 2 * nd + 1))
+
+
+def empty_weight(public_shape, nd: int, **factory_kwargs) -> torch.Tensor:
+    """An uninitialised weight with the public shape, laid out in storage order."""
+    storage_shape = [public_shape[i] for i in public_to_storage_perm(nd)]
+    return torch.empty(storage_shape, **factory_kwargs).permute(storage_to_public_perm(nd))
+
+
+def has_storage_layout(weight: torch.Tensor, nd: int) -> bool:
+    return weight.permute(public_to_storage_perm(nd)).is_contiguous()
+
+
+def describe(t: torch.Tensor) -> str:
+    return f"shape {tuple(t.shape)}"

@@ -1,0 +1,257 @@
+"""Pure-PyTorch locally connected layers: block implicit GEMM on strided views.
+
+The output grid is processed in blocks of rows (of its first dimension). For each block the input
+patches are gathered from one strided view of the channels-last, zero-padded input into a bounded
+buffer ``(positions * groups, batch, kernel_volume * channels_per_group)``, and one batched matmul
+per block multiplies them with the block's filters. The full patch tensor (``F.unfold``) is never
+built: transient memory is bounded by ``BLOCK_ELEMENTS`` whatever the layer size.
+
+Three bilinear operations close under differentiation, so each is an autograd Function whose
+backward calls the other two, which makes every order of derivative available:
+
+- ``forward(x, w)``: the layer, ``y[n, o, p] = sum_{c, k} w[p, o, c, k] x_pad[n, c, p*s + k*d]``;
+- ``input_grad(gy, w)``: its adjoint in ``x`` (gradient w.r.t. the input);
+- ``weight_grad(x, gy)``: its adjoint in ``w`` (gradient w.r.t. the weight).
+
+Non-zero padding modes are applied by the caller (``F.pad``); here padding means zeros.
+Half-precision inputs are gathered into float32 buffers: products and sums happen in float32.
+"""
+from __future__ import annotations
+
+import itertools
+import math
+
+import torch
+
+from .._utils import Geometry, empty_weight, public_to_storage_perm
+
+#: Upper bound on the elements of one gathered patch block (16 MiB in float32).
+BLOCK_ELEMENTS = 1 << 22
+
+
+def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
+
+def _memory_format(x: torch.Tensor) -> torch.memory_format:
+    """``channels_last``/``channels_last_3d`` when ``x`` uses it (and is not plain contiguous)."""
+    if x.is_contiguous():
+        return torch.contiguous_format
+    if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last):
+        return torch.channels_last
+    if x.dim() == 5 and x.is_contiguous(memory_format=torch.channels_last_3d):
+        return torch.channels_last_3d
+    return torch.contiguous_format
+
+
+def _storage_weight(w: torch.Tensor, g: Geometry) -> torch.Tensor:
+    """Weight as ``(positions, groups, out_per_group, kernel_volume * in_per_group)``.
+
+    Free for weights created by this library (already in storage order); one copy otherwise.
+    """
+    ws = w.permute(public_to_storage_perm(g.ndim)).contiguous()
+    cg = g.in_channels // g.groups
+    return ws.view(g.positions, g.groups, g.out_channels // g.groups, g.kernel_volume * cg)
+
+
+def _padded_input(x: torch.Tensor, g: Geometry) -> torch.Tensor:
+    """``x`` zero-padded, as an ``(N, C, *padded)`` view whose channel stride is 1."""
+    if all(lo == hi == 0 for lo, hi in g.padding) and x.stride(1) == 1:
+        return x
+    n, c = x.shape[:2]
+    buf = x.new_zeros((n, *g.padded_size, c))
+    interior = (slice(None),) + tuple(slice(lo, lo + i) for (lo, _), i in zip(g.padding, g.input_size))
+    buf[interior].copy_(x.movedim(1, -1))
+    return buf.movedim(-1, 1)
+
+
+def _position_major(gy: torch.Tensor, g: Geometry, dtype: torch.dtype) -> torch.Tensor:
+    """``(N, O, *out)`` -> contiguous ``(positions, groups, N, out_per_group)`` in ``dtype``."""
+    n = gy.shape[0]
+    og = g.out_channels // g.groups
+    pm = gy.movedim(0, -1).movedim(0, -1)  # (*out, N, O)
+    pm = pm.reshape(g.positions, n, g.groups, og).transpose(1, 2)
+    return pm.to(dtype=dtype, memory_format=torch.contiguous_format).contiguous()
+
+
+def _window_view(xp: torch.Tensor, g: Geometry, r0: int, r1: int, offset=None) -> torch.Tensor:
+    """Strided view of the padded input for output rows ``r0:r1``.
+
+    With ``offset=None``: shape ``(rows, *out[1:], groups, N, *kernel, in_per_group)`` (the
+    patches). With a kernel offset tuple: ``(rows, *out[1:], groups, N, in_per_group)``, the input
+    elements that this kernel offset touches.
+    """
+    s_n, s_c, *s_sp = xp.stride()
+    cg = g.in_channels // g.groups
+    n = xp.shape[0]
+    size = [r1 - r0, *g.output_size[1:], g.groups, n]
+    strides = [st * sp for st, sp in zip(g.stride, s_sp)] + [cg * s_c, s_n]
+    start = xp.storage_offset() + r0 * g.stride[0] * s_sp[0]
+    if offset is None:
+        size += [*g.kernel_size, cg]
+        strides += [d * sp for d, sp in zip(g.dilation, s_sp)] + [s_c]
+    else:
+        size += [cg]
+        strides += [s_c]
+        start += sum(k * d * sp for k, d, sp in zip(offset, g.dilation, s_sp))
+    return xp.as_strided(size, strides, start)
+
+
+def _row_blocks(g: Geometry, n: int):
+    """Split the first output dimension into blocks whose patch buffer fits ``BLOCK_ELEMENTS``."""
+    per_row = math.prod(g.output_size[1:]) * g.in_channels * g.kernel_volume * max(n, 1)
+    rows = max(1, min(g.output_size[0], BLOCK_ELEMENTS // max(per_row, 1)))
+    row_positions = math.prod(g.output_size[1:])
+    for r0 in range(0, g.output_size[0], rows):
+        r1 = min(r0 + rows, g.output_size[0])
+        yield r0, r1, r0 * row_positions, r1 * row_positions
+
+
+def _gather(xp, g, r0, r1, buf):
+    """Copy the patches of rows ``r0:r1`` into ``buf`` as ``(positions*groups, N, R)``."""
+    view = _window_view(xp, g, r0, r1)
+    block = buf[: view.numel()].view(view.shape)
+    block.copy_(view)
+    n = xp.shape[0]
+    return block.view(-1, n, g.kernel_volume * (g.in_channels // g.groups))
+
+
+def _patch_buffer(g: Geometry, n: int, dtype, device) -> torch.Tensor:
+    rows = next(_row_blocks(g, n))[1]
+    numel = rows * math.prod(g.output_size[1:]) * g.in_channels * g.kernel_volume * n
+    return torch.empty(numel, dtype=dtype, device=device)
+
+
+
+
+# ----------------------------------------------------------------------------- raw computations
+
+def lc_forward(x: torch.Tensor, w: torch.Tensor, g: Geometry) -> torch.Tensor:
+    """``(N, C, *input_size)``, public weight -> ``(N, O, *output_size)``."""
+    n = x.shape[0]
+    cdt = _compute_dtype(x.dtype)
+    og = g.out_channels // g.groups
+    if n == 0:
+        return torch.empty((0, g.out_channels, *g.output_size), dtype=x.dtype, device=x.device,
+                           memory_format=_memory_format(x))
+    ws = _storage_weight(w, g)
+    xp = _padded_input(x, g)
+    out = torch.empty(g.positions, g.groups, n, og, dtype=cdt, device=x.device)
+    buf = _patch_buffer(g, n, cdt, x.device)
+    for r0, r1, p0, p1 in _row_blocks(g, n):
+        patches = _gather(xp, g, r0, r1, buf)
+        wc = ws[p0:p1].reshape(-1, og, ws.shape[-1]).to(cdt)
+        torch.bmm(patches, wc.transpose(1, 2), out=out[p0:p1].view(-1, n, og))
+    y = out.view(*g.output_size, g.groups, n, og)
+    y = y.movedim(-2, 0).movedim(-2, 1).movedim(-1, 2).reshape(n, g.out_channels, *g.output_size)
+    result = torch.empty(y.shape, dtype=x.dtype, device=x.device, memory_format=_memory_format(x))
+    return result.copy_(y)
+
+
+def lc_input_grad(gy: torch.Tensor, w: torch.Tensor, g: Geometry,
+                  memory_format: torch.memory_format = torch.contiguous_format):
+    """Adjoint in the input: ``(N, O, *output_size)`` -> ``(N, C, *input_size)``."""
+    n = gy.shape[0]
+    cdt = _compute_dtype(gy.dtype)
+    og, cg = g.out_channels // g.groups, g.in_channels // g.groups
+    if n == 0:
+        return torch.empty((0, g.in_channels, *g.input_size), dtype=gy.dtype, device=gy.device,
+                           memory_format=memory_format)
+    ws = _storage_weight(w, g)
+    gyp = _position_major(gy, g, cdt)
+    gxp = gy.new_zeros((n, *g.padded_size, g.in_channels), dtype=cdt).movedim(-1, 1)
+    buf = _patch_buffer(g, n, cdt, gy.device)
+    lead = (slice(None),) * (g.ndim + 2)
+    for r0, r1, p0, p1 in _row_blocks(g, n):
+        wc = ws[p0:p1].reshape(-1, og, ws.shape[-1]).to(cdt)
+        gp = buf[: (p1 - p0) * g.groups * n * ws.shape[-1]].view(-1, n, ws.shape[-1])
+        torch.bmm(gyp[p0:p1].view(-1, n, og), wc, out=gp)
+        gp = gp.view(r1 - r0, *g.output_size[1:], g.groups, n, *g.kernel_size, cg)
+        for offset in itertools.product(*map(range, g.kernel_size)):
+            _window_view(gxp, g, r0, r1, offset).add_(gp[lead + offset])
+    interior = (slice(None), slice(None)) + tuple(
+        slice(lo, lo + i) for (lo, _), i in zip(g.padding, g.input_size))
+    gx = torch.empty((n, g.in_channels, *g.input_size), dtype=gy.dtype, device=gy.device,
+                     memory_format=memory_format)
+    return gx.copy_(gxp[interior])
+
+
+def lc_weight_grad(x: torch.Tensor, gy: torch.Tensor, g: Geometry) -> torch.Tensor:
+    """Adjoint in the weight: ``x``, ``(N, O, *output_size)`` -> public-shaped weight gradient."""
+    n = x.shape[0]
+    cdt = _compute_dtype(x.dtype)
+    og, cg = g.out_channels // g.groups, g.in_channels // g.groups
+    public_shape = (*g.output_size, g.out_channels, cg, *g.kernel_size)
+    gw = empty_weight(public_shape, g.ndim, dtype=x.dtype, device=x.device)
+    if n == 0:
+        return gw.zero_()
+    gws = _storage_weight(gw, g)  # a view: gw is already in storage order
+    gyp = _position_major(gy, g, cdt)
+    xp = _padded_input(x, g)
+    buf = _patch_buffer(g, n, cdt, x.device)
+    for r0, r1, p0, p1 in _row_blocks(g, n):
+        patches = _gather(xp, g, r0, r1, buf)
+        target = gws[p0:p1].view(-1, og, gws.shape[-1])
+        grads = gyp[p0:p1].view(-1, n, og).transpose(1, 2)
+        if cdt == gw.dtype:
+            torch.bmm(grads, patches, out=target)
+        else:
+            target.copy_(torch.bmm(grads, patches))
+    return gw
+
+
+# ----------------------------------------------------------------------------- autograd
+
+class _Forward(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, w, g):
+        ctx.save_for_backward(x, w)
+        ctx.g = g
+        return lc_forward(x, w, g)
+
+    @staticmethod
+    def backward(ctx, gy):
+        x, w = ctx.saved_tensors
+        gx = _InputGrad.apply(gy, w, ctx.g, _memory_format(x)) if ctx.needs_input_grad[0] else None
+        gw = _WeightGrad.apply(x, gy, ctx.g) if ctx.needs_input_grad[1] else None
+        return gx, gw, None
+
+
+class _InputGrad(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, gy, w, g, memory_format):
+        ctx.save_for_backward(gy, w)
+        ctx.g = g
+        return lc_input_grad(gy, w, g, memory_format)
+
+    @staticmethod
+    def backward(ctx, ggx):
+        gy, w = ctx.saved_tensors
+        g_gy = _Forward.apply(ggx, w, ctx.g) if ctx.needs_input_grad[0] else None
+        g_w = _WeightGrad.apply(ggx, gy, ctx.g) if ctx.needs_input_grad[1] else None
+        return g_gy, g_w, None, None
+
+
+class _WeightGrad(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, gy, g):
+        ctx.save_for_backward(x, gy)
+        ctx.g = g
+        return lc_weight_grad(x, gy, g)
+
+    @staticmethod
+    def backward(ctx, ggw):
+        x, gy = ctx.saved_tensors
+        g_x = _InputGrad.apply(gy, ggw, ctx.g, _memory_format(x)) if ctx.needs_input_grad[0] else None
+        g_gy = _Forward.apply(x, ggw, ctx.g) if ctx.needs_input_grad[1] else None
+        return g_x, g_gy, None
+
+
+def can_run(x: torch.Tensor, w: torch.Tensor, g: Geometry) -> str | None:
+    """``None`` when this backend can compute the call, else the reason why not."""
+    return None  # any device and floating dtype that torch.bmm supports
+
+
+def locally_connected(x: torch.Tensor, w: torch.Tensor, g: Geometry) -> torch.Tensor:
+    """Differentiable (to any order) locally connected layer without bias; zero padding only."""
+    return _Forward.apply(x, w, g)

@@ -1,0 +1,256 @@
+"""``nn.Module`` locally connected layers, eager and lazy.
+
+The modules hold parameters, initialise them and call :mod:`unshared.functional`.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+from torch.nn.modules.lazy import LazyModuleMixin
+from torch.nn.parameter import UninitializedParameter
+
+from . import _utils as U
+from . import functional as UF
+
+__all__ = [
+    "LocallyConnected1d", "LocallyConnected2d", "LocallyConnected3d",
+    "LazyLocallyConnected1d", "LazyLocallyConnected2d", "LazyLocallyConnected3d",
+]
+
+_FUNCTIONAL = {1: UF.locally_connected1d, 2: UF.locally_connected2d, 3: UF.locally_connected3d}
+
+
+class _LocallyConnectedNd(nn.Module):
+    """Shared implementation of ``LocallyConnected{1,2,3}d``; subclasses set ``_nd``."""
+
+    _nd: int
+    __constants__ = ["in_channels", "out_channels", "kernel_size", "stride", "padding", "dilation",
+                     "groups", "padding_mode", "input_size", "output_size", "shared_bias"]
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0,
+                 dilation=1, groups: int = 1, bias: bool = True, padding_mode: str = "zeros",
+                 device=None, dtype=None, *, input_size, shared_bias: bool = False,
+                 backend: str = "auto") -> None:
+        super().__init__()
+        nd, name = self._nd, type(self).__name__
+        lazy = isinstance(self, LazyModuleMixin)
+        for arg, value in (("in_channels", in_channels), ("out_channels", out_channels)):
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise TypeError(f"{name}: {arg} must be an int, got {value!r}")
+            if value <= 0 and not (lazy and arg == "in_channels"):
+                raise ValueError(f"{name}: {arg} must be positive, got {arg}={value}")
+        # a lazy layer checks out_channels now (in_channels is not known yet: any multiple works)
+        U.check_groups(in_channels if not lazy else groups if isinstance(groups, int) else 1,
+                       out_channels, groups)
+        self.in_channels, self.out_channels, self.groups = in_channels, out_channels, groups
+        self.kernel_size = U.positive(U.ntuple(kernel_size, nd, "kernel_size"), "kernel_size")
+        self.stride = U.positive(U.ntuple(stride, nd, "stride"), "stride")
+        self.dilation = U.positive(U.ntuple(dilation, nd, "dilation"), "dilation")
+        self._padding = U.normalize_padding(padding, self.kernel_size, self.stride, self.dilation)
+        self.padding = padding if isinstance(padding, str) else U.ntuple(padding, nd, "padding")
+        self.padding_mode = U.check_padding_mode(padding_mode)
+        self.shared_bias = bool(shared_bias)
+        self.backend = backend
+        self.input_size: tuple[int, ...] | None = None
+        self.output_size: tuple[int, ...] | None = None
+        factory_kwargs = {"device": device, "dtype": dtype}
+        if lazy:
+            self.weight = UninitializedParameter(**factory_kwargs)
+            self.bias = UninitializedParameter(**factory_kwargs) if bias else None
+            return
+        if input_size is None:
+            raise ValueError(f"{name}: input_size is required (the weights depend on it); "
+                             f"use Lazy{name} to infer it from the first input")
+        self._set_input_size(input_size)
+        self.weight = nn.Parameter(U.empty_weight(self._weight_shape(), nd, **factory_kwargs))
+        self.bias = nn.Parameter(torch.empty(self._bias_shape(), **factory_kwargs)) if bias else None
+        self.reset_parameters()
+
+    # -- geometry -------------------------------------------------------------------------------
+    def _set_input_size(self, input_size) -> None:
+        self.input_size = U.positive(U.ntuple(input_size, self._nd, "input_size"), "input_size")
+        self.output_size = U.output_size(self.input_size, self.kernel_size, self.stride,
+                                         self._padding, self.dilation)
+
+    def _weight_shape(self) -> tuple[int, ...]:
+        return (*self.output_size, self.out_channels, self.in_channels // self.groups, *self.kernel_size)
+
+    def _bias_shape(self) -> tuple[int, ...]:
+        return (self.out_channels,) if self.shared_bias else (self.out_channels, *self.output_size)
+
+    # -- parameters -----------------------------------------------------------------------------
+    def reset_parameters(self) -> None:
+        """``nn.Conv``'s init with the per-position fan-in ``in_channels / groups * prod(kernel_size)``.
+
+        ``kaiming_uniform_(a=sqrt(5))`` draws from ``U(-b, b)`` with
+        ``b = gain * sqrt(3 / fan_in)``, ``gain = sqrt(2 / (1 + a^2))``; the bias uses ``1 / sqrt(fan_in)``.
+        """
+        fan_in = U.fan_in(self.in_channels, self.groups, self.kernel_size)
+        gain = nn.init.calculate_gain("leaky_relu", math.sqrt(5))
+        bound = gain * math.sqrt(3.0 / fan_in)
+        nn.init.uniform_(self.weight, -bound, bound)
+        if self.bias is not None:
+            nn.init.uniform_(self.bias, -1.0 / math.sqrt(fan_in), 1.0 / math.sqrt(fan_in))
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
+                              unexpected_keys, error_msgs):
+        weight = state_dict.get(prefix + "weight")
+        if (isinstance(weight, Tensor) and self.output_size is not None
+                and not isinstance(self.weight, UninitializedParameter)
+                and weight.dim() == 2 * self._nd + 2
+                and tuple(weight.shape[: self._nd]) != self.output_size):
+            raise ValueError(
+                f"{type(self).__name__}: the state_dict's weight (shape {tuple(weight.shape)}) was made "
+                f"for output size {tuple(weight.shape[: self._nd])}, but this layer has output size "
+                f"{self.output_size} (input_size={self.input_size}); rebuild the layer with the "
+                f"checkpoint's input_size"
+            )
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
+                                      unexpected_keys, error_msgs)
+
+    # -- computation ----------------------------------------------------------------------------
+    def forward(self, input: Tensor) -> Tensor:
+        nd = self._nd
+        if isinstance(input, Tensor) and input.dim() in (nd + 1, nd + 2):
+            spatial, channels = tuple(input.shape[-nd:]), input.shape[-nd - 1]
+            if channels != self.in_channels:
+                raise ValueError(f"{type(self).__name__}: expected {self.in_channels} input channels, "
+                                 f"got {channels} in input of shape {tuple(input.shape)}")
+            if spatial != self.input_size:
+                raise ValueError(f"{type(self).__name__}: built for input_size={self.input_size}, "
+                                 f"got input of spatial size {spatial}")
+        return _FUNCTIONAL[nd](input, self.weight, self.bias, self.stride, self.padding, self.dilation,
+                               self.groups, padding_mode=self.padding_mode, backend=self.backend)
+
+    def extra_repr(self) -> str:
+        s = "{in_channels}, {out_channels}, kernel_size={kernel_size}, stride={stride}"
+        if self.padding != (0,) * self._nd:
+            s += ", padding={padding}"
+        if self.dilation != (1,) * self._nd:
+            s += ", dilation={dilation}"
+        if self.groups != 1:
+            s += ", groups={groups}"
+        if self.bias is None:
+            s += ", bias=False"
+        if self.padding_mode != "zeros":
+            s += ", padding_mode={padding_mode}"
+        s += ", input_size={input_size}"
+        if self.shared_bias:
+            s += ", shared_bias=True"
+        if self.backend != "auto":
+            s += ", backend={backend}"
+        return s.format(**self.__dict__)
+
+
+class _LazyLocallyConnectedMixin(LazyModuleMixin):
+    """Infers ``in_channels`` and ``input_size`` from the first input."""
+
+    def __init__(self, out_channels: int, kernel_size, stride=1, padding=0, dilation=1,
+                 groups: int = 1, bias: bool = True, padding_mode: str = "zeros", device=None,
+                 dtype=None, *, shared_bias: bool = False, backend: str = "auto") -> None:
+        super().__init__(0, out_channels, kernel_size, stride, padding, dilation, groups, bias,
+                         padding_mode, device, dtype, input_size=None, shared_bias=shared_bias,
+                         backend=backend)
+
+    def reset_parameters(self) -> None:
+        if not self.has_uninitialized_params() and self.in_channels != 0:
+            super().reset_parameters()
+
+    def initialize_parameters(self, input: Tensor) -> None:
+        if not self.has_uninitialized_params():
+            return
+        nd = self._nd
+        if not isinstance(input, Tensor) or input.dim() not in (nd + 1, nd + 2):
+            raise ValueError(f"{type(self).__name__}: expected a {nd + 2}-d (batched) or {nd + 1}-d "
+                             f"(unbatched) input, got {getattr(input, 'shape', type(input).__name__)}")
+        self.in_channels = input.shape[-nd - 1]
+        U.check_groups(self.in_channels, self.out_channels, self.groups)
+        self._set_input_size(tuple(input.shape[-nd:]))
+        with torch.no_grad():
+            self.weight.materialize(self._weight_shape())
+            self.weight.data = U.empty_weight(self._weight_shape(), nd, device=self.weight.device,
+                                              dtype=self.weight.dtype)
+            if self.bias is not None:
+                self.bias.materialize(self._bias_shape())
+            self.reset_parameters()
+
+
+def _module_doc(nd: int) -> str:
+    letters = ["D", "H", "W"][3 - nd:]
+    dims = ", ".join(f"{l}_in" for l in letters)
+    odims = ", ".join(f"{l}_out" for l in letters)
+    size = {1: "32", 2: "32, 32", 3: "8, 8, 8"}[nd]
+    return f"""Locally connected {nd}d layer: ``nn.Conv{nd}d`` with a separate filter bank per output position.
+
+    ``out[n, :, p] = bias[:, p] + Conv{nd}d(weight[p])`` evaluated at output position ``p`` only.
+    The positional arguments are ``nn.Conv{nd}d``'s; ``input_size`` (keyword-only) fixes the
+    output grid and therefore the number of weights.
+
+    Args:
+        in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias,
+        padding_mode, device, dtype: as ``nn.Conv{nd}d``. ``padding`` may be ``"same"`` (stride 1)
+            or ``"valid"``; ``padding_mode`` is ``"zeros"``, ``"reflect"``, ``"replicate"`` or ``"circular"``.
+        input_size: spatial size ``({dims})`` of the inputs, int or tuple (required, keyword-only).
+        shared_bias: one bias per output channel instead of one per channel and position. Default: False.
+        backend: ``"auto"`` or a backend name (see ``unshared.backends``). Default: ``"auto"``.
+
+    Shape:
+        - Input: ``(N, C_in, {dims})`` or ``(C_in, {dims})``.
+        - Output: ``(N, C_out, {odims})`` or ``(C_out, {odims})``, with
+          ``out_i = floor((in_i + 2 * padding_i - dilation_i * (kernel_size_i - 1) - 1) / stride_i) + 1``.
+
+    Attributes:
+        weight: ``({odims}, C_out, C_in // groups, *kernel_size)``; ``weight[p]`` is the
+            ``nn.Conv{nd}d`` weight at output position ``p``. Stored with the kernel axes before the
+            channel axis (a strided view), which the computation reads without copying.
+            Initialised from ``U(-b, b)``, ``b = 1 / sqrt(fan_in)``, ``fan_in = C_in / groups * prod(kernel_size)``.
+        bias: ``(C_out, {odims})``, or ``(C_out,)`` with ``shared_bias=True``; same init bound.
+        output_size: the output grid ``({odims})``.
+
+    Example::
+
+        >>> import torch, unshared
+        >>> layer = unshared.LocallyConnected{nd}d(3, 8, 3, padding=1, input_size=({size},))
+        >>> layer(torch.randn(4, 3, {size})).shape
+        torch.Size([4, 8, {size}])
+    """
+
+
+def _lazy_doc(nd: int) -> str:
+    return f"""``LocallyConnected{nd}d`` that infers ``in_channels`` and ``input_size`` from its first input.
+
+    Takes ``nn.LazyConv{nd}d``'s arguments (no ``in_channels``) plus keyword-only ``shared_bias``
+    and ``backend``. After the first forward it becomes a ``LocallyConnected{nd}d``.
+    """
+
+
+class LocallyConnected1d(_LocallyConnectedNd):
+    _nd = 1
+    __doc__ = _module_doc(1)
+
+
+class LocallyConnected2d(_LocallyConnectedNd):
+    _nd = 2
+    __doc__ = _module_doc(2)
+
+
+class LocallyConnected3d(_LocallyConnectedNd):
+    _nd = 3
+    __doc__ = _module_doc(3)
+
+
+class LazyLocallyConnected1d(_LazyLocallyConnectedMixin, LocallyConnected1d):
+    cls_to_become = LocallyConnected1d
+    __doc__ = _lazy_doc(1)
+
+
+class LazyLocallyConnected2d(_LazyLocallyConnectedMixin, LocallyConnected2d):
+    cls_to_become = LocallyConnected2d
+    __doc__ = _lazy_doc(2)
+
+
+class LazyLocallyConnected3d(_LazyLocallyConnectedMixin, LocallyConnected3d):
+    cls_to_become = LocallyConnected3d
+    __doc__ = _lazy_doc(3)

@@ -1,0 +1,16 @@
+import os
+import sys
+
+from hypothesis import HealthCheck, settings
+
+sys.path.insert(0, os.path.dirname(__file__))  # tests/reference.py, shared with benchmarks/
+
+# Derandomized: the same configurations every run, so a failure reproduces. UNSHARED_FULL_SWEEP=1
+# runs the long sweep (5x the examples of every property test).
+_scale = 5 if os.environ.get("UNSHARED_FULL_SWEEP") else 1
+settings.register_profile(
+    "unshared", derandomize=True, deadline=None, print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+settings.load_profile("unshared")
+EXAMPLES_SCALE = _scale

@@ -1,0 +1,108 @@
+"""The functional form against the float64 reference on random configurations."""
+import pytest
+import torch
+from hypothesis import given, settings
+
+import unshared.functional as UF
+from conftest import EXAMPLES_SCALE
+from configs import Config, configs
+from reference import locally_connected_reference
+
+FN = {1: UF.locally_connected1d, 2: UF.locally_connected2d, 3: UF.locally_connected3d}
+# (rtol, atol) for outputs and gradients of order one
+TOLERANCE = {torch.float64: (1e-7, 1e-7), torch.float32: (1e-5, 1e-5),
+             torch.float16: (1e-2, 1e-2), torch.bfloat16: (4e-2, 4e-2)}
+
+
+def _check_against_reference(cfg: Config, dtype, seed: int):
+    x, w, b = cfg.tensors(dtype=dtype, seed=seed, requires_grad=True)
+    y = FN[cfg.nd](x, w, b, **cfg.kwargs())
+    assert y.dtype == dtype
+    assert y.shape == ((cfg.out_channels, *cfg.output_size) if cfg.batch is None
+                       else (cfg.batch, cfg.out_channels, *cfg.output_size))
+    # the reference sees the same (rounded) values, in float64
+    xr, wr = x.detach().double().requires_grad_(), w.detach().double().requires_grad_()
+    br = None if b is None else b.detach().double().requires_grad_()
+    yr = locally_connected_reference(xr, wr, br, **cfg.kwargs())
+    rtol, atol = TOLERANCE[dtype]
+    torch.testing.assert_close(y.double(), yr, rtol=rtol, atol=atol)
+
+    gy = torch.randn(y.shape, generator=torch.Generator().manual_seed(seed + 1), dtype=torch.float64)
+    y.backward(gy.to(dtype))
+    yr.backward(gy)
+    for ours, ref, name in ((x, xr, "input"), (w, wr, "weight"), (b, br, "bias")):
+        if ours is None:
+            continue
+        assert ours.grad.dtype == dtype and ours.grad.shape == ours.shape, name
+        # gradients sum over up to batch * positions terms: scale the absolute tolerance
+        torch.testing.assert_close(ours.grad.double(), ref.grad, rtol=rtol, atol=atol * 4, msg=name)
+
+
+@settings(max_examples=1000 * EXAMPLES_SCALE)
+@given(cfg=configs())
+def test_float64_forward_and_gradients_match_reference(cfg):
+    _check_against_reference(cfg, torch.float64, seed=0)
+
+
+@settings(max_examples=300 * EXAMPLES_SCALE)
+@given(cfg=configs(max_batch=2))
+def test_float32_matches_reference(cfg):
+    _check_against_reference(cfg, torch.float32, seed=1)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@settings(max_examples=150 * EXAMPLES_SCALE)
+@given(cfg=configs(max_batch=2))
+def test_half_precision_matches_reference(dtype, cfg):
+    _check_against_reference(cfg, dtype, seed=2)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_accumulates_in_float32(dtype):
+    # 3000 products of 1 * 1: exact in float32; a half-precision sum stalls at 2048 (float16) or 256 (bfloat16)
+    x = torch.ones(1, 30, 100, dtype=dtype)
+    w = torch.ones(1, 1, 30, 100, dtype=dtype)
+    exact = torch.tensor(3000.0).to(dtype).item()  # the float32 sum, rounded once
+    assert UF.locally_connected1d(x, w).item() == exact
+    # the weight gradient sums over the batch: 3000 samples of 1 * 1
+    xb = torch.ones(3000, 1, 1, dtype=dtype, requires_grad=True)
+    wb = torch.ones(1, 1, 1, 1, dtype=dtype, requires_grad=True)
+    UF.locally_connected1d(xb, wb).backward(torch.ones(3000, 1, 1, dtype=dtype))
+    assert wb.grad.item() == exact
+    # the input gradient sums over output channels: 3000 terms
+    xi = torch.ones(1, 1, 1, dtype=dtype, requires_grad=True)
+    wi = torch.ones(1, 3000, 1, 1, dtype=dtype, requires_grad=True)
+    UF.locally_connected1d(xi, wi).backward(torch.ones(1, 3000, 1, dtype=dtype))
+    assert xi.grad.item() == exact
+
+
+def test_output_layout_follows_input():
+    cfg = Config(2, 4, 6, (3, 3), (1, 1), 1, (1, 1), 2, "zeros", (7, 9), 2, "position", "channels_last")
+    x, w, b = cfg.tensors(dtype=torch.float32)
+    y = UF.locally_connected2d(x, w, b, **cfg.kwargs())
+    assert y.is_contiguous(memory_format=torch.channels_last)
+    y = UF.locally_connected2d(x.contiguous(), w, b, **cfg.kwargs())
+    assert y.is_contiguous()
+
+
+def test_plain_contiguous_public_weight_is_accepted():
+    # a weight made by the user (contiguous in the public shape, not the library's storage order)
+    cfg = Config(2, 3, 4, (2, 3), (2, 1), 0, (1, 1), 1, "zeros", (6, 5), 2, None, "contiguous")
+    x, w, _ = cfg.tensors()
+    w = w.contiguous()
+    torch.testing.assert_close(UF.locally_connected2d(x, w, stride=(2, 1)),
+                               locally_connected_reference(x, w, stride=(2, 1)))
+
+
+def test_large_layer_is_split_into_blocks(monkeypatch):
+    # a tiny block budget forces one output row per block: results must not change
+    from unshared.backends import torch_backend
+    cfg = Config(2, 3, 2, (3, 3), (1, 2), 1, (2, 1), 1, "zeros", (9, 8), 3, "position", "contiguous")
+    x, w, b = cfg.tensors(requires_grad=True)
+    expected = UF.locally_connected2d(x, w, b, **cfg.kwargs())
+    gx, gw = torch.autograd.grad(expected.sum(), (x, w))
+    monkeypatch.setattr(torch_backend, "BLOCK_ELEMENTS", 1)
+    y = UF.locally_connected2d(x, w, b, **cfg.kwargs())
+    torch.testing.assert_close(y, expected)
+    for ours, ref in zip(torch.autograd.grad(y.sum(), (x, w)), (gx, gw)):
+        torch.testing.assert_close(ours, ref)
