@@ -84,7 +84,7 @@ def _locally_connected(nd, input, weight, bias, stride, padding, dilation, group
     spatial = tuple(x.shape[2:])
     produced = U.output_size(spatial, kernel_size, stride, pads, dilation)
     if produced != grid:
-        smallest = tuple((o - 1) * s + d * (k - 1) + 1 - lo - hi
+        smallest = tuple(max(1, (o - 1) * s + d * (k - 1) + 1 - lo - hi)
                          for o, s, d, k, (lo, hi) in zip(grid, stride, dilation, kernel_size, pads))
         raise ValueError(
             f"{name}: weight was made for output size {grid}, which needs input spatial size "
