@@ -30,7 +30,6 @@ os.environ.setdefault("KINETO_LOG_LEVEL", "6")  # silence kineto (its profiler s
 
 import argparse
 import datetime
-import math
 import platform
 import statistics
 import sys
@@ -160,30 +159,33 @@ def bandwidth(reps: int) -> float:
     return 2 * src.numel() * 4 / seconds / 1e9
 
 
-def peak_transient_bytes(fn: Callable[[], object]) -> int:
+def peak_transient_bytes(fn: Callable[[], object]) -> int | None:
     """Peak CPU bytes held by one call of ``fn`` beyond what was allocated before it.
 
     ``fn`` runs once under ``torch.profiler`` with ``profile_memory=True``, which records every
-    allocation (+bytes) and free (-bytes) made through PyTorch's CPU allocator, from any thread.
-    Their running sum in time order is the memory the call holds at each moment; its maximum is
-    the peak. Tensors that existed before (inputs, weights, grad_output) are not counted; the
-    results (output, gradients) are, since they are alive when ``fn`` returns.
+    allocation (+bytes) and free (-bytes) made through PyTorch's CPU allocator. Their running sum
+    in time order is the memory the call holds at each moment; its maximum is the peak. Tensors
+    that existed before (inputs, weights, grad_output) are not counted; the results (output,
+    gradients) are, since they are alive when ``fn`` returns.
+
+    Check: at the end the running sum must equal the storage bytes of the returned tensors
+    (everything else was freed). If it does not, an event was missed and ``None`` is returned.
     """
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         result = fn()
-    del result
+    tensors = result if isinstance(result, tuple) else (result,)
+    kept = sum({t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in tensors}.values())
+    del result, tensors
     events = [e for e in prof.profiler.kineto_results.events()
               if e.name() == "[memory]" and e.device_type() == DeviceType.CPU]
     live = peak = 0
     for event in sorted(events, key=lambda e: e.start_ns()):
         live += event.nbytes()
         peak = max(peak, live)
+    if live != kept:
+        log(f"    memory events do not add up ({live} B held, results have {kept} B): n/a")
+        return None
     return peak
-
-
-def profiler_sees_allocations() -> bool:
-    """Whether :func:`peak_transient_bytes` reports a known allocation exactly."""
-    return peak_transient_bytes(lambda: torch.empty(MiB // 4)) == MiB
 
 
 # ----------------------------------------------------------------------------- providers
@@ -196,8 +198,7 @@ class Steps:
     peak_bytes: Callable[[str], int | None]        # mode -> peak transient bytes, None if unknown
 
 
-def torch_steps(forward: Callable, x: torch.Tensor, w: torch.Tensor, grad_out: torch.Tensor,
-                memory: bool) -> Steps:
+def torch_steps(forward: Callable, x: torch.Tensor, w: torch.Tensor, grad_out: torch.Tensor) -> Steps:
     def fwd():
         with torch.no_grad():
             return forward(x, w)
@@ -206,15 +207,15 @@ def torch_steps(forward: Callable, x: torch.Tensor, w: torch.Tensor, grad_out: t
         return torch.autograd.grad(forward(x, w), (x, w), grad_out)
 
     run = {"forward": fwd, "forward+backward": fwd_bwd}
-    return Steps(fwd, run, lambda mode: peak_transient_bytes(run[mode]) if memory else None)
+    return Steps(fwd, run, lambda mode: peak_transient_bytes(run[mode]))
 
 
-def unshared_steps(case: Case, layer: unshared.LocallyConnected2d, x, grad_out, memory) -> Steps:
+def unshared_steps(case: Case, layer: unshared.LocallyConnected2d, x, grad_out) -> Steps:
     # the module reads its own weight: passing layer.weight as w gives autograd its gradient
-    return torch_steps(lambda x, w: layer(x), x, layer.weight, grad_out, memory)
+    return torch_steps(lambda x, w: layer(x), x, layer.weight, grad_out)
 
 
-def unfold_einsum_steps(case: Case, layer: unshared.LocallyConnected2d, x, grad_out, memory) -> Steps:
+def unfold_einsum_steps(case: Case, layer: unshared.LocallyConnected2d, x, grad_out) -> Steps:
     k, s, p, o = case.kernel, case.stride, case.padding, case.out_size
     w = layer.weight.detach().reshape(case.positions, case.out_channels, -1).contiguous()
 
@@ -222,18 +223,17 @@ def unfold_einsum_steps(case: Case, layer: unshared.LocallyConnected2d, x, grad_
         cols = F.unfold(x, k, padding=p, stride=s)                   # (N, C*k*k, L)
         return torch.einsum("ncl,loc->nol", cols, w).reshape(x.shape[0], -1, o, o)
 
-    return torch_steps(forward, x, w.requires_grad_(), grad_out, memory)
+    return torch_steps(forward, x, w.requires_grad_(), grad_out)
 
 
-def jax_steps(case: Case, layer: unshared.LocallyConnected2d, x, grad_out, memory) -> Steps:
+def jax_steps(case: Case, layer: unshared.LocallyConnected2d, x, grad_out) -> Steps:
     k, s, p, o = case.kernel, case.stride, case.padding, case.out_size
     # default dimension numbers (NCHW, OIHW, NCHW): rhs is (O, C*k*k, OH, OW), C-major in dim 1
     rhs = layer.weight.detach().reshape(o, o, case.out_channels, -1).permute(2, 3, 0, 1)
     xj, wj, gj = (jnp.asarray(t.detach().contiguous().numpy()) for t in (x, rhs, grad_out))
 
-    def forward(x, w):
-        return jax.lax.conv_general_dilated_local(x, w, (s, s), [(p, p), (p, p)], (k, k),
-                                                  precision=jax.lax.Precision.HIGHEST)
+    def forward(x, w):  # float32 products and sums: the default precision on CPU
+        return jax.lax.conv_general_dilated_local(x, w, (s, s), [(p, p), (p, p)], (k, k))
 
     compiled = {
         "forward": (jax.jit(forward), (xj, wj)),
@@ -251,8 +251,7 @@ def jax_steps(case: Case, layer: unshared.LocallyConnected2d, x, grad_out, memor
             return None
         return stats.temp_size_in_bytes + stats.output_size_in_bytes - stats.alias_size_in_bytes
 
-    return Steps(lambda: torch.from_numpy(np.asarray(run["forward"]())), run,
-                 peak_bytes if memory else (lambda mode: None))
+    return Steps(lambda: torch.from_numpy(np.array(run["forward"]())), run, peak_bytes)
 
 
 PROVIDERS = {"unshared": unshared_steps, "unfold+einsum": unfold_einsum_steps}
@@ -286,22 +285,22 @@ def check_same_output(name: str, case_key: str, got: torch.Tensor, want: torch.T
 
 @dataclass
 class Row:
-    case: str
-    case_obj: Case
+    key: str
+    case: Case
     mode: str
     provider: str
     timing: Timing
     peak: int | None
 
 
-def bench_case(key: str, case: Case, args, memory: bool) -> list[Row]:
+def bench_case(key: str, case: Case, args) -> list[Row]:
     torch.manual_seed(0)
     layer = unshared.LocallyConnected2d(case.in_channels, case.out_channels, case.kernel,
                                         stride=case.stride, padding=case.padding,
                                         input_size=(case.size, case.size), bias=False)
     x = torch.randn(case.batch, case.in_channels, case.size, case.size, requires_grad=True)
     grad_out = torch.randn(case.batch, case.out_channels, case.out_size, case.out_size)
-    steps = {name: make(case, layer, x, grad_out, memory) for name, make in PROVIDERS.items()}
+    steps = {name: make(case, layer, x, grad_out) for name, make in PROVIDERS.items()}
 
     expected = steps["unshared"].output()
     for name, s in steps.items():
@@ -324,6 +323,21 @@ def log(message: str) -> None:
 
 # ----------------------------------------------------------------------------- report
 
+def busy_cores(seconds: float = 1.0) -> float | None:
+    """How many cores other processes keep busy, from two samples of ``/proc/stat``."""
+    def sample():
+        fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+        return sum(fields), fields[3] + fields[4]  # total, idle + iowait
+
+    try:
+        total0, idle0 = sample()
+        time.sleep(seconds)
+        total1, idle1 = sample()
+    except (OSError, ValueError, IndexError):
+        return None
+    return (1 - (idle1 - idle0) / max(total1 - total0, 1)) * os.cpu_count()
+
+
 def cpu_model() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -334,21 +348,15 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def header(date: str, gflops: float, gbps: float, memory: bool, quick: bool) -> str:
+def header(date: str, busy: float | None, gflops: float, gbps: float, quick: bool) -> str:
     jax_version = jax.__version__ if jax is not None else "not installed (provider skipped)"
-    memory_method = (
-        "peak of the running sum of allocations minus frees recorded by `torch.profiler` "
-        "(`profile_memory=True`) during one step, relative to its start: outputs and gradients "
-        "count, pre-existing inputs/weights do not; memory allocated outside PyTorch's allocator "
-        "(BLAS/oneDNN scratch) is not seen. JAX: XLA buffer assignment of the compiled step "
-        "(temp + output bytes)." if memory else
-        "not measured (the profiler did not report a known test allocation exactly)")
     lines = [
         f"# unshared CPU benchmark{' (--quick)' if quick else ''}",
         "",
         f"- date: {date}",
         f"- machine: {cpu_model()}, {os.cpu_count()} cores, torch.get_num_threads() = "
-        f"{torch.get_num_threads()}, {platform.system()} {platform.machine()}",
+        f"{torch.get_num_threads()}, {platform.system()} {platform.machine()}; "
+        f"cores busy with other work at start: {'unknown' if busy is None else f'{busy:.2f}'}",
         f"- python {platform.python_version()}, torch {torch.__version__}, jax {jax_version}, "
         f"unshared {unshared.__version__}",
         f"- measured float32 matmul rate (2048^3, median): {gflops:.1f} GFLOP/s",
@@ -358,7 +366,12 @@ def header(date: str, gflops: float, gbps: float, memory: bool, quick: bool) -> 
         "forward, 3x that forward+backward; bytes = 4·(input + weight + output), doubled for "
         "forward+backward (grad_output, grad_input, grad_weight)",
         "- speed-up: that provider's median / unshared's median (> 1: unshared is faster)",
-        f"- peak transient memory: {memory_method}",
+        "- peak transient memory (torch providers): one step runs under `torch.profiler` "
+        "(`profile_memory=True`); the peak of the running sum of its allocations minus frees, "
+        "relative to the start. Outputs and gradients count, pre-existing inputs/weights do not; "
+        "memory outside PyTorch's allocator (BLAS/oneDNN scratch) is not seen. Checked per step: "
+        "the final sum must equal the storage bytes of the returned tensors, else n/a. "
+        "JAX: XLA's buffer assignment for the compiled step (temp + output bytes).",
         "",
     ]
     return "\n".join(lines)
@@ -379,17 +392,17 @@ def results_table(rows: list[Row], gflops: float, gbps: float) -> str:
         "| unshared speed-up | peak MiB | peak/weight |",
         "|---|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    unshared_median = {(r.case, r.mode): r.timing.median for r in rows if r.provider == "unshared"}
+    unshared_median = {(r.key, r.mode): r.timing.median for r in rows if r.provider == "unshared"}
     for r in rows:
-        c, t = r.case_obj, r.timing
+        c, t = r.case, r.timing
         floor = max(c.flops(r.mode) / (gflops * 1e9), c.bytes_moved(r.mode) / (gbps * 1e9))
-        speedup = t.median / unshared_median[(r.case, r.mode)]
+        speedup = t.median / unshared_median[(r.key, r.mode)]
         if r.peak is None:
             peak = ratio = "n/a"
         else:
             peak, ratio = f"{r.peak / MiB:.1f}", f"{r.peak / (4 * c.weight_numel):.2f}"
         lines.append(
-            f"| {r.case} | {c.batch} | {r.mode} | {r.provider} | {t.median * 1e3:.2f} | "
+            f"| {r.key} | {c.batch} | {r.mode} | {r.provider} | {t.median * 1e3:.2f} | "
             f"{t.q1 * 1e3:.2f}–{t.q3 * 1e3:.2f} | {t.reps} | {floor * 1e3:.2f} | "
             f"{t.median / floor:.1f} | {speedup:.2f} | {peak} | {ratio} |")
     return "\n".join(lines) + "\n"
@@ -423,14 +436,15 @@ def parse_args(argv=None):
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    date = datetime.date.today().isoformat()
+    date, busy = datetime.date.today().isoformat(), busy_cores()
     output = args.output or REPO / "benchmarks" / "results" / \
         f"cpu-{date}{'-quick' if args.quick else ''}.md"
+    if busy is not None and busy > 0.2:
+        log(f"warning: other work keeps {busy:.2f} cores busy; timings need an idle machine")
     if jax is None:
-        print("note: `import jax` failed; the jax provider is skipped", file=sys.stderr)
+        log("note: `import jax` failed; the jax provider is skipped")
 
     check_against_reference()
-    memory = profiler_sees_allocations()
     log("measuring matmul rate and bandwidth ...")
     sys_reps = 3 if args.quick else 9
     gflops, gbps = matmul_rate(sys_reps), bandwidth(sys_reps)
@@ -439,9 +453,9 @@ def main(argv=None) -> None:
     rows = []
     for key in args.keys:
         log(f"{key}: {CASES[key].describe()}")
-        rows += bench_case(key, CASES[key], args, memory)
+        rows += bench_case(key, CASES[key], args)
 
-    report = "\n".join([header(date, gflops, gbps, memory, args.quick), cases_table(args.keys),
+    report = "\n".join([header(date, busy, gflops, gbps, args.quick), cases_table(args.keys),
                         results_table(rows, gflops, gbps)])
     print(report)
     output.parent.mkdir(parents=True, exist_ok=True)

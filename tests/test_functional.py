@@ -106,3 +106,15 @@ def test_large_layer_is_split_into_blocks(monkeypatch):
     torch.testing.assert_close(y, expected)
     for ours, ref in zip(torch.autograd.grad(y.sum(), (x, w)), (gx, gw)):
         torch.testing.assert_close(ours, ref)
+
+
+@pytest.mark.parametrize("batch_inner_from", [0, 10**9])
+@settings(max_examples=100 * EXAMPLES_SCALE)
+@given(cfg=configs())
+def test_both_input_gradient_orientations(batch_inner_from, cfg):
+    # the batch-innermost orientation normally starts at batch 32; force each one on small shapes
+    from unittest import mock
+
+    from unshared.backends import torch_backend
+    with mock.patch.object(torch_backend, "BATCH_INNER_FROM", batch_inner_from):
+        _check_against_reference(cfg, torch.float64, seed=3)

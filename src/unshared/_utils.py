@@ -5,6 +5,7 @@ Everything here is pure Python (plus tensor metadata): no computation on tensor 
 from __future__ import annotations
 
 import math
+import mmap
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -139,10 +140,42 @@ def storage_to_public_perm(nd: int) -> tuple[int, ...]:
     return (*range(nd + 1), 2 * nd + 1, *range(nd + 1, 2 * nd + 1))
 
 
-def empty_weight(public_shape, nd: int, **factory_kwargs) -> torch.Tensor:
-    """An uninitialised weight with the public shape, laid out in storage order."""
+def empty_weight(public_shape, nd: int, *, dtype=None, device=None, buffer: bool = False) -> torch.Tensor:
+    """An uninitialised weight with the public shape, laid out in storage order.
+
+    ``buffer=True`` allocates with :func:`empty_buffer` (for gradients, not for parameters).
+    """
     storage_shape = [public_shape[i] for i in public_to_storage_perm(nd)]
-    return torch.empty(storage_shape, **factory_kwargs).permute(storage_to_public_perm(nd))
+    if buffer:
+        t = empty_buffer(storage_shape, dtype=dtype, device=device)
+    else:
+        t = torch.empty(storage_shape, dtype=dtype, device=device)
+    return t.permute(storage_to_public_perm(nd))
+
+
+#: CPU buffers at least this large are mapped with transparent huge pages where possible.
+HUGE_PAGE_BYTES = 16 << 20
+
+
+def empty_buffer(shape, *, dtype=None, device=None, zero: bool = False) -> torch.Tensor:
+    """``torch.empty`` (or ``torch.zeros`` with ``zero=True``) for large transient CPU buffers.
+
+    A fresh CPU allocation of hundreds of MiB spends more time in 4 KiB page faults than the
+    arithmetic that fills it (measured: 120 ms to first-touch 251 MiB on a 2-core machine, 22 ms
+    with huge pages). PyTorch's CPU allocator uses huge pages only when ``THP_MEM_ALLOC_ENABLE=1``
+    is set before its first allocation, so large buffers are mapped here, anonymously, with
+    ``MADV_HUGEPAGE``; the tensor owns the mapping, which is unmapped when the tensor dies.
+    Anonymous mappings are zero-filled, so ``zero=True`` costs nothing more.
+    """
+    dtype = dtype or torch.get_default_dtype()
+    device = torch.device(device) if device is not None else torch.device("cpu")
+    numel = math.prod(shape)
+    nbytes = numel * torch.empty((), dtype=dtype).element_size()
+    if device.type != "cpu" or nbytes < HUGE_PAGE_BYTES or not hasattr(mmap, "MADV_HUGEPAGE"):
+        return (torch.zeros if zero else torch.empty)(shape, dtype=dtype, device=device)
+    mapping = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    mapping.madvise(mmap.MADV_HUGEPAGE)
+    return torch.frombuffer(mapping, dtype=dtype, count=numel).view(shape)
 
 
 def has_storage_layout(weight: torch.Tensor, nd: int) -> bool:
