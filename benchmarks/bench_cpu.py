@@ -170,9 +170,19 @@ def peak_transient_bytes(fn: Callable[[], object]) -> int | None:
 
     Check: at the end the running sum must equal the storage bytes of the returned tensors
     (everything else was freed). If it does not, an event was missed and ``None`` is returned.
+
+    ``unshared`` maps its large transient CPU buffers with huge pages (``_utils.empty_buffer``),
+    outside PyTorch's allocator and so invisible to the profiler; while measuring, that mapping is
+    switched off so that the very same buffers are allocated, and counted, through the allocator.
     """
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        result = fn()
+    from unshared import _utils
+
+    threshold, _utils.HUGE_PAGE_BYTES = _utils.HUGE_PAGE_BYTES, float("inf")
+    try:
+        with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+            result = fn()
+    finally:
+        _utils.HUGE_PAGE_BYTES = threshold
     tensors = result if isinstance(result, tuple) else (result,)
     kept = sum({t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in tensors}.values())
     del result, tensors

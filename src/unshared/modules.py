@@ -64,9 +64,12 @@ class _LocallyConnectedNd(nn.Module):
             raise ValueError(f"{name}: input_size is required (the weights depend on it); "
                              f"use Lazy{name} to infer it from the first input")
         self._set_input_size(input_size)
-        self.weight = nn.Parameter(U.empty_weight(self._weight_shape(), nd, **factory_kwargs))
-        self.bias = nn.Parameter(torch.empty(self._bias_shape(), **factory_kwargs)) if bias else None
+        self._create_parameters(bias, factory_kwargs)
         self.reset_parameters()
+
+    def _create_parameters(self, bias: bool, factory_kwargs) -> None:
+        self.weight = nn.Parameter(U.empty_weight(self._weight_shape(), self._nd, **factory_kwargs))
+        self.bias = nn.Parameter(torch.empty(self._bias_shape(), **factory_kwargs)) if bias else None
 
     # -- geometry -------------------------------------------------------------------------------
     def _set_input_size(self, input_size) -> None:
@@ -74,11 +77,18 @@ class _LocallyConnectedNd(nn.Module):
         self.output_size = U.output_size(self.input_size, self.kernel_size, self.stride,
                                          self._padding, self.dilation)
 
+    #: what the leading weight dimensions index, for messages
+    _grid_name = "output size"
+
+    def _grid(self) -> tuple[int, ...]:
+        """The leading dimensions of ``weight`` (and trailing ones of a per-position ``bias``)."""
+        return self.output_size
+
     def _weight_shape(self) -> tuple[int, ...]:
-        return (*self.output_size, self.out_channels, self.in_channels // self.groups, *self.kernel_size)
+        return (*self._grid(), self.out_channels, self.in_channels // self.groups, *self.kernel_size)
 
     def _bias_shape(self) -> tuple[int, ...]:
-        return (self.out_channels,) if self.shared_bias else (self.out_channels, *self.output_size)
+        return (self.out_channels,) if self.shared_bias else (self.out_channels, *self._grid())
 
     # -- parameters -----------------------------------------------------------------------------
     def reset_parameters(self) -> None:
@@ -100,18 +110,19 @@ class _LocallyConnectedNd(nn.Module):
         if (isinstance(weight, Tensor) and self.output_size is not None
                 and not isinstance(self.weight, UninitializedParameter)
                 and weight.dim() == 2 * self._nd + 2
-                and tuple(weight.shape[: self._nd]) != self.output_size):
+                and tuple(weight.shape[: self._nd]) != self._grid()):
             raise ValueError(
                 f"{type(self).__name__}: the state_dict's weight (shape {tuple(weight.shape)}) was made "
-                f"for output size {tuple(weight.shape[: self._nd])}, but this layer has output size "
-                f"{self.output_size} (input_size={self.input_size}); rebuild the layer with the "
-                f"checkpoint's input_size"
+                f"for {self._grid_name} {tuple(weight.shape[: self._nd])}, but this layer has "
+                f"{self._grid_name} {self._grid()} (input_size={self.input_size}); rebuild the layer "
+                f"with the checkpoint's sizes"
             )
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
                                       unexpected_keys, error_msgs)
 
     # -- computation ----------------------------------------------------------------------------
-    def forward(self, input: Tensor) -> Tensor:
+    def _check_input(self, input: Tensor) -> None:
+        """Name the layer's own sizes when the input does not fit (the functional form checks the rest)."""
         nd = self._nd
         if isinstance(input, Tensor) and input.dim() in (nd + 1, nd + 2):
             spatial, channels = tuple(input.shape[-nd:]), input.shape[-nd - 1]
@@ -121,7 +132,10 @@ class _LocallyConnectedNd(nn.Module):
             if spatial != self.input_size:
                 raise ValueError(f"{type(self).__name__}: built for input_size={self.input_size}, "
                                  f"got input of spatial size {spatial}")
-        return _FUNCTIONAL[nd](input, self.weight, self.bias, self.stride, self.padding, self.dilation,
+
+    def forward(self, input: Tensor) -> Tensor:
+        self._check_input(input)
+        return _FUNCTIONAL[self._nd](input, self.weight, self.bias, self.stride, self.padding, self.dilation,
                                self.groups, padding_mode=self.padding_mode, backend=self.backend)
 
     def extra_repr(self) -> str:
