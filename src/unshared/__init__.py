@@ -1,5 +1,9 @@
 """unshared: locally connected layers (convolutions with unshared weights) for PyTorch."""
 from . import functional
+from .analysis import translation_equivariance_error
+from .conversions import ConvConversion, from_conv, from_linear, to_conv, to_linear
+from .costs import LayerCost, layer_costs
+from .lowrank import LowRankLocallyConnected1d, LowRankLocallyConnected2d, LowRankLocallyConnected3d
 from .modules import (
     LazyLocallyConnected1d,
     LazyLocallyConnected2d,
@@ -8,16 +12,24 @@ from .modules import (
     LocallyConnected2d,
     LocallyConnected3d,
 )
+from .sharing import (
+    RegionLocallyConnected1d,
+    RegionLocallyConnected2d,
+    RegionLocallyConnected3d,
+    TiledLocallyConnected1d,
+    TiledLocallyConnected2d,
+    TiledLocallyConnected3d,
+)
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "LocallyConnected1d",
-    "LocallyConnected2d",
-    "LocallyConnected3d",
-    "LazyLocallyConnected1d",
-    "LazyLocallyConnected2d",
-    "LazyLocallyConnected3d",
-    "functional",
-    "__version__",
+    "LocallyConnected1d", "LocallyConnected2d", "LocallyConnected3d",
+    "LazyLocallyConnected1d", "LazyLocallyConnected2d", "LazyLocallyConnected3d",
+    "TiledLocallyConnected1d", "TiledLocallyConnected2d", "TiledLocallyConnected3d",
+    "RegionLocallyConnected1d", "RegionLocallyConnected2d", "RegionLocallyConnected3d",
+    "LowRankLocallyConnected1d", "LowRankLocallyConnected2d", "LowRankLocallyConnected3d",
+    "from_conv", "to_conv", "to_linear", "from_linear", "ConvConversion",
+    "layer_costs", "LayerCost", "translation_equivariance_error",
+    "functional", "__version__",
 ]
