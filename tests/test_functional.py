@@ -108,13 +108,18 @@ def test_large_layer_is_split_into_blocks(monkeypatch):
         torch.testing.assert_close(ours, ref)
 
 
+@pytest.mark.parametrize("block_elements", [1, None])
 @pytest.mark.parametrize("batch_inner_from", [0, 10**9])
 @settings(max_examples=100 * EXAMPLES_SCALE)
 @given(cfg=configs())
-def test_both_input_gradient_orientations(batch_inner_from, cfg):
-    # the batch-innermost orientation normally starts at batch 32; force each one on small shapes
+def test_input_gradient_orientations_and_blocks(batch_inner_from, block_elements, cfg):
+    # the batch-innermost orientation normally starts at batch 32, and blocks split rows and batch
+    # only on large layers: force each variant on small shapes
     from unittest import mock
 
     from unshared.backends import torch_backend
-    with mock.patch.object(torch_backend, "BATCH_INNER_FROM", batch_inner_from):
+    with mock.patch.object(torch_backend, "BATCH_INNER_FROM", batch_inner_from), \
+            mock.patch.object(torch_backend, "BLOCK_ELEMENTS", block_elements or torch_backend.BLOCK_ELEMENTS):
         _check_against_reference(cfg, torch.float64, seed=3)
+        if block_elements:  # half precision accumulates the batch slices of the weight gradient in float32
+            _check_against_reference(cfg, torch.bfloat16, seed=4)
