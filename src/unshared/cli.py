@@ -1,8 +1,9 @@
-"""The ``unshared`` command line: ``unshared params ...``."""
+"""The ``unshared`` command line: ``unshared demo``, ``unshared params``, ``unshared bench``."""
 from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from .costs import format_table, layer_costs
 
@@ -77,12 +78,73 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--regions", type=_ints, help="add a region-sharing row")
     p.add_argument("--rank", type=int, help="add a low-rank row")
     p.add_argument("--bytes-per-element", type=int, default=4)
+
+    d = sub.add_parser(
+        "demo", help="train small networks that differ only in their middle layer, on real images",
+        description="Train networks whose middle layer is fully connected, locally connected, tiled, "
+                    "low-rank or a convolution on images that ship with scikit-learn (digits) and "
+                    "scikit-image (faces vs non-faces); print a table and write PNG figures. "
+                    "Needs: pip install 'unshared[demo]'.")
+    d.add_argument("--dataset", choices=["all", "digits", "faces"], default="all")
+    d.add_argument("--quick", action="store_true", help="a few epochs and one seed (under 30 s)")
+    d.add_argument("--seeds", type=_positive, help="seeds per layer (default 3, 1 with --quick)")
+    d.add_argument("--epochs", type=_positive, help="override the epochs of each dataset")
+    d.add_argument("--output", type=Path, default=Path("unshared-demo"), help="folder for the figures")
+    d.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    b = sub.add_parser("bench", help="time our layer against unfold+einsum (quick mode by default)",
+                       description="The CPU benchmark in quick mode; --full runs every case (minutes).")
+    b.add_argument("--full", action="store_true")
+    b.add_argument("--cases", help="comma-separated case names, e.g. L4-8,cifar-128")
+    b.add_argument("--output", type=Path, help="markdown file for the results")
     return parser
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _demo(args, parser) -> int:
+    from . import demo
+
+    datasets = ("digits", "faces") if args.dataset == "all" else (args.dataset,)
+    seeds = args.seeds or (1 if args.quick else 3)
+    try:
+        results, models = demo.run_demo(datasets, seeds, args.epochs, args.quick, not args.no_progress)
+        print(demo.format_results(results))
+        paths = demo.save_figures(results, models, args.output)
+    except demo.MissingExtra as error:
+        print(f"unshared demo: {error}", file=sys.stderr)
+        return 1
+    print("figures: " + ", ".join(str(p) for p in paths))
+    return 0
+
+
+def _bench(args) -> int:
+    from . import benchmark
+
+    argv = [] if args.full else ["--quick"]
+    if args.cases:
+        argv += ["--cases", args.cases]
+    if args.output:
+        argv += ["--output", str(args.output)]
+    benchmark.main(argv)
+    return 0
 
 
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command == "demo":
+        return _demo(args, parser)
+    if args.command == "bench":
+        return _bench(args)
     if args.command == "params":
         if args.input_size is None:
             print(_seed_report())

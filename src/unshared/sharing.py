@@ -37,7 +37,7 @@ _CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
 
 #: Run one convolution per bank when banks hold at least this many positions on average
 #: (below it, the per-call overhead of many small convolutions loses to the locally connected kernel).
-MIN_POSITIONS_PER_CONV = 16
+MIN_POSITIONS_PER_CONV = 64
 
 
 class _PartiallySharedNd(_LocallyConnectedNd):
