@@ -223,3 +223,36 @@ def test_bank_layout_is_pinned():
     region = sharing.RegionLocallyConnected2d(1, 1, 1, input_size=(7, 4), regions=(3, 2))
     rows, cols = region.bank_index()
     assert rows.tolist() == [0, 0, 1, 1, 2, 2, 2] and cols.tolist() == [0, 0, 1, 1]
+
+
+@pytest.mark.parametrize("path", ["conv", "banks"])
+@pytest.mark.parametrize("cls", [TILED[2], REGION[1]])
+def test_partial_sharing_gradcheck_gradgradcheck_and_bfloat16(path, cls):
+    from unittest import mock
+    nd = cls._nd
+    key = "tile_size" if cls in TILED.values() else "regions"
+    size = (7, 6)[:nd]
+    layer = cls(4, 2, 2, 1, 1, 1, 2, input_size=size, dtype=torch.float64, **{key: 2})
+    x = torch.randn(2, 4, *size, dtype=torch.float64, requires_grad=True)
+    w = layer.weight.detach().clone().requires_grad_()
+    b = layer.bias.detach().clone().requires_grad_()
+
+    def f(x, w, b):
+        return torch.func.functional_call(layer, {"weight": w, "bias": b}, (x,))
+
+    with mock.patch.object(sharing, "MIN_POSITIONS_PER_CONV", 0 if path == "conv" else 10**9):
+        assert torch.autograd.gradcheck(f, (x, w, b), fast_mode=True)
+        assert torch.autograd.gradgradcheck(f, (x, w, b), fast_mode=True)
+        half = copy_to(layer, torch.bfloat16)
+        xh = x.detach().to(torch.bfloat16).requires_grad_()
+        y = half(xh)
+        ref = locally_connected_reference(xh.double(), half.expanded_weight().double(),
+                                          half.expanded_bias().double(), padding=1, groups=2)
+        torch.testing.assert_close(y.double(), ref, rtol=4e-2, atol=4e-2)
+        y.float().square().sum().backward()
+        assert half.weight.grad.dtype == torch.bfloat16 and torch.isfinite(half.weight.grad.float()).all()
+
+
+def copy_to(layer, dtype):
+    import copy
+    return copy.deepcopy(layer).to(dtype)

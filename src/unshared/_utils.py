@@ -106,6 +106,15 @@ class Geometry:
     groups: int
     in_channels: int
     out_channels: int
+    #: Optional weight sharing: the leading weight dimensions are a grid of filter banks
+    #: (``weight_grid``) and ``position_bank[p]`` is the flat bank index of output position ``p``.
+    weight_grid: tuple[int, ...] | None = None
+    position_bank: tuple[int, ...] | None = None
+
+    @property
+    def weight_leading(self) -> tuple[int, ...]:
+        """The leading dimensions of the weight: the output grid, or the bank grid."""
+        return self.output_size if self.weight_grid is None else self.weight_grid
 
     @property
     def ndim(self) -> int:

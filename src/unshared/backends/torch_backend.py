@@ -57,7 +57,31 @@ def _storage_weight(w: torch.Tensor, g: Geometry) -> torch.Tensor:
     """
     ws = w.permute(public_to_storage_perm(g.ndim)).contiguous()
     cg = g.in_channels // g.groups
-    return ws.view(g.positions, g.groups, g.out_channels // g.groups, g.kernel_volume * cg)
+    return ws.view(-1, g.groups, g.out_channels // g.groups, g.kernel_volume * cg)
+
+
+def _bank_index(g: Geometry, device) -> torch.Tensor | None:
+    return None if g.position_bank is None else torch.tensor(g.position_bank, device=device)
+
+
+class _WeightBlocks:
+    """The filters of positions ``p0:p1`` as ``(positions * groups, out_per_group, R)``: a slice of
+    the weight, or with shared banks a gather of the block's banks into one reused buffer
+    (block-sized, never the whole layer)."""
+
+    def __init__(self, ws: torch.Tensor, g: Geometry, blocks):
+        self.ws, self.banks, self.buffer = ws, _bank_index(g, ws.device), None
+        if self.banks is not None:
+            most = max(p1 - p0 for _, _, p0, p1, _, _ in blocks)
+            self.buffer = empty_buffer((most, ws[0].numel()), dtype=ws.dtype, device=ws.device)
+
+    def __call__(self, p0: int, p1: int, dtype) -> torch.Tensor:
+        if self.banks is None:
+            block = self.ws[p0:p1]
+        else:  # index_select on the 2-d view: 12x faster than on the 4-d tensor (measured)
+            block = torch.index_select(self.ws.view(self.ws.shape[0], -1), 0, self.banks[p0:p1],
+                                       out=self.buffer[: p1 - p0])
+        return block.reshape(-1, *self.ws.shape[-2:]).to(dtype)
 
 
 def _padded_input(x: torch.Tensor, g: Geometry) -> torch.Tensor:
@@ -153,9 +177,10 @@ def lc_forward(x: torch.Tensor, w: torch.Tensor, g: Geometry) -> torch.Tensor:
     xp = _padded_input(x, g)
     out = empty_buffer((g.positions, g.groups, n, og), dtype=cdt, device=x.device)
     buf = _patch_buffer(g, n, cdt, x.device)
+    weight_blocks = _WeightBlocks(ws, g, _blocks(g, n))
     for r0, r1, p0, p1, n0, n1 in _blocks(g, n):
         patches = _gather(xp[n0:n1], g, r0, r1, buf)
-        wc = ws[p0:p1].reshape(-1, og, ws.shape[-1]).to(cdt)
+        wc = weight_blocks(p0, p1, cdt)
         if n1 - n0 == n:
             torch.bmm(patches, wc.transpose(1, 2), out=out[p0:p1].view(-1, n, og))
         else:
@@ -198,8 +223,9 @@ def lc_input_grad(gy: torch.Tensor, w: torch.Tensor, g: Geometry,
         gxp = empty_buffer((*g.padded_size, n, g.in_channels), dtype=cdt, device=gy.device, zero=True)
         gxp_nc = gxp.movedim(-2, 0).movedim(-1, 1)
     buf = _patch_buffer(g, n, cdt, gy.device, INPUT_GRAD_BLOCK_FACTOR)
+    weight_blocks = _WeightBlocks(ws, g, _blocks(g, n, INPUT_GRAD_BLOCK_FACTOR))
     for r0, r1, p0, p1, n0, n1 in _blocks(g, n, INPUT_GRAD_BLOCK_FACTOR):
-        wc = ws[p0:p1].reshape(-1, og, r).to(cdt)
+        wc = weight_blocks(p0, p1, cdt)
         nb = n1 - n0
         block = (r1 - r0, *g.output_size[1:], g.groups)
         if batch_inner:
@@ -223,31 +249,48 @@ def lc_input_grad(gy: torch.Tensor, w: torch.Tensor, g: Geometry,
 
 
 def lc_weight_grad(x: torch.Tensor, gy: torch.Tensor, g: Geometry) -> torch.Tensor:
-    """Adjoint in the weight: ``x``, ``(N, O, *output_size)`` -> public-shaped weight gradient."""
+    """Adjoint in the weight: ``x``, ``(N, O, *output_size)`` -> public-shaped weight gradient.
+
+    Per block: ``(O, N) @ (N, R)`` per position, summed over batch slices; with shared banks each
+    block's position gradients are then added into their banks.
+    """
     n = x.shape[0]
     cdt = _compute_dtype(x.dtype)
     og, cg = g.out_channels // g.groups, g.in_channels // g.groups
-    public_shape = (*g.output_size, g.out_channels, cg, *g.kernel_size)
+    public_shape = (*g.weight_leading, g.out_channels, cg, *g.kernel_size)
     gw = empty_weight(public_shape, g.ndim, dtype=x.dtype, device=x.device, buffer=True)
+    banks = _bank_index(g, x.device)
+    if n == 0 or banks is not None:
+        gw.zero_()
     if n == 0:
-        return gw.zero_()
+        return gw
     gws = _storage_weight(gw, g)  # a view: gw is already in storage order
     gyp = _position_major(gy, g, cdt)
     xp = _padded_input(x, g)
     buf = _patch_buffer(g, n, cdt, x.device)
+    direct = cdt == gw.dtype and banks is None  # write (and accumulate) straight into the result
+    # shared banks sum many positions: in float32 for half precision, cast once at the end
+    bank_sums = gws if banks is None or cdt == gw.dtype else torch.zeros(gws.shape, dtype=cdt, device=x.device)
     for r0, r1, p0, p1, n0, n1 in _blocks(g, n):
         patches = _gather(xp[n0:n1], g, r0, r1, buf)
-        target = gws[p0:p1].view(-1, og, gws.shape[-1])
         grads = gyp[p0:p1, :, n0:n1].reshape(-1, n1 - n0, og).transpose(1, 2)
-        if cdt == gw.dtype:  # accumulate over batch slices in place
+        if direct:
+            target = gws[p0:p1].view(-1, og, gws.shape[-1])
             if n0 == 0:
                 torch.bmm(grads, patches, out=target)
             else:
                 target.baddbmm_(grads, patches)
-        else:  # half precision: accumulate the batch slices of this row block in float32
-            acc = torch.bmm(grads, patches) if n0 == 0 else acc.baddbmm_(grads, patches)
-            if n1 == n:
-                target.copy_(acc)
+            continue
+        # half precision or shared banks: sum this block's batch slices in float32 first
+        acc = torch.bmm(grads, patches) if n0 == 0 else acc.baddbmm_(grads, patches)
+        if n1 == n:
+            acc = acc.view(p1 - p0, *gws.shape[1:])
+            if banks is None:
+                gws[p0:p1].copy_(acc)
+            else:
+                bank_sums.index_add_(0, banks[p0:p1], acc)
+    if bank_sums is not gws:
+        gws.copy_(bank_sums)
     return gw
 
 
