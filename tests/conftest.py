@@ -1,9 +1,15 @@
 import os
 import sys
 
+import torch
 from hypothesis import HealthCheck, settings
 
 sys.path.insert(0, os.path.dirname(__file__))  # tests/reference.py, shared with benchmarks/
+
+# Without a GPU the Triton kernels run under Triton's interpreter (on CPU tensors). It is read
+# when the kernels are defined, so it must be set before unshared's Triton backend first computes.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 # Derandomized: the same configurations every run, so a failure reproduces. UNSHARED_FULL_SWEEP=1
 # runs the long sweep (5x the examples of every property test).

@@ -14,9 +14,10 @@ TOLERANCE = {torch.float64: (1e-7, 1e-7), torch.float32: (1e-5, 1e-5),
              torch.float16: (1e-2, 1e-2), torch.bfloat16: (4e-2, 4e-2)}
 
 
-def _check_against_reference(cfg: Config, dtype, seed: int):
-    x, w, b = cfg.tensors(dtype=dtype, seed=seed, requires_grad=True)
-    y = FN[cfg.nd](x, w, b, **cfg.kwargs())
+def check_against_reference(cfg: Config, dtype, seed: int, backend: str = "auto", device="cpu"):
+    """Forward and every gradient of ``backend`` against the float64 reference, at ``dtype``'s tolerance."""
+    x, w, b = cfg.tensors(dtype=dtype, seed=seed, requires_grad=True, device=device)
+    y = FN[cfg.nd](x, w, b, **cfg.kwargs(), backend=backend)
     assert y.dtype == dtype
     assert y.shape == ((cfg.out_channels, *cfg.output_size) if cfg.batch is None
                        else (cfg.batch, cfg.out_channels, *cfg.output_size))
@@ -28,6 +29,7 @@ def _check_against_reference(cfg: Config, dtype, seed: int):
     torch.testing.assert_close(y.double(), yr, rtol=rtol, atol=atol)
 
     gy = torch.randn(y.shape, generator=torch.Generator().manual_seed(seed + 1), dtype=torch.float64)
+    gy = gy.to(device)
     y.backward(gy.to(dtype))
     yr.backward(gy)
     for ours, ref, name in ((x, xr, "input"), (w, wr, "weight"), (b, br, "bias")):
@@ -41,20 +43,20 @@ def _check_against_reference(cfg: Config, dtype, seed: int):
 @settings(max_examples=1000 * EXAMPLES_SCALE)
 @given(cfg=configs())
 def test_float64_forward_and_gradients_match_reference(cfg):
-    _check_against_reference(cfg, torch.float64, seed=0)
+    check_against_reference(cfg, torch.float64, seed=0)
 
 
 @settings(max_examples=300 * EXAMPLES_SCALE)
 @given(cfg=configs(max_batch=2))
 def test_float32_matches_reference(cfg):
-    _check_against_reference(cfg, torch.float32, seed=1)
+    check_against_reference(cfg, torch.float32, seed=1)
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @settings(max_examples=150 * EXAMPLES_SCALE)
 @given(cfg=configs(max_batch=2))
 def test_half_precision_matches_reference(dtype, cfg):
-    _check_against_reference(cfg, dtype, seed=2)
+    check_against_reference(cfg, dtype, seed=2)
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
@@ -120,6 +122,6 @@ def test_input_gradient_orientations_and_blocks(batch_inner_from, block_elements
     from unshared.backends import torch_backend
     with mock.patch.object(torch_backend, "BATCH_INNER_FROM", batch_inner_from), \
             mock.patch.object(torch_backend, "BLOCK_ELEMENTS", block_elements or torch_backend.BLOCK_ELEMENTS):
-        _check_against_reference(cfg, torch.float64, seed=3)
+        check_against_reference(cfg, torch.float64, seed=3)
         if block_elements:  # half precision accumulates the batch slices of the weight gradient in float32
-            _check_against_reference(cfg, torch.bfloat16, seed=4)
+            check_against_reference(cfg, torch.bfloat16, seed=4)

@@ -106,15 +106,38 @@ class Geometry:
     groups: int
     in_channels: int
     out_channels: int
-    #: Optional weight sharing: the leading weight dimensions are a grid of filter banks
-    #: (``weight_grid``) and ``position_bank[p]`` is the flat bank index of output position ``p``.
+    #: With weight sharing, the leading weight dimensions are a grid of filter banks (the bank of
+    #: each output position is then given by a separate index tensor); ``None``: the output grid.
     weight_grid: tuple[int, ...] | None = None
-    position_bank: tuple[int, ...] | None = None
 
     @property
     def weight_leading(self) -> tuple[int, ...]:
         """The leading dimensions of the weight: the output grid, or the bank grid."""
         return self.output_size if self.weight_grid is None else self.weight_grid
+
+    def encode(self) -> list[int]:
+        """A flat list of ints (what a ``torch.library`` op can take); :meth:`decode` inverts it."""
+        nd = self.ndim
+        return [nd, *self.input_size, *self.output_size, *self.kernel_size, *self.stride,
+                *(p for pair in self.padding for p in pair), *self.dilation, self.groups,
+                self.in_channels, self.out_channels, *(self.weight_grid or ())]
+
+    @classmethod
+    def decode(cls, values) -> "Geometry":
+        nd, rest = values[0], list(values[1:])
+
+        def take(count):
+            items = tuple(rest[:count])
+            del rest[:count]
+            return items
+
+        input_size, output_size, kernel_size, stride = take(nd), take(nd), take(nd), take(nd)
+        flat = take(2 * nd)
+        padding = tuple(zip(flat[::2], flat[1::2]))
+        dilation = take(nd)
+        groups, in_channels, out_channels = take(3)
+        return cls(input_size, output_size, kernel_size, stride, padding, dilation, groups, in_channels,
+                   out_channels, take(nd) or None)
 
     @property
     def ndim(self) -> int:
@@ -189,9 +212,13 @@ def empty_buffer(shape, *, dtype=None, device=None, zero: bool = False) -> torch
     return torch.frombuffer(mapping, dtype=dtype, count=numel).view(shape)
 
 
-def has_storage_layout(weight: torch.Tensor, nd: int) -> bool:
-    return weight.permute(public_to_storage_perm(nd)).is_contiguous()
-
-
-def describe(t: torch.Tensor) -> str:
-    return f"shape {tuple(t.shape)}"
+def memory_format_of(x: torch.Tensor) -> torch.memory_format:
+    """``channels_last``/``channels_last_3d`` when ``x`` uses it (and is not plain contiguous):
+    outputs and input gradients keep the input's layout."""
+    if x.is_contiguous():
+        return torch.contiguous_format
+    if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last):
+        return torch.channels_last
+    if x.dim() == 5 and x.is_contiguous(memory_format=torch.channels_last_3d):
+        return torch.channels_last_3d
+    return torch.contiguous_format

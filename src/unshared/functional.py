@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from . import _utils as U
-from .backends import choose_backend
+from .backends import choose_backend, ops
 
 __all__ = ["locally_connected1d", "locally_connected2d", "locally_connected3d"]
 
@@ -100,7 +100,7 @@ def _locally_connected(nd, input, weight, bias, stride, padding, dilation, group
         x = _pad(x, pads, padding_mode, name)
         spatial, pads = tuple(x.shape[2:]), ((0, 0),) * nd
     geometry = U.Geometry(spatial, grid, kernel_size, stride, pads, dilation, groups, channels, out_channels)
-    y = choose_backend(x, weight, geometry, backend).locally_connected(x, weight, geometry)
+    y = ops.locally_connected(x, weight, geometry, choose_backend(x, weight, geometry, backend))
     if bias is not None:
         y = y + (bias if bias.dim() > 1 else bias.view(out_channels, *(1,) * nd))
     return y.squeeze(0) if unbatched else y
@@ -119,7 +119,8 @@ _DOC = """Locally connected {nd}d layer: a convolution with a separate filter ba
         stride, padding, dilation, groups: as ``torch.nn.functional.conv{nd}d``; ``padding`` is an
             int, a tuple, ``"valid"`` or ``"same"`` (stride 1 only). Defaults: 1, 0, 1, 1.
         padding_mode: ``"zeros"``, ``"reflect"``, ``"replicate"`` or ``"circular"``. Default: ``"zeros"``.
-        backend: ``"auto"`` or a name in ``unshared.backends.BACKENDS``. Default: ``"auto"``.
+        backend: ``"torch"`` (pure PyTorch, any device), ``"triton"`` (fused GPU kernels) or
+            ``"auto"``: Triton for CUDA tensors when it is installed, else PyTorch. Default: ``"auto"``.
 
     Returns:
         ``(N, C_out, {odims})`` (or unbatched ``(C_out, {odims})``), where

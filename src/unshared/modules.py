@@ -13,6 +13,7 @@ from torch.nn.parameter import UninitializedParameter
 
 from . import _utils as U
 from . import functional as UF
+from .backends import check_backend_name
 
 __all__ = [
     "LocallyConnected1d", "LocallyConnected2d", "LocallyConnected3d",
@@ -52,7 +53,7 @@ class _LocallyConnectedNd(nn.Module):
         self.padding = padding if isinstance(padding, str) else U.ntuple(padding, nd, "padding")
         self.padding_mode = U.check_padding_mode(padding_mode)
         self.shared_bias = bool(shared_bias)
-        self.backend = backend
+        self.backend = check_backend_name(backend)
         self.input_size: tuple[int, ...] | None = None
         self.output_size: tuple[int, ...] | None = None
         factory_kwargs = {"device": device, "dtype": dtype}

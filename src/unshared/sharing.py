@@ -27,7 +27,7 @@ from torch import Tensor
 
 from . import _utils as U
 from . import functional as UF
-from .backends import choose_backend
+from .backends import choose_backend, ops
 from .functional import _pad
 from .modules import _LocallyConnectedNd
 
@@ -53,9 +53,22 @@ class _PartiallySharedNd(_LocallyConnectedNd):
     def _grid(self) -> tuple[int, ...]:
         raise NotImplementedError
 
-    def bank_index(self) -> list[Tensor]:
-        """Per spatial dimension, the bank coordinate of every output coordinate (int64)."""
+    def bank_index(self, device=None) -> list[Tensor]:
+        """Per spatial dimension, the bank coordinate of every output coordinate (int64, on
+        ``device``, by default the weight's)."""
         raise NotImplementedError
+
+    def _create_parameters(self, bias: bool, factory_kwargs) -> None:
+        super()._create_parameters(bias, factory_kwargs)
+        # the flat bank of every output position, for the locally connected kernel; None when
+        # every position has its own bank (then the layer is a plain locally connected one)
+        index = torch.stack(torch.meshgrid(*self.bank_index("cpu"), indexing="ij")).flatten(1)
+        flat = torch.zeros_like(index[0])
+        for d, size in enumerate(self._grid()):
+            flat = flat * size + index[d]
+        identity = flat.equal(torch.arange(flat.numel()))
+        self.register_buffer("position_bank", None if identity else flat.to(factory_kwargs["device"]),
+                             persistent=False)
 
     def _bank_plan(self):
         """Yield ``(bank, output slices, input slices, conv stride)`` per bank."""
@@ -92,17 +105,11 @@ class _PartiallySharedNd(_LocallyConnectedNd):
         pads = self._padding
         if self.padding_mode != "zeros" and any(lo or hi for lo, hi in pads):
             x, pads = _pad(x, pads, self.padding_mode, type(self).__name__), ((0, 0),) * nd
-        index = torch.stack(torch.meshgrid(*self.bank_index(), indexing="ij")).flatten(1)
-        flat = torch.zeros_like(index[0])
-        for d, size in enumerate(self._grid()):
-            flat = flat * size + index[d]
-        banks = tuple(flat.tolist())
-        if banks == tuple(range(len(banks))):  # one bank per position: a plain locally connected layer
-            banks = None
         g = U.Geometry(tuple(x.shape[2:]), self.output_size, self.kernel_size, self.stride, pads,
                        self.dilation, self.groups, self.in_channels, self.out_channels,
-                       weight_grid=self._grid(), position_bank=banks)
-        y = choose_backend(x, self.weight, g, self.backend).locally_connected(x, self.weight, g)
+                       weight_grid=self._grid())
+        y = ops.locally_connected(x, self.weight, g, choose_backend(x, self.weight, g, self.backend),
+                                  self.position_bank)
         if self.bias is not None:
             bias = self.expanded_bias()
             y = y + (bias.view(-1, *(1,) * nd) if bias.dim() == 1 else bias)
@@ -152,8 +159,9 @@ class _TiledNd(_PartiallySharedNd):
     def _grid(self):
         return self.tile_size
 
-    def bank_index(self):
-        return [torch.arange(o, device=self.weight.device) % t for o, t in zip(self.output_size, self.tile_size)]
+    def bank_index(self, device=None):
+        device = self.weight.device if device is None else device
+        return [torch.arange(o, device=device) % t for o, t in zip(self.output_size, self.tile_size)]
 
     def _bank_plan(self):
         for bank in itertools.product(*map(range, self.tile_size)):
@@ -187,12 +195,13 @@ class _RegionNd(_PartiallySharedNd):
     def _grid(self):
         return self.regions
 
-    def bank_index(self):
+    def bank_index(self, device=None):
+        device = self.weight.device if device is None else device
         index = []
         for o, r in zip(self.output_size, self.regions):
             b = _boundaries(o, r)
             index.append(torch.repeat_interleave(torch.arange(r), torch.tensor(
-                [b[i + 1] - b[i] for i in range(r)])).to(self.weight.device))
+                [b[i + 1] - b[i] for i in range(r)])).to(device))
         return index
 
     def _bank_plan(self):

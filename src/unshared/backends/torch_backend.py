@@ -6,13 +6,15 @@ buffer ``(positions * groups, batch, kernel_volume * channels_per_group)``, and 
 per block multiplies them with the block's filters. The full patch tensor (``F.unfold``) is never
 built: transient memory is bounded by ``BLOCK_ELEMENTS`` whatever the layer size.
 
-Three bilinear operations close under differentiation, so each is an autograd Function whose
-backward calls the other two, which makes every order of derivative available:
+The three bilinear operations of the layer are computed here; :mod:`unshared.backends.ops`
+makes them one differentiable operator (each one's derivatives are the other two):
 
 - ``forward(x, w)``: the layer, ``y[n, o, p] = sum_{c, k} w[p, o, c, k] x_pad[n, c, p*s + k*d]``;
 - ``input_grad(gy, w)``: its adjoint in ``x`` (gradient w.r.t. the input);
 - ``weight_grad(x, gy)``: its adjoint in ``w`` (gradient w.r.t. the weight).
 
+With weight sharing (``banks``: the filter bank of each output position) each block of positions
+gathers its filters from the banks, and the weight gradient adds each block into the banks.
 Non-zero padding modes are applied by the caller (``F.pad``); here padding means zeros.
 Half-precision inputs are gathered into float32 buffers: products and sums happen in float32.
 """
@@ -23,7 +25,7 @@ import math
 
 import torch
 
-from .._utils import Geometry, empty_buffer, empty_weight, public_to_storage_perm
+from .._utils import Geometry, empty_buffer, empty_weight, memory_format_of, public_to_storage_perm
 
 #: Upper bound on the elements of one gathered patch block (8 MiB in float32): small enough to
 #: stay in cache between the gather and the matmul that reads it. Measured at DeepFace L4, batch
@@ -39,17 +41,6 @@ def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
 
 
-def _memory_format(x: torch.Tensor) -> torch.memory_format:
-    """``channels_last``/``channels_last_3d`` when ``x`` uses it (and is not plain contiguous)."""
-    if x.is_contiguous():
-        return torch.contiguous_format
-    if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last):
-        return torch.channels_last
-    if x.dim() == 5 and x.is_contiguous(memory_format=torch.channels_last_3d):
-        return torch.channels_last_3d
-    return torch.contiguous_format
-
-
 def _storage_weight(w: torch.Tensor, g: Geometry) -> torch.Tensor:
     """Weight as ``(positions, groups, out_per_group, kernel_volume * in_per_group)``.
 
@@ -60,18 +51,14 @@ def _storage_weight(w: torch.Tensor, g: Geometry) -> torch.Tensor:
     return ws.view(-1, g.groups, g.out_channels // g.groups, g.kernel_volume * cg)
 
 
-def _bank_index(g: Geometry, device) -> torch.Tensor | None:
-    return None if g.position_bank is None else torch.tensor(g.position_bank, device=device)
-
-
 class _WeightBlocks:
     """The filters of positions ``p0:p1`` as ``(positions * groups, out_per_group, R)``: a slice of
     the weight, or with shared banks a gather of the block's banks into one reused buffer
     (block-sized, never the whole layer)."""
 
-    def __init__(self, ws: torch.Tensor, g: Geometry, blocks):
-        self.ws, self.banks, self.buffer = ws, _bank_index(g, ws.device), None
-        if self.banks is not None:
+    def __init__(self, ws: torch.Tensor, banks: torch.Tensor | None, blocks):
+        self.ws, self.banks, self.buffer = ws, banks, None
+        if banks is not None:
             most = max(p1 - p0 for _, _, p0, p1, _, _ in blocks)
             self.buffer = empty_buffer((most, ws[0].numel()), dtype=ws.dtype, device=ws.device)
 
@@ -163,21 +150,26 @@ def _patch_buffer(g: Geometry, n: int, dtype, device, factor: int = 1) -> torch.
     return empty_buffer((numel,), dtype=dtype, device=device)
 
 
-# ----------------------------------------------------------------------------- raw computations
+def can_run(x: torch.Tensor, w: torch.Tensor, g: Geometry) -> str | None:
+    """``None`` when this backend can compute the call, else the reason why not."""
+    return None  # any device and floating dtype that torch.bmm supports
 
-def lc_forward(x: torch.Tensor, w: torch.Tensor, g: Geometry) -> torch.Tensor:
+
+# ----------------------------------------------------------------------------- the three operations
+
+def forward(x: torch.Tensor, w: torch.Tensor, g: Geometry, banks: torch.Tensor | None = None) -> torch.Tensor:
     """``(N, C, *input_size)``, public weight -> ``(N, O, *output_size)``."""
     n = x.shape[0]
     cdt = _compute_dtype(x.dtype)
     og = g.out_channels // g.groups
     if n == 0:
         return torch.empty((0, g.out_channels, *g.output_size), dtype=x.dtype, device=x.device,
-                           memory_format=_memory_format(x))
+                           memory_format=memory_format_of(x))
     ws = _storage_weight(w, g)
     xp = _padded_input(x, g)
     out = empty_buffer((g.positions, g.groups, n, og), dtype=cdt, device=x.device)
     buf = _patch_buffer(g, n, cdt, x.device)
-    weight_blocks = _WeightBlocks(ws, g, _blocks(g, n))
+    weight_blocks = _WeightBlocks(ws, banks, _blocks(g, n))
     for r0, r1, p0, p1, n0, n1 in _blocks(g, n):
         patches = _gather(xp[n0:n1], g, r0, r1, buf)
         wc = weight_blocks(p0, p1, cdt)
@@ -187,7 +179,7 @@ def lc_forward(x: torch.Tensor, w: torch.Tensor, g: Geometry) -> torch.Tensor:
             out[p0:p1, :, n0:n1] = torch.bmm(patches, wc.transpose(1, 2)).view(p1 - p0, g.groups, -1, og)
     y = out.view(*g.output_size, g.groups, n, og)
     y = y.movedim(-2, 0).movedim(-2, 1).movedim(-1, 2).reshape(n, g.out_channels, *g.output_size)
-    result = torch.empty(y.shape, dtype=x.dtype, device=x.device, memory_format=_memory_format(x))
+    result = torch.empty(y.shape, dtype=x.dtype, device=x.device, memory_format=memory_format_of(x))
     return result.copy_(y)
 
 
@@ -195,8 +187,9 @@ def lc_forward(x: torch.Tensor, w: torch.Tensor, g: Geometry) -> torch.Tensor:
 BATCH_INNER_FROM = 32
 
 
-def lc_input_grad(gy: torch.Tensor, w: torch.Tensor, g: Geometry,
-                  memory_format: torch.memory_format = torch.contiguous_format) -> torch.Tensor:
+def input_grad(gy: torch.Tensor, w: torch.Tensor, g: Geometry,
+               memory_format: torch.memory_format = torch.contiguous_format,
+               banks: torch.Tensor | None = None) -> torch.Tensor:
     """Adjoint in the input: ``(N, O, *output_size)`` -> ``(N, C, *input_size)``.
 
     Per block, one bmm gives every patch's gradient, then each kernel offset adds its slice into a
@@ -223,7 +216,7 @@ def lc_input_grad(gy: torch.Tensor, w: torch.Tensor, g: Geometry,
         gxp = empty_buffer((*g.padded_size, n, g.in_channels), dtype=cdt, device=gy.device, zero=True)
         gxp_nc = gxp.movedim(-2, 0).movedim(-1, 1)
     buf = _patch_buffer(g, n, cdt, gy.device, INPUT_GRAD_BLOCK_FACTOR)
-    weight_blocks = _WeightBlocks(ws, g, _blocks(g, n, INPUT_GRAD_BLOCK_FACTOR))
+    weight_blocks = _WeightBlocks(ws, banks, _blocks(g, n, INPUT_GRAD_BLOCK_FACTOR))
     for r0, r1, p0, p1, n0, n1 in _blocks(g, n, INPUT_GRAD_BLOCK_FACTOR):
         wc = weight_blocks(p0, p1, cdt)
         nb = n1 - n0
@@ -248,7 +241,7 @@ def lc_input_grad(gy: torch.Tensor, w: torch.Tensor, g: Geometry,
     return gx.copy_(gxp_nc[interior])
 
 
-def lc_weight_grad(x: torch.Tensor, gy: torch.Tensor, g: Geometry) -> torch.Tensor:
+def weight_grad(x: torch.Tensor, gy: torch.Tensor, g: Geometry, banks: torch.Tensor | None = None) -> torch.Tensor:
     """Adjoint in the weight: ``x``, ``(N, O, *output_size)`` -> public-shaped weight gradient.
 
     Per block: ``(O, N) @ (N, R)`` per position, summed over batch slices; with shared banks each
@@ -259,7 +252,6 @@ def lc_weight_grad(x: torch.Tensor, gy: torch.Tensor, g: Geometry) -> torch.Tens
     og, cg = g.out_channels // g.groups, g.in_channels // g.groups
     public_shape = (*g.weight_leading, g.out_channels, cg, *g.kernel_size)
     gw = empty_weight(public_shape, g.ndim, dtype=x.dtype, device=x.device, buffer=True)
-    banks = _bank_index(g, x.device)
     if n == 0 or banks is not None:
         gw.zero_()
     if n == 0:
@@ -292,60 +284,3 @@ def lc_weight_grad(x: torch.Tensor, gy: torch.Tensor, g: Geometry) -> torch.Tens
     if bank_sums is not gws:
         gws.copy_(bank_sums)
     return gw
-
-
-# ----------------------------------------------------------------------------- autograd
-
-class _Forward(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, w, g):
-        ctx.save_for_backward(x, w)
-        ctx.g = g
-        return lc_forward(x, w, g)
-
-    @staticmethod
-    def backward(ctx, gy):
-        x, w = ctx.saved_tensors
-        gx = _InputGrad.apply(gy, w, ctx.g, _memory_format(x)) if ctx.needs_input_grad[0] else None
-        gw = _WeightGrad.apply(x, gy, ctx.g) if ctx.needs_input_grad[1] else None
-        return gx, gw, None
-
-
-class _InputGrad(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, gy, w, g, memory_format):
-        ctx.save_for_backward(gy, w)
-        ctx.g = g
-        return lc_input_grad(gy, w, g, memory_format)
-
-    @staticmethod
-    def backward(ctx, ggx):
-        gy, w = ctx.saved_tensors
-        g_gy = _Forward.apply(ggx, w, ctx.g) if ctx.needs_input_grad[0] else None
-        g_w = _WeightGrad.apply(ggx, gy, ctx.g) if ctx.needs_input_grad[1] else None
-        return g_gy, g_w, None, None
-
-
-class _WeightGrad(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, gy, g):
-        ctx.save_for_backward(x, gy)
-        ctx.g = g
-        return lc_weight_grad(x, gy, g)
-
-    @staticmethod
-    def backward(ctx, ggw):
-        x, gy = ctx.saved_tensors
-        g_x = _InputGrad.apply(gy, ggw, ctx.g, _memory_format(x)) if ctx.needs_input_grad[0] else None
-        g_gy = _Forward.apply(x, ggw, ctx.g) if ctx.needs_input_grad[1] else None
-        return g_x, g_gy, None
-
-
-def can_run(x: torch.Tensor, w: torch.Tensor, g: Geometry) -> str | None:
-    """``None`` when this backend can compute the call, else the reason why not."""
-    return None  # any device and floating dtype that torch.bmm supports
-
-
-def locally_connected(x: torch.Tensor, w: torch.Tensor, g: Geometry) -> torch.Tensor:
-    """Differentiable (to any order) locally connected layer without bias; zero padding only."""
-    return _Forward.apply(x, w, g)

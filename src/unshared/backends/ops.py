@@ -1,0 +1,138 @@
+"""The locally connected operator as three ``torch.library`` custom ops.
+
+``unshared::forward``, ``unshared::input_grad`` and ``unshared::weight_grad`` are the layer and its
+two adjoints. The derivatives of each are the other two, so every order of derivative is
+available (gradgradcheck). Each op computes with the backend named in its call (``"torch"`` or
+``"triton"``) and has a fake implementation, so ``torch.compile(fullgraph=True)`` traces through
+it without graph breaks and ``device="meta"`` tensors get shapes without computation.
+
+The geometry travels as a flat ``list[int]`` (:meth:`Geometry.encode`); ``banks`` is ``None`` or
+the ``(positions,)`` int64 filter-bank index of every output position (partial weight sharing).
+"""
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from .._utils import Geometry, empty_weight, memory_format_of
+from . import BACKENDS
+
+__all__ = ["locally_connected"]
+
+
+def locally_connected(x: Tensor, weight: Tensor, geometry: Geometry, backend: str,
+                      banks: Optional[Tensor] = None) -> Tensor:
+    """``(N, C, *input_size)`` -> ``(N, O, *output_size)`` without bias; zero padding only."""
+    return torch.ops.unshared.forward(x, weight, banks, geometry.encode(), backend)
+
+
+def _input_grad_format(channels_last: bool, dim: int) -> torch.memory_format:
+    if not channels_last:
+        return torch.contiguous_format
+    return torch.channels_last if dim == 4 else torch.channels_last_3d
+
+
+# ----------------------------------------------------------------------------- the ops
+
+@torch.library.custom_op("unshared::forward", mutates_args=())
+def _forward(x: Tensor, weight: Tensor, banks: Optional[Tensor], geometry: list[int], backend: str) -> Tensor:
+    return BACKENDS[backend].forward(x, weight, Geometry.decode(geometry), banks)
+
+
+@torch.library.custom_op("unshared::input_grad", mutates_args=())
+def _input_grad(grad_output: Tensor, weight: Tensor, banks: Optional[Tensor], geometry: list[int],
+                backend: str, channels_last: bool) -> Tensor:
+    g = Geometry.decode(geometry)
+    fmt = _input_grad_format(channels_last, grad_output.dim())
+    return BACKENDS[backend].input_grad(grad_output, weight, g, fmt, banks)
+
+
+@torch.library.custom_op("unshared::weight_grad", mutates_args=())
+def _weight_grad(x: Tensor, grad_output: Tensor, banks: Optional[Tensor], geometry: list[int],
+                 backend: str) -> Tensor:
+    return BACKENDS[backend].weight_grad(x, grad_output, Geometry.decode(geometry), banks)
+
+
+# ----------------------------------------------------------------------------- shapes (fake/meta)
+# The layouts here are the ones every backend returns: outputs and input gradients in the input's
+# memory format, weight gradients in the weight storage order of _utils.empty_weight.
+
+@_forward.register_fake
+def _(x, weight, banks, geometry, backend):
+    g = Geometry.decode(geometry)
+    return torch.empty((x.shape[0], g.out_channels, *g.output_size), dtype=x.dtype, device=x.device,
+                       memory_format=memory_format_of(x))
+
+
+@_input_grad.register_fake
+def _(grad_output, weight, banks, geometry, backend, channels_last):
+    g = Geometry.decode(geometry)
+    return torch.empty((grad_output.shape[0], g.in_channels, *g.input_size), dtype=grad_output.dtype,
+                       device=grad_output.device, memory_format=_input_grad_format(channels_last, grad_output.dim()))
+
+
+@_weight_grad.register_fake
+def _(x, grad_output, banks, geometry, backend):
+    g = Geometry.decode(geometry)
+    shape = (*g.weight_leading, g.out_channels, g.in_channels // g.groups, *g.kernel_size)
+    return empty_weight(shape, g.ndim, dtype=x.dtype, device=x.device)
+
+
+# ----------------------------------------------------------------------------- derivatives
+
+def _save(ctx, first: Tensor, second: Tensor, banks, geometry, backend) -> None:
+    ctx.save_for_backward(first, second, banks)
+    ctx.geometry, ctx.backend = geometry, backend
+
+
+def _forward_setup(ctx, inputs, output):
+    x, weight, banks, geometry, backend = inputs
+    _save(ctx, x, weight, banks, geometry, backend)
+    ctx.channels_last = memory_format_of(x) != torch.contiguous_format
+
+
+def _forward_backward(ctx, grad):
+    x, weight, banks = ctx.saved_tensors
+    gx = gw = None
+    if ctx.needs_input_grad[0]:
+        gx = _input_grad(grad, weight, banks, ctx.geometry, ctx.backend, ctx.channels_last)
+    if ctx.needs_input_grad[1]:
+        gw = _weight_grad(x, grad, banks, ctx.geometry, ctx.backend)
+    return gx, gw, None, None, None
+
+
+def _input_grad_setup(ctx, inputs, output):
+    grad_output, weight, banks, geometry, backend, channels_last = inputs
+    _save(ctx, grad_output, weight, banks, geometry, backend)
+
+
+def _input_grad_backward(ctx, grad):
+    # input_grad(gy, w) is linear in each argument: d/dgy is forward(., w), d/dw is weight_grad(., gy)
+    grad_output, weight, banks = ctx.saved_tensors
+    g_gy = g_w = None
+    if ctx.needs_input_grad[0]:
+        g_gy = _forward(grad, weight, banks, ctx.geometry, ctx.backend)
+    if ctx.needs_input_grad[1]:
+        g_w = _weight_grad(grad, grad_output, banks, ctx.geometry, ctx.backend)
+    return g_gy, g_w, None, None, None, None
+
+
+def _weight_grad_setup(ctx, inputs, output):
+    x, grad_output, banks, geometry, backend = inputs
+    _save(ctx, x, grad_output, banks, geometry, backend)
+    ctx.channels_last = memory_format_of(x) != torch.contiguous_format
+
+
+def _weight_grad_backward(ctx, grad):
+    x, grad_output, banks = ctx.saved_tensors
+    g_x = g_gy = None
+    if ctx.needs_input_grad[0]:
+        g_x = _input_grad(grad_output, grad, banks, ctx.geometry, ctx.backend, ctx.channels_last)
+    if ctx.needs_input_grad[1]:
+        g_gy = _forward(x, grad, banks, ctx.geometry, ctx.backend)
+    return g_x, g_gy, None, None, None
+
+
+_forward.register_autograd(_forward_backward, setup_context=_forward_setup)
+_input_grad.register_autograd(_input_grad_backward, setup_context=_input_grad_setup)
+_weight_grad.register_autograd(_weight_grad_backward, setup_context=_weight_grad_setup)

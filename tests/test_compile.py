@@ -1,0 +1,104 @@
+"""torch.compile(fullgraph=True) and the torch.library ops behind it."""
+import pytest
+import torch
+from torch import nn
+
+import unshared
+import unshared.functional as UF
+from configs import Config
+from unshared.backends import ops
+
+_HAS_TRITON = ops.BACKENDS["triton"].TRITON_INSTALLED
+
+
+def _network():
+    torch.manual_seed(0)
+    return nn.Sequential(
+        unshared.LocallyConnected2d(3, 4, 3, padding=1, input_size=(6, 7)), nn.ReLU(),
+        unshared.TiledLocallyConnected2d(4, 4, 2, input_size=(6, 7), tile_size=2), nn.ReLU(),
+        unshared.LocallyConnected2d(4, 2, 2, stride=2, padding=1, padding_mode="reflect", input_size=(5, 6),
+                                    shared_bias=True),
+        nn.Flatten(), nn.Linear(2 * 3 * 4, 3))
+
+
+def _forward_backward(model, x):
+    x = x.detach().requires_grad_()
+    y = model(x)
+    y.square().sum().backward()
+    grads = [x.grad] + [p.grad.clone() for p in model.parameters()]
+    model.zero_grad(set_to_none=True)
+    return y.detach(), grads
+
+
+@pytest.mark.parametrize("compiler", ["inductor", "aot_eager"])
+def test_network_compiles_fullgraph_and_matches_eager(compiler):
+    net = _network()
+    x = torch.randn(5, 3, 6, 7)
+    y, grads = _forward_backward(net, x)
+    torch._dynamo.reset()
+    yc, grads_c = _forward_backward(torch.compile(net, fullgraph=True, backend=compiler), x)
+    torch.testing.assert_close(yc, y)
+    for a, b in zip(grads_c, grads):
+        torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("cfg", [
+    Config(1, 3, 4, (3,), (2,), 1, (1,), 1, "circular", (9,), 2, "position", "noncontiguous"),
+    Config(2, 4, 2, (2, 3), (1, 1), "same", (2, 1), 2, "replicate", (5, 6), None, "shared", "contiguous"),
+    Config(3, 2, 2, (2, 2, 2), (1, 2, 1), 0, (1, 1, 1), 1, "zeros", (3, 5, 4), 3, None, "channels_last"),
+], ids=["1d", "2d-unbatched", "3d-channels-last"])
+def test_functional_compiles_fullgraph(cfg):
+    x, w, b = cfg.tensors(requires_grad=True)
+    fn = {1: UF.locally_connected1d, 2: UF.locally_connected2d, 3: UF.locally_connected3d}[cfg.nd]
+
+    def call(x, w, b):
+        return fn(x, w, b, **cfg.kwargs())
+
+    torch._dynamo.reset()
+    compiled = torch.compile(call, fullgraph=True, backend="aot_eager")
+    for f in (call, compiled):
+        y = f(x, w, b)
+        grads = torch.autograd.grad(y.square().sum(), [t for t in (x, w, b) if t is not None])
+        if f is call:
+            expected = (y, grads)
+    torch.testing.assert_close(y, expected[0])
+    for a, e in zip(grads, expected[1]):
+        torch.testing.assert_close(a, e)
+
+
+@pytest.mark.skipif(not _HAS_TRITON, reason="Triton is not installed")
+def test_triton_backend_compiles_fullgraph():
+    device = "cuda" if torch.cuda.is_available() else "cpu"  # CPU: under TRITON_INTERPRET=1 (conftest)
+    layer = unshared.LocallyConnected2d(2, 3, 2, padding=1, input_size=(3, 4), backend="triton",
+                                        device=device, dtype=torch.float64)
+    x = torch.randn(2, 2, 3, 4, device=device, dtype=torch.float64)
+    y, grads = _forward_backward(layer, x)
+    torch._dynamo.reset()
+    yc, grads_c = _forward_backward(torch.compile(layer, fullgraph=True, backend="aot_eager"), x)
+    torch.testing.assert_close(yc, y)
+    for a, b in zip(grads_c, grads):
+        torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("banks", [False, True])
+def test_opcheck(channels_last, banks):
+    # schema, fake (meta) implementations, autograd registration and layouts of the three ops
+    g = unshared._utils.Geometry((4, 5), (3, 2), (2, 2), (1, 2), ((0, 0), (0, 0)), (1, 1), 2, 4, 6,
+                                 (1, 2) if banks else None)
+    geometry = g.encode()
+    bank = torch.tensor([0, 1, 0, 1, 0, 1]) if banks else None
+    x = torch.randn(3, 4, 4, 5, dtype=torch.float64, requires_grad=True)
+    if channels_last:
+        x = x.detach().contiguous(memory_format=torch.channels_last).requires_grad_()
+    w = torch.randn(*g.weight_leading, 6, 2, 2, 2, dtype=torch.float64, requires_grad=True)
+    gy = torch.randn(3, 6, 3, 2, dtype=torch.float64, requires_grad=True)
+    torch.library.opcheck(torch.ops.unshared.forward, (x, w, bank, geometry, "torch"))
+    torch.library.opcheck(torch.ops.unshared.input_grad, (gy, w, bank, geometry, "torch", channels_last))
+    torch.library.opcheck(torch.ops.unshared.weight_grad, (x, gy, bank, geometry, "torch"))
+
+
+def test_meta_tensors_get_shapes_without_computing():
+    layer = unshared.LocallyConnected2d(16, 16, 9, input_size=63, device="meta")
+    y = layer(torch.empty(64, 16, 63, 63, device="meta"))
+    assert y.shape == (64, 16, 55, 55) and y.device.type == "meta"

@@ -1,0 +1,158 @@
+"""The Triton backend against the float64 reference: forward, input and weight gradients.
+
+Without a GPU the kernels run under ``TRITON_INTERPRET=1`` (set by conftest) on CPU tensors and
+small shapes, with one fixed block configuration; with a GPU they run on CUDA, at DeepFace sizes too.
+"""
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from hypothesis import given, settings
+from torch.autograd import gradcheck, gradgradcheck
+
+pytest.importorskip("triton", reason="Triton is not installed")
+
+import unshared  # noqa: E402
+import unshared.functional as UF  # noqa: E402
+from configs import Config, configs  # noqa: E402
+from conftest import EXAMPLES_SCALE  # noqa: E402
+from reference import locally_connected_reference  # noqa: E402
+from test_functional import FN, check_against_reference  # noqa: E402
+from unshared.backends import choose_backend, triton_backend  # noqa: E402
+
+CUDA = torch.cuda.is_available()
+DEVICE = "cuda" if CUDA else "cpu"
+requires_cuda = pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")
+
+
+@settings(max_examples=40 * EXAMPLES_SCALE)
+@given(cfg=configs(tiny=True, max_batch=2))
+def test_float64_matches_reference(cfg):
+    check_against_reference(cfg, torch.float64, seed=10, backend="triton", device=DEVICE)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@settings(max_examples=12 * EXAMPLES_SCALE)
+@given(cfg=configs(tiny=True, max_batch=2))
+def test_low_precision_matches_reference(dtype, cfg):
+    if dtype == torch.float32 and CUDA:  # TF32 is the caller's choice; compare plain float32 here
+        torch.backends.cuda.matmul.allow_tf32 = False
+    check_against_reference(cfg, dtype, seed=11, backend="triton", device=DEVICE)
+
+
+# A few fixed cases that exercise every block edge: more output channels and reduction elements
+# than one block (16 and 32 under the interpreter), odd sizes, batch larger than a block.
+EDGE_CASES = [
+    Config(2, 3, 17, (3, 5), (1, 2), (1, 2), (1, 1), 1, "zeros", (4, 7), 17, "position", "contiguous"),
+    Config(1, 35, 2, (1,), (1,), 0, (1,), 1, "zeros", (3,), 1, "shared", "noncontiguous"),
+    Config(2, 4, 6, (2, 2), (2, 2), 1, (1, 1), 2, "circular", (3, 3), None, None, "channels_last"),
+    Config(3, 2, 2, (2, 2, 2), (1, 1, 1), "same", (1, 2, 1), 2, "replicate", (2, 3, 2), 0, "position", "contiguous"),
+]
+
+
+@pytest.mark.parametrize("cfg", EDGE_CASES, ids=["blocks", "wide-reduction", "groups-circular", "3d-batch0"])
+def test_block_edges(cfg):
+    check_against_reference(cfg, torch.float64, seed=12, backend="triton", device=DEVICE)
+
+
+@pytest.mark.parametrize("cfg", [
+    Config(2, 2, 2, (2, 3), (1, 2), 1, (1, 1), 1, "zeros", (3, 5), 2, "position", "noncontiguous"),
+    Config(2, 4, 4, (2, 2), (2, 2), 1, (1, 1), 2, "circular", (3, 3), 2, "shared", "channels_last"),
+], ids=["plain", "groups"])
+def test_gradcheck_and_gradgradcheck(cfg):
+    x, w, b = cfg.tensors(requires_grad=True, device=DEVICE)
+    inputs = (x, w) if b is None else (x, w, b)
+    fn = lambda *t: FN[cfg.nd](*t, **cfg.kwargs(), backend="triton")  # noqa: E731
+    assert gradcheck(fn, inputs, fast_mode=True)
+    assert gradgradcheck(fn, inputs, fast_mode=True)
+
+
+@pytest.mark.parametrize("kind", ["tiled", "region"])
+def test_partial_sharing_adds_bank_gradients(kind):
+    # banks shared by several positions: the weight gradient sums them (atomically in the kernel)
+    extra = {"tile_size": 2} if kind == "tiled" else {"regions": (2, 1)}
+    cls = unshared.TiledLocallyConnected2d if kind == "tiled" else unshared.RegionLocallyConnected2d
+    ours = cls(3, 2, 2, padding=1, input_size=(3, 4), dtype=torch.float64, device=DEVICE,
+               backend="triton", **extra)
+    assert ours.position_bank is not None
+    x = torch.randn(3, 3, 3, 4, dtype=torch.float64, device=DEVICE, requires_grad=True)
+    y = ours(x)
+    ref = locally_connected_reference(x, ours.expanded_weight(), ours.expanded_bias(), padding=1)
+    torch.testing.assert_close(y, ref)
+    gy = torch.randn_like(y)
+    got = torch.autograd.grad(y, (x, ours.weight), gy)
+    want = torch.autograd.grad(ref, (x, ours.weight), gy)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b)
+
+
+def test_module_and_functional_agree():
+    layer = unshared.LocallyConnected2d(4, 6, 3, 2, 1, groups=2, input_size=(5, 6), backend="triton",
+                                        device=DEVICE, dtype=torch.float64)
+    assert "backend=triton" in repr(layer)
+    x = torch.randn(2, 4, 5, 6, dtype=torch.float64, device=DEVICE)
+    torch.testing.assert_close(layer(x), UF.locally_connected2d(x, layer.weight, layer.bias, 2, 1, groups=2,
+                                                                backend="torch"))
+
+
+# ----------------------------------------------------------------------------- backend choice
+
+def _call(x, w, backend):
+    return UF.locally_connected1d(x, w, backend=backend)
+
+
+def test_auto_takes_torch_on_cpu_and_triton_on_cuda():
+    x, w = torch.randn(1, 2, 5), torch.randn(3, 4, 2, 3)
+    g = unshared._utils.Geometry((5,), (3,), (3,), (1,), ((0, 0),), (1,), 1, 2, 4)
+    assert choose_backend(x, w, g, "auto") == "torch"
+    if CUDA:
+        assert choose_backend(x.cuda(), w.cuda(), g, "auto") == "triton"
+
+
+def test_explicit_triton_that_cannot_run_says_why(monkeypatch):
+    x, w = torch.randn(1, 2, 5), torch.randn(3, 4, 2, 3)
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    with pytest.raises(ValueError, match=r"backend='triton' cannot compute this call: the input is on cpu"):
+        _call(x, w, "triton")
+    monkeypatch.setattr(triton_backend, "TRITON_INSTALLED", False)
+    with pytest.raises(ValueError, match=r"Triton is not installed \(pip install triton"):
+        _call(x, w, "triton")
+
+
+def test_import_unshared_does_not_import_triton():
+    # (calling any torch.library op imports torch._dynamo, which imports Triton when installed:
+    # that is PyTorch's doing; our kernels module must still stay unloaded on the PyTorch path)
+    code = ("import sys, unshared, torch; print('triton' in sys.modules); "
+            "unshared.LocallyConnected1d(1, 1, 1, input_size=3)(torch.ones(1, 1, 3)); "
+            "print('unshared.backends._triton_kernels' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={**os.environ, "TRITON_INTERPRET": "0"})
+    assert out.stdout.split() == ["False", "False"]
+
+
+# ----------------------------------------------------------------------------- on a GPU
+
+DEEPFACE = {"L4": (63, 9, 1), "L5": (55, 7, 2), "L6": (25, 5, 1)}
+
+
+@requires_cuda
+@pytest.mark.parametrize("layer", DEEPFACE)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_deepface_sizes_on_cuda(layer, dtype):
+    size, kernel, stride = DEEPFACE[layer]
+    torch.backends.cuda.matmul.allow_tf32 = False
+    x = torch.randn(32, 16, size, size, device="cuda", dtype=dtype, requires_grad=True)
+    local = unshared.LocallyConnected2d(16, 16, kernel, stride, input_size=size, device="cuda", dtype=dtype)
+    y = local(x)
+    gy = torch.randn_like(y)
+    gx, gw = torch.autograd.grad(y, (x, local.weight), gy)
+    # the PyTorch backend in float64 on the GPU is the reference at this size
+    x64, w64 = x.detach().double().requires_grad_(), local.weight.detach().double().requires_grad_()
+    y64 = UF.locally_connected2d(x64, w64, local.bias.detach().double(), stride, backend="torch")
+    gx64, gw64 = torch.autograd.grad(y64, (x64, w64), gy.double())
+    tol = {torch.float32: 1e-4, torch.bfloat16: 3e-2}[dtype]
+    for ours, ref in ((y, y64), (gx, gx64), (gw, gw64)):
+        scale = ref.abs().max().item()
+        torch.testing.assert_close(ours.double(), ref, rtol=tol, atol=tol * scale)
