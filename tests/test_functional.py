@@ -125,3 +125,16 @@ def test_input_gradient_orientations_and_blocks(batch_inner_from, block_elements
         check_against_reference(cfg, torch.float64, seed=3)
         if block_elements:  # half precision accumulates the batch slices of the weight gradient in float32
             check_against_reference(cfg, torch.bfloat16, seed=4)
+
+
+@settings(max_examples=200 * EXAMPLES_SCALE)
+@given(cfg=configs())
+def test_composite_backend_matches_reference(cfg):
+    # the standard-operator backend (used for ONNX export) is held to the same definition
+    check_against_reference(cfg, torch.float64, seed=5, backend="composite")
+
+
+@settings(max_examples=40 * EXAMPLES_SCALE)
+@given(cfg=configs(max_batch=2))
+def test_composite_backend_bfloat16(cfg):
+    check_against_reference(cfg, torch.bfloat16, seed=6, backend="composite")

@@ -31,17 +31,23 @@ def _family(nd):
 CASES = [pytest.param(Config(**kw), id=f"{nd}d-{name}") for nd in (1, 2, 3) for name, kw in _family(nd)]
 
 
+# the Triton backend runs the same checks in test_triton.py (slow under its interpreter)
+BACKENDS = ["torch", "composite"]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("cfg", CASES)
-def test_gradcheck(cfg):
+def test_gradcheck(cfg, backend):
     x, w, b = cfg.tensors(requires_grad=True)
     inputs = (x, w) if b is None else (x, w, b)
-    fn = lambda *t: FN[cfg.nd](*t, **cfg.kwargs())  # noqa: E731
+    fn = lambda *t: FN[cfg.nd](*t, **cfg.kwargs(), backend=backend)  # noqa: E731
     assert gradcheck(fn, inputs, fast_mode=True)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("cfg", CASES)
-def test_gradgradcheck(cfg):
+def test_gradgradcheck(cfg, backend):
     x, w, b = cfg.tensors(requires_grad=True)
     inputs = (x, w) if b is None else (x, w, b)
-    fn = lambda *t: FN[cfg.nd](*t, **cfg.kwargs())  # noqa: E731
+    fn = lambda *t: FN[cfg.nd](*t, **cfg.kwargs(), backend=backend)  # noqa: E731
     assert gradgradcheck(fn, inputs, fast_mode=True)

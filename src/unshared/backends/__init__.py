@@ -1,16 +1,20 @@
 """Ways of computing a locally connected layer, and the choice between them.
 
 Each backend module provides ``can_run(x, w, geometry) -> str | None`` (``None`` when it can run,
-else the reason) and the three operations ``forward``, ``input_grad`` and ``weight_grad``
-(zero padding only; see :mod:`unshared.backends.torch_backend`). :mod:`unshared.backends.ops`
-turns them into one differentiable operator. Importing a backend module imports no optional
-dependency: the Triton backend imports Triton only when it computes.
+else the reason) and ``forward(x, w, geometry, banks)`` (zero padding only). The ``torch`` and
+``triton`` backends also provide ``input_grad`` and ``weight_grad``, which
+:mod:`unshared.backends.ops` turns, with ``forward``, into one differentiable custom operator;
+``composite`` is made of standard differentiable operators and needs none (for exporters).
+Importing a backend module imports no optional dependency: the Triton backend imports Triton
+only when it computes.
 """
 from __future__ import annotations
 
-from . import torch_backend, triton_backend
+import torch
 
-BACKENDS = {"torch": torch_backend, "triton": triton_backend}
+from . import composite, torch_backend, triton_backend
+
+BACKENDS = {"torch": torch_backend, "triton": triton_backend, "composite": composite}
 
 
 def check_backend_name(backend, name: str = "backend") -> str:
@@ -23,7 +27,8 @@ def choose_backend(x, w, geometry, backend: str = "auto") -> str:
     """The name of the backend that computes this call.
 
     An explicit ``backend`` wins, and raises ``ValueError`` with its reason when it cannot run.
-    ``"auto"`` takes Triton for CUDA tensors when it can run, and the PyTorch backend otherwise.
+    ``"auto"`` takes Triton for CUDA tensors when it can run, and the PyTorch backend otherwise;
+    while ``torch.onnx.export`` traces, it takes the composite backend (ONNX has no custom ops).
     """
     check_backend_name(backend)
     if backend != "auto":
@@ -31,6 +36,8 @@ def choose_backend(x, w, geometry, backend: str = "auto") -> str:
         if reason is not None:
             raise ValueError(f"backend={backend!r} cannot compute this call: {reason}")
         return backend
+    if torch.onnx.is_in_onnx_export():
+        return "composite"
     if x.device.type == "cuda" and triton_backend.can_run(x, w, geometry) is None:
         return "triton"
     return "torch"

@@ -15,14 +15,17 @@ import torch
 from torch import Tensor
 
 from .._utils import Geometry, empty_weight, memory_format_of
-from . import BACKENDS
+from . import BACKENDS, composite
 
 __all__ = ["locally_connected"]
 
 
 def locally_connected(x: Tensor, weight: Tensor, geometry: Geometry, backend: str,
                       banks: Optional[Tensor] = None) -> Tensor:
-    """``(N, C, *input_size)`` -> ``(N, O, *output_size)`` without bias; zero padding only."""
+    """``(N, C, *input_size)`` -> ``(N, O, *output_size)`` without bias; zero padding only.
+    The composite backend is plain autograd; the others run as ``unshared::forward``."""
+    if backend == "composite":
+        return composite.forward(x, weight, geometry, banks)
     return torch.ops.unshared.forward(x, weight, banks, geometry.encode(), backend)
 
 
