@@ -2,6 +2,10 @@
 
     python benchmarks/bench_cpu.py            # all cases, < ~10 min on 2 cores
     python benchmarks/bench_cpu.py --quick    # small subset, < 1 min
+    python benchmarks/bench_cpu.py --cases tiny --providers unshared-triton,unshared-torch
+                                              # the GPU providers on a tiny case (Triton's interpreter)
+
+``--device cuda`` (or ``bench_cuda.py``) runs the CUDA benchmark; ``--help`` lists every option.
 """
 import os
 import sys

@@ -1,5 +1,5 @@
 """unshared: locally connected layers (convolutions with unshared weights) for PyTorch."""
-from . import functional
+from . import functional, interop, models
 from .analysis import translation_equivariance_error
 from .conversions import ConvConversion, from_conv, from_linear, to_conv, to_linear
 from .costs import LayerCost, layer_costs
@@ -31,5 +31,5 @@ __all__ = [
     "LowRankLocallyConnected1d", "LowRankLocallyConnected2d", "LowRankLocallyConnected3d",
     "from_conv", "to_conv", "to_linear", "from_linear", "ConvConversion",
     "layer_costs", "LayerCost", "translation_equivariance_error",
-    "functional", "__version__",
+    "functional", "interop", "models", "__version__",
 ]

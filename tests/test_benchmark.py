@@ -1,0 +1,165 @@
+"""The benchmark (``unshared.benchmark``, ``benchmarks/bench_*.py``) on a tiny case: the report's
+rows and columns on the default CPU path (the format of the committed CPU results), the GPU
+providers (Triton in its interpreter when there is no GPU), and the CUDA path's error and report
+without a GPU. Timings here are meaningless; only the shape of the output is checked."""
+import re
+import subprocess
+import sys
+import types
+from pathlib import Path
+
+import pytest
+import torch
+
+from unshared import benchmark
+
+CUDA = torch.cuda.is_available()
+DEVICE = "cuda" if CUDA else "cpu"
+REPO = Path(__file__).resolve().parents[1]
+FAST = ["--quick", "--cases", "tiny", "--warmup", "1", "--min-reps", "2", "--max-reps", "2", "--budget", "0"]
+HEADER = ("| case | batch | mode | provider | median ms | IQR ms | reps | floor ms | time/floor "
+          "| unshared speed-up | peak MiB | peak/weight |")
+
+
+def run(tmp_path, *argv) -> str:
+    output = tmp_path / "bench.md"
+    benchmark.main([*FAST, *argv, "--output", str(output)])
+    return output.read_text()
+
+
+def rows(text: str) -> list[list[str]]:
+    """The results table's rows (the cases table's rows have no numeric batch column)."""
+    cells = [[c.strip() for c in line.split("|")[1:-1]]
+             for line in text.splitlines() if line.startswith("| tiny |")]
+    return [c for c in cells if c[1].isdigit()]
+
+
+def masked(line: str) -> str:
+    return re.sub(r"\d+(\.\d+)?", "N", line)
+
+
+def test_default_cpu_path_keeps_the_committed_format(tmp_path):
+    text = run(tmp_path, "--warmup", "2")  # as the committed run (the last value wins)
+    committed = (REPO / "benchmarks" / "results" / "cpu-2026-11-21.md").read_text().splitlines()
+    lines = text.splitlines()
+    assert lines[0] == "# unshared CPU benchmark (--quick)"
+    assert HEADER in lines and HEADER in committed
+    assert "| case | layer | weight MiB | forward GFLOP |" in lines
+    # the same bullets, and the same text in those that hold no machine-specific names
+    assert [l.split(":")[0] for l in lines if l.startswith("- ")] == \
+           [l.split(":")[0] for l in committed if l.startswith("- ")]
+    for prefix in ("- measured", "- times", "- floor", "- speed-up", "- peak transient memory"):
+        assert [masked(l) for l in lines if l.startswith(prefix)] == \
+               [masked(l) for l in committed if l.startswith(prefix)]
+    providers = ["unshared", "unfold+einsum"] + (["jax"] if benchmark.jax_device("cpu") else [])
+    got = rows(text)
+    assert [(r[2], r[3]) for r in got] == [(m, p) for m in benchmark.MODES for p in providers]
+    assert all(len(r) == 12 and r[1] == "2" and r[6] == "2" for r in got)
+    assert all(r[9] == "1.00" for r in got if r[3] == "unshared")
+
+
+def test_gpu_providers_on_the_tiny_case(tmp_path):
+    pytest.importorskip("triton", reason="Triton is not installed")
+    text = run(tmp_path, "--device", DEVICE, "--providers", "unshared-triton,unshared-torch", "--dtype", "float32")
+    assert "| unshared-triton speed-up |" in text and "triton " in text
+    got = rows(text)
+    dtype = ["float32"] if CUDA else []  # the dtype column: always on CUDA, on the CPU when not float32 alone
+    provider = 3 + len(dtype)  # case, batch, [dtype,] mode, provider
+    assert [r[2:provider + 1] for r in got] == [
+        [*dtype, m, p] for m in benchmark.MODES for p in ("unshared-triton", "unshared-torch")]
+    assert all(r[-3] == "1.00" for r in got if r[provider] == "unshared-triton")  # the speed-up reference
+    if not CUDA:
+        assert "Triton kernels ran in Triton's interpreter" in text
+
+
+def test_dtypes_add_a_column_and_scale_the_bytes(tmp_path):
+    text = run(tmp_path, "--providers", "unshared-torch,unfold+einsum", "--dtype", "float32,bfloat16")
+    assert "| case | batch | dtype | mode | provider |" in text
+    assert "| case | layer | weight MiB float32 | weight MiB bfloat16 | forward GFLOP |" in text
+    assert "bytes = e·(input" in text and "float32 4, bfloat16 2" in text
+    assert "- measured bfloat16 matmul rate (2048^3, median): " in text
+    got = rows(text)
+    providers = ("unshared-torch", "unfold+einsum")
+    assert [(r[2], r[3], r[4]) for r in got] == [
+        (d, m, p) for d in ("float32", "bfloat16") for m in benchmark.MODES for p in providers]
+    case = benchmark.CASES["tiny"]
+    for mode in benchmark.MODES:
+        assert case.bytes_moved(mode, 2) * 2 == case.bytes_moved(mode, 4) == case.bytes_moved(mode)
+
+
+@pytest.mark.skipif(CUDA, reason="checks the error on a machine without CUDA")
+def test_cuda_without_a_gpu_is_a_one_line_error():
+    out = subprocess.run([sys.executable, str(REPO / "benchmarks" / "bench_cuda.py")],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode != 0 and out.stdout == ""
+    build = "a CPU-only build" if torch.version.cuda is None else f"built for CUDA {torch.version.cuda}"
+    assert out.stderr.strip().splitlines() == [
+        f"bench_cuda.py: error: --device cuda needs a CUDA GPU, but torch.cuda.is_available() is False "
+        f"(torch {torch.__version__}, {build})"]
+
+
+def test_cuda_unavailable_raises_system_exit(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(SystemExit, match=r"--device cuda needs a CUDA GPU") as info:
+        benchmark.main(["--device", "cuda"])
+    assert "\n" not in str(info.value)
+
+
+def test_unavailable_provider_and_bad_arguments(capsys):
+    if benchmark.jax is None:
+        with pytest.raises(SystemExit, match=r"^error: provider jax: `import jax` failed$"):
+            benchmark.main([*FAST, "--providers", "jax"])
+    for argv in (["--providers", "cudnn"], ["--dtype", "float64"], ["--cases", "L9-1"], ["--min-reps", "1"]):
+        with pytest.raises(SystemExit) as info:
+            benchmark.parse_args(argv)
+        assert info.value.code == 2
+    assert "unknown provider(s) ['cudnn']" in capsys.readouterr().err
+
+
+def test_cuda_report_without_a_gpu(monkeypatch):
+    """The CUDA report's header, table and targets from made-up rates and times (nothing measured)."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda index: (70 * 2**30, 80 * 2**30))
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda index: "NVIDIA H100 80GB HBM3")
+    args = benchmark.parse_args(["--device", "cuda", "--providers", "unshared-triton,unfold+einsum"])
+    assert args.keys == ["L4-32", "L4-256", "L5-32", "L5-256", "L6-32", "L6-256"]
+    assert args.dtypes == [torch.float32, torch.bfloat16] and args.show_dtype and args.warmup == 5
+
+    device = object.__new__(benchmark.CudaDevice)  # without __init__, which needs a GPU
+    device.index = 0
+    device.properties = types.SimpleNamespace(name="NVIDIA H100 80GB HBM3", major=9, minor=0,
+                                              multi_processor_count=132)
+    assert device.file_stem("2030-01-02") == "cuda-2030-01-02-nvidia-h100-80gb-hbm3"
+    roofline = benchmark.Roofline({torch.float32: 50e3, torch.bfloat16: 700e3}, 3000.0)
+    text = benchmark.header(device, "2030-01-02", 0.0, roofline, args)
+    assert text.startswith("# unshared CUDA benchmark\n\n- date: 2030-01-02\n- device: NVIDIA H100 80GB HBM3 "
+                           "(cuda:0), compute capability 9.0, 132 SMs, 80.0 GiB (70.0 GiB free at start)")
+    assert ("- measured float32 matmul rate (8192^3, median, full float32 (TF32 not allowed)): "
+            "50000.0 GFLOP/s") in text
+    assert "float32 matmuls (cuBLAS, the Triton kernels, JAX): full float32 (TF32 not allowed)" in text
+    assert "- measured bfloat16 matmul rate (8192^3, median): 700000.0 GFLOP/s" in text
+    assert "triton " in text and "NVIDIA driver " in text and "CUDA events" in text
+    assert "unshared-triton's median (> 1: unshared-triton is faster)" in text
+    previous, torch.backends.cuda.matmul.allow_tf32 = torch.backends.cuda.matmul.allow_tf32, True  # --tf32
+    try:
+        assert "(8192^3, median, TF32 allowed)" in benchmark.header(device, "2030-01-02", 0.0, roofline, args)
+        assert benchmark.output_tolerance(torch.float32, device) == 1e-2
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = previous
+
+    case = benchmark.CASES["L4-256"]
+    floor = roofline.floor(case, "forward+backward", torch.bfloat16)
+    assert floor == max(case.flops("forward+backward") / 700e12, case.bytes_moved("forward+backward", 2) / 3000e9)
+    made_up = [benchmark.Row("L4-256", case, torch.bfloat16, "forward+backward", name,
+                             benchmark.Timing(t, t, t, 20), peak)
+               for name, t, peak in (("unshared-triton", 1.2 * floor, 100 * 2**20),
+                                     ("unfold+einsum", 15 * floor, 400 * 2**20))]
+    table = benchmark.results_table(made_up, roofline, "unshared-triton", True, 3)
+    assert table.splitlines()[0].startswith("| case | batch | dtype | mode | provider | median ms |")
+    assert "| L4-256 | 256 | bfloat16 | forward+backward | unfold+einsum |" in table
+    assert "| 15.0 | 12.50 | 400.0 |" in table
+    targets = benchmark.targets_table(made_up, roofline)
+    assert "| bfloat16 | time / floor | ≤ 1.5 | 1.20 | yes |" in targets
+    assert "| bfloat16 | unfold+einsum time / ours | ≥ 10 | 12.50 | yes |" in targets
+    assert "| bfloat16 | unfold+einsum peak memory / ours | ≥ 5 | 4.00 | no |" in targets
+    assert benchmark.targets_table(made_up[:1], roofline) == ""
