@@ -44,6 +44,32 @@ def _check_tensors(name: str, nd: int, input, weight, bias) -> None:
         )
 
 
+#: the dtypes ``torch.autocast`` casts (float64 and integer tensors are left alone, as for ``nn.Conv``)
+_AUTOCAST_ELIGIBLE = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def _autocast_dtype(device_type: str):
+    """The dtype ``torch.autocast`` computes in on ``device_type``, or ``None`` outside autocast."""
+    try:
+        enabled = torch.is_autocast_enabled(device_type)
+    except RuntimeError:                 # a device type autocast does not know (meta)
+        return None
+    return torch.get_autocast_dtype(device_type) if enabled else None
+
+
+def _autocast(input, *tensors):
+    """Under ``torch.autocast``, cast the input, weight and bias to the autocast dtype, as
+    ``nn.Conv`` does (the layer then multiplies in that dtype and sums in float32). The casts are
+    differentiable: the float32 weights receive float32 gradients. Outside autocast: unchanged."""
+    if not isinstance(input, Tensor):
+        return (input, *tensors)
+    dtype = _autocast_dtype(input.device.type)
+    if dtype is None:
+        return (input, *tensors)
+    return tuple(t.to(dtype) if isinstance(t, Tensor) and t.dtype in _AUTOCAST_ELIGIBLE else t
+                 for t in (input, *tensors))
+
+
 def _pad(x: Tensor, padding, padding_mode: str, name: str) -> Tensor:
     """Apply a non-zero padding mode with ``F.pad``, after checking its size limits."""
     spatial = x.shape[2:]
@@ -60,6 +86,7 @@ def _pad(x: Tensor, padding, padding_mode: str, name: str) -> Tensor:
 
 def _locally_connected(nd, input, weight, bias, stride, padding, dilation, groups, padding_mode, backend):
     name = f"locally_connected{nd}d"
+    input, weight, bias = _autocast(input, weight, bias)
     _check_tensors(name, nd, input, weight, bias)
     unbatched = input.dim() == nd + 1
     x = input.unsqueeze(0) if unbatched else input

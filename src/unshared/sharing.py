@@ -101,17 +101,17 @@ class _PartiallySharedNd(_LocallyConnectedNd):
         nd = self._nd
         unbatched = input.dim() == nd + 1
         x = input.unsqueeze(0) if unbatched else input
-        UF._check_tensors(type(self).__name__, nd, x, self.weight, self.bias)
+        x, weight, bias = UF._autocast(x, self.weight, self.expanded_bias())
+        UF._check_tensors(type(self).__name__, nd, x, weight, bias)
         pads = self._padding
         if self.padding_mode != "zeros" and any(lo or hi for lo, hi in pads):
             x, pads = _pad(x, pads, self.padding_mode, type(self).__name__), ((0, 0),) * nd
         g = U.Geometry(tuple(x.shape[2:]), self.output_size, self.kernel_size, self.stride, pads,
                        self.dilation, self.groups, self.in_channels, self.out_channels,
                        weight_grid=self._grid())
-        y = ops.locally_connected(x, self.weight, g, choose_backend(x, self.weight, g, self.backend),
+        y = ops.locally_connected(x, weight, g, choose_backend(x, weight, g, self.backend),
                                   self.position_bank)
-        if self.bias is not None:
-            bias = self.expanded_bias()
+        if bias is not None:
             y = y + (bias.view(-1, *(1,) * nd) if bias.dim() == 1 else bias)
         return y.squeeze(0) if unbatched else y
 
@@ -119,6 +119,7 @@ class _PartiallySharedNd(_LocallyConnectedNd):
         nd = self._nd
         unbatched = input.dim() == nd + 1
         x = input.unsqueeze(0) if unbatched else input
+        x, bias = UF._autocast(x, self.expanded_bias())   # F.conv casts the weight itself
         if any(lo or hi for lo, hi in self._padding):
             if self.padding_mode == "zeros":
                 x = F.pad(x, [p for pair in reversed(self._padding) for p in pair])
@@ -130,8 +131,7 @@ class _PartiallySharedNd(_LocallyConnectedNd):
             part = conv(x[(slice(None), slice(None), *in_slices)], self.weight[bank], None, stride,
                         0, self.dilation, self.groups)
             y[(slice(None), slice(None), *out_slices)] = part
-        if self.bias is not None:
-            bias = self.expanded_bias()
+        if bias is not None:
             y = y + (bias.view(-1, *(1,) * nd) if bias.dim() == 1 else bias)
         return y.squeeze(0) if unbatched else y
 
