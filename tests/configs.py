@@ -6,6 +6,8 @@ from dataclasses import dataclass
 import torch
 from hypothesis import strategies as st
 
+from unshared._utils import empty_weight
+
 PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
 
 
@@ -24,6 +26,7 @@ class Config:
     batch: int | None  # None: unbatched
     bias: str | None   # "position", "shared" or None
     layout: str        # "contiguous", "noncontiguous", "channels_last"
+    kernel_major: bool = False  # the weight's layout: kernel-major (the modules' default) or contiguous
 
     @property
     def pads(self):
@@ -64,7 +67,7 @@ class Config:
             assert x.numel() == 0 or x.shape[-1] == 1 or not x.is_contiguous()
         else:
             x = torch.randn(shape, generator=gen, dtype=torch.float64).to(device, dtype)
-        w = w.to(device, dtype)
+        w = empty_weight(w.shape, nd, kernel_major=self.kernel_major, dtype=dtype, device=device).copy_(w)
         b = None if b is None else b.to(device, dtype)
         if self.layout == "channels_last" and x.dim() in (4, 5):
             fmt = torch.channels_last if x.dim() == 4 else torch.channels_last_3d
@@ -112,4 +115,5 @@ def configs(draw, nds=(1, 2, 3), max_batch=3, layouts=("contiguous", "noncontigu
     cfg.batch = draw(st.one_of(st.none(), st.integers(0, max_batch)))
     cfg.bias = draw(st.sampled_from(["position", "shared", None]))
     cfg.layout = draw(st.sampled_from(layouts))
+    cfg.kernel_major = draw(st.booleans())
     return cfg

@@ -80,9 +80,10 @@ def test_triton_backend_compiles_fullgraph():
         torch.testing.assert_close(a, b)
 
 
+@pytest.mark.parametrize("kernel_major", [False, True])
 @pytest.mark.parametrize("channels_last", [False, True])
 @pytest.mark.parametrize("banks", [False, True])
-def test_opcheck(channels_last, banks):
+def test_opcheck(channels_last, banks, kernel_major):
     # schema, fake (meta) implementations, autograd registration and layouts of the three ops
     g = unshared._utils.Geometry((4, 5), (3, 2), (2, 2), (1, 2), ((0, 0), (0, 0)), (1, 1), 2, 4, 6,
                                  (1, 2) if banks else None)
@@ -91,11 +92,13 @@ def test_opcheck(channels_last, banks):
     x = torch.randn(3, 4, 4, 5, dtype=torch.float64, requires_grad=True)
     if channels_last:
         x = x.detach().contiguous(memory_format=torch.channels_last).requires_grad_()
-    w = torch.randn(*g.weight_leading, 6, 2, 2, 2, dtype=torch.float64, requires_grad=True)
+    w = unshared._utils.empty_weight((*g.weight_leading, 6, 2, 2, 2), 2, kernel_major=kernel_major,
+                                     dtype=torch.float64)
+    w = w.normal_().requires_grad_()
     gy = torch.randn(3, 6, 3, 2, dtype=torch.float64, requires_grad=True)
     torch.library.opcheck(torch.ops.unshared.forward, (x, w, bank, geometry, "torch"))
     torch.library.opcheck(torch.ops.unshared.input_grad, (gy, w, bank, geometry, "torch", channels_last))
-    torch.library.opcheck(torch.ops.unshared.weight_grad, (x, gy, bank, geometry, "torch"))
+    torch.library.opcheck(torch.ops.unshared.weight_grad, (x, gy, bank, geometry, "torch", kernel_major))
 
 
 def test_meta_tensors_get_shapes_without_computing():

@@ -202,3 +202,19 @@ def test_optimizer_step_and_sequential_stack():
         opt.step()
         losses.append(loss.item())
     assert losses[-1] < losses[0] * 0.5
+
+
+@pytest.mark.parametrize("contiguous", [False, True])
+def test_weight_gradient_has_the_weight_layout(contiguous):
+    # kernel-major by default (the fast CPU layout); a contiguous weight (FSDP2 needs one) keeps
+    # contiguous gradients, so that DDP buckets and optimizers see matching strides
+    layer = unshared.LocallyConnected2d(3, 4, 3, padding=1, input_size=(5, 6), dtype=torch.float64)
+    assert unshared._utils.is_kernel_major(layer.weight) and not layer.weight.is_contiguous()
+    x = torch.randn(2, 3, 5, 6, dtype=torch.float64)
+    expected = locally_connected_reference(x, layer.weight, layer.bias, padding=1)
+    if contiguous:
+        layer.weight.data = layer.weight.data.contiguous()
+    y = layer(x)
+    torch.testing.assert_close(y, expected)
+    y.square().sum().backward()
+    assert layer.weight.grad.stride() == layer.weight.stride()

@@ -157,32 +157,41 @@ class Geometry:
 
 
 # ---------------------------------------------------------------------------------------------
-# Weight layout. Public shape: (*output_size, out_channels, in_channels // groups, *kernel_size).
-# Internal storage order: (*output_size, out_channels, *kernel_size, in_channels // groups), so
-# that a gathered patch (kernel offsets, then channels) is one contiguous reduction axis.
+# Weight layouts. Public shape: (*grid, out_channels, in_channels // groups, *kernel_size), where
+# the grid is the output grid (or the filter banks). Each filter bank is one row of R =
+# prod(kernel_size) * in_channels // groups elements; the backends read either order of R
+# without a copy:
+# - kernel-major, (*grid, out_channels, *kernel_size, in_channels // groups) contiguous: a
+#   gathered patch (kernel offsets, then channels) is one contiguous run of a channels-last input;
+# - channel-major: the public shape contiguous, as torch.empty makes it (and as FSDP2 needs).
 # ---------------------------------------------------------------------------------------------
 
 def public_to_storage_perm(nd: int) -> tuple[int, ...]:
-    """Permutation taking a public-shaped weight to storage order."""
+    """Permutation taking a public-shaped weight to the kernel-major order."""
     return (*range(nd + 1), *range(nd + 2, 2 * nd + 2), nd + 1)
 
 
 def storage_to_public_perm(nd: int) -> tuple[int, ...]:
-    """Permutation taking a storage-ordered weight to the public shape."""
+    """Permutation taking a kernel-major weight to the public shape."""
     return (*range(nd + 1), 2 * nd + 1, *range(nd + 1, 2 * nd + 1))
 
 
-def empty_weight(public_shape, nd: int, *, dtype=None, device=None, buffer: bool = False) -> torch.Tensor:
-    """An uninitialised weight with the public shape, laid out in storage order.
+def is_kernel_major(weight: torch.Tensor) -> bool:
+    """Whether a public-shaped weight is laid out kernel-major (see above)."""
+    return weight.permute(public_to_storage_perm((weight.dim() - 2) // 2)).is_contiguous()
+
+
+def empty_weight(public_shape, nd: int, *, kernel_major: bool = False, dtype=None, device=None,
+                 buffer: bool = False) -> torch.Tensor:
+    """An uninitialised weight with the public shape, channel-major (contiguous) or kernel-major.
 
     ``buffer=True`` allocates with :func:`empty_buffer` (for gradients, not for parameters).
     """
+    new = empty_buffer if buffer else torch.empty
+    if not kernel_major:
+        return new(tuple(public_shape), dtype=dtype, device=device)
     storage_shape = [public_shape[i] for i in public_to_storage_perm(nd)]
-    if buffer:
-        t = empty_buffer(storage_shape, dtype=dtype, device=device)
-    else:
-        t = torch.empty(storage_shape, dtype=dtype, device=device)
-    return t.permute(storage_to_public_perm(nd))
+    return new(storage_shape, dtype=dtype, device=device).permute(storage_to_public_perm(nd))
 
 
 #: CPU buffers at least this large are mapped with transparent huge pages where possible. Smaller

@@ -69,7 +69,8 @@ class _LocallyConnectedNd(nn.Module):
         self.reset_parameters()
 
     def _create_parameters(self, bias: bool, factory_kwargs) -> None:
-        self.weight = nn.Parameter(U.empty_weight(self._weight_shape(), self._nd, **factory_kwargs))
+        self.weight = nn.Parameter(U.empty_weight(self._weight_shape(), self._nd, kernel_major=True,
+                                                  **factory_kwargs))
         self.bias = nn.Parameter(torch.empty(self._bias_shape(), **factory_kwargs)) if bias else None
 
     # -- geometry -------------------------------------------------------------------------------
@@ -185,8 +186,8 @@ class _LazyLocallyConnectedMixin(LazyModuleMixin):
         self._set_input_size(tuple(input.shape[-nd:]))
         with torch.no_grad():
             self.weight.materialize(self._weight_shape())
-            self.weight.data = U.empty_weight(self._weight_shape(), nd, device=self.weight.device,
-                                              dtype=self.weight.dtype)
+            self.weight.data = U.empty_weight(self._weight_shape(), nd, kernel_major=True,
+                                              device=self.weight.device, dtype=self.weight.dtype)
             if self.bias is not None:
                 self.bias.materialize(self._bias_shape())
             self.reset_parameters()
@@ -218,8 +219,9 @@ def _module_doc(nd: int) -> str:
 
     Attributes:
         weight: ``({odims}, C_out, C_in // groups, *kernel_size)``; ``weight[p]`` is the
-            ``nn.Conv{nd}d`` weight at output position ``p``. Stored with the kernel axes before the
-            channel axis (a strided view), which the computation reads without copying.
+            ``nn.Conv{nd}d`` weight at output position ``p``. Stored kernel-major (the kernel axes
+            before the channel axis: a strided view), the fastest layout on the CPU; a contiguous
+            weight (``weight.data = weight.data.contiguous()``, as FSDP2 requires) works too.
             Initialised from ``U(-b, b)``, ``b = 1 / sqrt(fan_in)``, ``fan_in = C_in / groups * prod(kernel_size)``.
         bias: ``(C_out, {odims})``, or ``(C_out,)`` with ``shared_bias=True``; same init bound.
         output_size: the output grid ``({odims})``.

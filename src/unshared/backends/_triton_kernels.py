@@ -14,8 +14,8 @@ read them from HBM once. Offsets are computed in int64.
 Layouts (``P``: output positions, ``Pw``: positions or filter banks, ``R = prod(kernel) * Cg``):
 
 - ``x``: ``(N, C, ID, IH, IW)``, any strides; ``y``/``grad_output``: ``(N, O, OD, OH, OW)``, any strides;
-- weight: ``(Pw, O, R)`` contiguous, ``R`` ordered kernel offset major, input channel minor (the
-  library's weight storage order);
+- weight: ``(Pw, O, R)`` contiguous, ``R`` ordered ``(kernel offset, input channel)`` when
+  ``KERNEL_MAJOR``, else ``(input channel, kernel offset)`` (the two layouts of ``unshared._utils``);
 - banks: ``(P,)`` int64 bank of each output position (read only when ``HAS_BANKS``).
 """
 import os
@@ -76,13 +76,21 @@ def _position(p, OH, OW):
 
 
 @triton.jit
+def _split_reduction(r, Cg, K, KERNEL_MAJOR: tl.constexpr):
+    """Reduction index -> (kernel offset, input channel within the group)."""
+    if KERNEL_MAJOR:
+        return r // Cg, r % Cg
+    else:
+        return r % K, r // K
+
+
+@triton.jit
 def _patch_offsets(r, R, Cg, KH, KW, pd, ph, pw, SD, SH, SW, PD, PH, PW, DD, DH, DW, ID, IH, IW,
-                   sxc, sxd, sxh, sxw, channel0):
-    """For reduction indices ``r`` (kernel offset major, channel minor) of output position
-    ``(pd, ph, pw)``: the int64 input offsets (without the batch term) and which lie inside
-    the unpadded input."""
-    k = r // Cg
-    c = channel0 + r % Cg
+                   sxc, sxd, sxh, sxw, channel0, KERNEL_MAJOR: tl.constexpr):
+    """For reduction indices ``r`` of output position ``(pd, ph, pw)``: the int64 input offsets
+    (without the batch term) and which lie inside the unpadded input."""
+    k, c = _split_reduction(r, Cg, R // Cg, KERNEL_MAJOR)
+    c = channel0 + c
     i_d = pd * SD + (k // (KH * KW)) * DD - PD
     i_h = ph * SH + ((k // KW) % KH) * DH - PH
     i_w = pw * SW + (k % KW) * DW - PW
@@ -101,7 +109,8 @@ def forward_kernel(
     SD, SH, SW, PD, PH, PW, DD, DH, DW,
     sxn, sxc, sxd, sxh, sxw,
     syn, syc, syd, syh, syw,
-    HAS_BANKS: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr, ACC: tl.constexpr,
+    HAS_BANKS: tl.constexpr, KERNEL_MAJOR: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
+    ACC: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_O: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
     """``y[n, o, p] = sum_r w[bank(p), o, r] * patch(x)[n, p, r]``; programs: batch blocks x
@@ -123,7 +132,7 @@ def forward_kernel(
     for r0 in range(0, R, BLOCK_R):
         r = r0 + tl.arange(0, BLOCK_R)
         offsets, inside = _patch_offsets(r, R, Cg, KH, KW, pd, ph, pw, SD, SH, SW, PD, PH, PW, DD, DH,
-                                         DW, ID, IH, IW, sxc, sxd, sxh, sxw, g * Cg)
+                                         DW, ID, IH, IW, sxc, sxd, sxh, sxw, g * Cg, KERNEL_MAJOR)
         patches = tl.load(x_rows + offsets[None, :], mask=n_ok[:, None] & inside[None, :], other=0.0)
         filters = tl.load(w_cols + r[:, None], mask=(r < R)[:, None] & o_ok[None, :], other=0.0)
         acc = _dot(patches, filters, acc, UPCAST, PRECISION)
@@ -141,7 +150,8 @@ def input_grad_kernel(
     SD, SH, SW, PD, PH, PW, DD, DH, DW,
     sgn, sgc, sgd, sgh, sgw,
     sxn, sxc, sxd, sxh, sxw,
-    HAS_BANKS: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr, ACC: tl.constexpr,
+    HAS_BANKS: tl.constexpr, KERNEL_MAJOR: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
+    ACC: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_O: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
     """``gx[n, c, i] = sum over (p, k) with p*s + k*d - pad = i of sum_o gy[n, o, p] * w[bank(p), o, k, c]``:
@@ -174,7 +184,10 @@ def input_grad_kernel(
                 bank = tl.load(bank_ptr + p)
             else:
                 bank = p
-            w_base = w_ptr + bank * (G * Og * R) + k * Cg + c.to(tl.int64)[None, :]
+            if KERNEL_MAJOR:
+                w_base = w_ptr + bank * (G * Og * R) + k * Cg + c.to(tl.int64)[None, :]
+            else:
+                w_base = w_ptr + bank * (G * Og * R) + k + c.to(tl.int64)[None, :] * (KD * KH * KW)
             gy_pos = gy_rows + pd * sgd + ph * sgh + pw * sgw
             for o0 in range(0, Og, BLOCK_O):
                 o = o0 + tl.arange(0, BLOCK_O)
@@ -198,7 +211,8 @@ def weight_grad_kernel(
     SD, SH, SW, PD, PH, PW, DD, DH, DW,
     sxn, sxc, sxd, sxh, sxw,
     sgn, sgc, sgd, sgh, sgw,
-    HAS_BANKS: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr, ACC: tl.constexpr,
+    HAS_BANKS: tl.constexpr, KERNEL_MAJOR: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
+    ACC: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_O: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
     """``gw[bank(p), o, r] (+)= sum_n gy[n, o, p] * patch(x)[n, p, r]``. Without banks each
@@ -212,7 +226,7 @@ def weight_grad_kernel(
     o = g * Og + bo * BLOCK_O + tl.arange(0, BLOCK_O)
     o_ok = bo * BLOCK_O + tl.arange(0, BLOCK_O) < Og
     offsets, inside = _patch_offsets(r, R, Cg, KH, KW, pd, ph, pw, SD, SH, SW, PD, PH, PW, DD, DH, DW,
-                                     ID, IH, IW, sxc, sxd, sxh, sxw, g * Cg)
+                                     ID, IH, IW, sxc, sxd, sxh, sxw, g * Cg, KERNEL_MAJOR)
     gy_cols = gy_ptr + o.to(tl.int64)[:, None] * sgc + pd * sgd + ph * sgh + pw * sgw
     acc = tl.zeros((BLOCK_O, BLOCK_R), dtype=ACC)
     for n0 in range(0, N, BLOCK_N):

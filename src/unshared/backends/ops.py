@@ -14,7 +14,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from .._utils import Geometry, empty_weight, memory_format_of
+from .._utils import Geometry, empty_weight, is_kernel_major, memory_format_of
 from . import BACKENDS, composite
 
 __all__ = ["locally_connected"]
@@ -52,13 +52,13 @@ def _input_grad(grad_output: Tensor, weight: Tensor, banks: Optional[Tensor], ge
 
 @torch.library.custom_op("unshared::weight_grad", mutates_args=())
 def _weight_grad(x: Tensor, grad_output: Tensor, banks: Optional[Tensor], geometry: list[int],
-                 backend: str) -> Tensor:
-    return BACKENDS[backend].weight_grad(x, grad_output, Geometry.decode(geometry), banks)
+                 backend: str, kernel_major: bool) -> Tensor:
+    return BACKENDS[backend].weight_grad(x, grad_output, Geometry.decode(geometry), banks, kernel_major)
 
 
 # ----------------------------------------------------------------------------- shapes (fake/meta)
 # The layouts here are the ones every backend returns: outputs and input gradients in the input's
-# memory format, weight gradients in the weight storage order of _utils.empty_weight.
+# memory format, weight gradients kernel-major or channel-major as asked (the weight's layout).
 
 @_forward.register_fake
 def _(x, weight, banks, geometry, backend):
@@ -75,10 +75,10 @@ def _(grad_output, weight, banks, geometry, backend, channels_last):
 
 
 @_weight_grad.register_fake
-def _(x, grad_output, banks, geometry, backend):
+def _(x, grad_output, banks, geometry, backend, kernel_major):
     g = Geometry.decode(geometry)
     shape = (*g.weight_leading, g.out_channels, g.in_channels // g.groups, *g.kernel_size)
-    return empty_weight(shape, g.ndim, dtype=x.dtype, device=x.device)
+    return empty_weight(shape, g.ndim, kernel_major=kernel_major, dtype=x.dtype, device=x.device)
 
 
 # ----------------------------------------------------------------------------- derivatives
@@ -100,7 +100,7 @@ def _forward_backward(ctx, grad):
     if ctx.needs_input_grad[0]:
         gx = _input_grad(grad, weight, banks, ctx.geometry, ctx.backend, ctx.channels_last)
     if ctx.needs_input_grad[1]:
-        gw = _weight_grad(x, grad, banks, ctx.geometry, ctx.backend)
+        gw = _weight_grad(x, grad, banks, ctx.geometry, ctx.backend, is_kernel_major(weight))
     return gx, gw, None, None, None
 
 
@@ -116,12 +116,12 @@ def _input_grad_backward(ctx, grad):
     if ctx.needs_input_grad[0]:
         g_gy = _forward(grad, weight, banks, ctx.geometry, ctx.backend)
     if ctx.needs_input_grad[1]:
-        g_w = _weight_grad(grad, grad_output, banks, ctx.geometry, ctx.backend)
+        g_w = _weight_grad(grad, grad_output, banks, ctx.geometry, ctx.backend, is_kernel_major(weight))
     return g_gy, g_w, None, None, None, None
 
 
 def _weight_grad_setup(ctx, inputs, output):
-    x, grad_output, banks, geometry, backend = inputs
+    x, grad_output, banks, geometry, backend, kernel_major = inputs
     _save(ctx, x, grad_output, banks, geometry, backend)
     ctx.channels_last = memory_format_of(x) != torch.contiguous_format
 
@@ -133,7 +133,7 @@ def _weight_grad_backward(ctx, grad):
         g_x = _input_grad(grad_output, grad, banks, ctx.geometry, ctx.backend, ctx.channels_last)
     if ctx.needs_input_grad[1]:
         g_gy = _forward(x, grad, banks, ctx.geometry, ctx.backend)
-    return g_x, g_gy, None, None, None
+    return g_x, g_gy, None, None, None, None
 
 
 _forward.register_autograd(_forward_backward, setup_context=_forward_setup)

@@ -41,33 +41,52 @@ def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
 
 
-def _storage_weight(w: torch.Tensor, g: Geometry) -> torch.Tensor:
-    """Weight as ``(positions, groups, out_per_group, kernel_volume * in_per_group)``.
-
-    Free for weights created by this library (already in storage order); one copy otherwise.
-    """
-    ws = w.permute(public_to_storage_perm(g.ndim)).contiguous()
+def _weight_matrix(w: torch.Tensor, g: Geometry) -> tuple[torch.Tensor, bool]:
+    """The weight's memory as ``(Pw, groups, out_per_group, R)``, and whether it is kernel-major
+    (``R`` ordered ``(kernel, Cg)``) or channel-major (``(Cg, kernel)``; see :mod:`unshared._utils`).
+    Free for either layout; one copy for any other strides."""
+    storage = w.permute(public_to_storage_perm(g.ndim))
+    kernel_major = storage.is_contiguous()
+    matrix = storage if kernel_major else w.contiguous()
     cg = g.in_channels // g.groups
-    return ws.view(-1, g.groups, g.out_channels // g.groups, g.kernel_volume * cg)
+    return matrix.view(-1, g.groups, g.out_channels // g.groups, g.kernel_volume * cg), kernel_major
+
+
+def _kernel_major_view(rows: torch.Tensor, g: Geometry, kernel_major: bool) -> torch.Tensor:
+    """Rows ``(..., R)`` of either layout as a ``(..., kernel_volume, Cg)`` view, so that
+    ``copy_`` between two such views converts the layout."""
+    cg = g.in_channels // g.groups
+    if kernel_major:
+        return rows.unflatten(-1, (g.kernel_volume, cg))
+    return rows.unflatten(-1, (cg, g.kernel_volume)).transpose(-1, -2)
 
 
 class _WeightBlocks:
-    """The filters of positions ``p0:p1`` as ``(positions * groups, out_per_group, R)``: a slice of
-    the weight, or with shared banks a gather of the block's banks into one reused buffer
-    (block-sized, never the whole layer)."""
+    """The filters of positions ``p0:p1``, kernel-major, as ``(positions * groups, out_per_group, R)``
+    (what the patches are multiplied with): a slice of a kernel-major weight, or a block-sized
+    buffer (reused, never the whole layer) holding the block's banks (shared weights) and/or the
+    block reordered from a channel-major weight."""
 
-    def __init__(self, ws: torch.Tensor, banks: torch.Tensor | None, blocks):
-        self.ws, self.banks, self.buffer = ws, banks, None
+    def __init__(self, ws: torch.Tensor, g: Geometry, kernel_major: bool, banks: torch.Tensor | None,
+                 blocks):
+        self.ws, self.g, self.kernel_major, self.banks = ws, g, kernel_major, banks
+        self.selected = self.reordered = None
+        most = max(p1 - p0 for _, _, p0, p1, _, _ in blocks)
         if banks is not None:
-            most = max(p1 - p0 for _, _, p0, p1, _, _ in blocks)
-            self.buffer = empty_buffer((most, ws[0].numel()), dtype=ws.dtype, device=ws.device)
+            self.selected = empty_buffer((most, ws[0].numel()), dtype=ws.dtype, device=ws.device)
+        if not kernel_major:
+            self.reordered = empty_buffer((most, *ws.shape[1:]), dtype=ws.dtype, device=ws.device)
 
     def __call__(self, p0: int, p1: int, dtype) -> torch.Tensor:
         if self.banks is None:
             block = self.ws[p0:p1]
         else:  # index_select on the 2-d view: 12x faster than on the 4-d tensor (measured)
             block = torch.index_select(self.ws.view(self.ws.shape[0], -1), 0, self.banks[p0:p1],
-                                       out=self.buffer[: p1 - p0])
+                                       out=self.selected[: p1 - p0]).view(-1, *self.ws.shape[1:])
+        if not self.kernel_major:
+            target = self.reordered[: p1 - p0]
+            _kernel_major_view(target, self.g, True).copy_(_kernel_major_view(block, self.g, False))
+            block = target
         return block.reshape(-1, *self.ws.shape[-2:]).to(dtype)
 
 
@@ -137,7 +156,8 @@ def _blocks(g: Geometry, n: int, factor: int = 1):
 
 
 def _gather(xp, g, r0, r1, buf):
-    """Copy the patches of rows ``r0:r1`` of ``xp`` into ``buf`` as ``(positions*groups, N, R)``."""
+    """Copy the patches of rows ``r0:r1`` of ``xp`` into ``buf`` as ``(positions*groups, N, R)``,
+    ``R`` kernel-major."""
     view = _window_view(xp, g, r0, r1)
     block = buf[: view.numel()].view(view.shape)
     block.copy_(view)
@@ -165,11 +185,11 @@ def forward(x: torch.Tensor, w: torch.Tensor, g: Geometry, banks: torch.Tensor |
     if n == 0:
         return torch.empty((0, g.out_channels, *g.output_size), dtype=x.dtype, device=x.device,
                            memory_format=memory_format_of(x))
-    ws = _storage_weight(w, g)
+    ws, kernel_major = _weight_matrix(w, g)
     xp = _padded_input(x, g)
     out = empty_buffer((g.positions, g.groups, n, og), dtype=cdt, device=x.device)
     buf = _patch_buffer(g, n, cdt, x.device)
-    weight_blocks = _WeightBlocks(ws, banks, _blocks(g, n))
+    weight_blocks = _WeightBlocks(ws, g, kernel_major, banks, _blocks(g, n))
     for r0, r1, p0, p1, n0, n1 in _blocks(g, n):
         patches = _gather(xp[n0:n1], g, r0, r1, buf)
         wc = weight_blocks(p0, p1, cdt)
@@ -206,7 +226,7 @@ def input_grad(gy: torch.Tensor, w: torch.Tensor, g: Geometry,
         return torch.empty((0, g.in_channels, *g.input_size), dtype=gy.dtype, device=gy.device,
                            memory_format=memory_format)
     batch_inner = n >= BATCH_INNER_FROM
-    ws = _storage_weight(w, g)
+    ws, kernel_major = _weight_matrix(w, g)
     r = ws.shape[-1]
     gyp = _position_major(gy, g, cdt, batch_last=batch_inner)  # (P, G, Og, N) or (P, G, N, Og)
     if batch_inner:
@@ -216,7 +236,7 @@ def input_grad(gy: torch.Tensor, w: torch.Tensor, g: Geometry,
         gxp = empty_buffer((*g.padded_size, n, g.in_channels), dtype=cdt, device=gy.device, zero=True)
         gxp_nc = gxp.movedim(-2, 0).movedim(-1, 1)
     buf = _patch_buffer(g, n, cdt, gy.device, INPUT_GRAD_BLOCK_FACTOR)
-    weight_blocks = _WeightBlocks(ws, banks, _blocks(g, n, INPUT_GRAD_BLOCK_FACTOR))
+    weight_blocks = _WeightBlocks(ws, g, kernel_major, banks, _blocks(g, n, INPUT_GRAD_BLOCK_FACTOR))
     for r0, r1, p0, p1, n0, n1 in _blocks(g, n, INPUT_GRAD_BLOCK_FACTOR):
         wc = weight_blocks(p0, p1, cdt)
         nb = n1 - n0
@@ -241,8 +261,10 @@ def input_grad(gy: torch.Tensor, w: torch.Tensor, g: Geometry,
     return gx.copy_(gxp_nc[interior])
 
 
-def weight_grad(x: torch.Tensor, gy: torch.Tensor, g: Geometry, banks: torch.Tensor | None = None) -> torch.Tensor:
-    """Adjoint in the weight: ``x``, ``(N, O, *output_size)`` -> public-shaped weight gradient.
+def weight_grad(x: torch.Tensor, gy: torch.Tensor, g: Geometry, banks: torch.Tensor | None = None,
+                kernel_major: bool = True) -> torch.Tensor:
+    """Adjoint in the weight: ``x``, ``(N, O, *output_size)`` -> public-shaped weight gradient,
+    laid out kernel-major or channel-major (as the weight it is the gradient of).
 
     Per block: ``(O, N) @ (N, R)`` per position, summed over batch slices; with shared banks each
     block's position gradients are then added into their banks.
@@ -251,16 +273,18 @@ def weight_grad(x: torch.Tensor, gy: torch.Tensor, g: Geometry, banks: torch.Ten
     cdt = _compute_dtype(x.dtype)
     og, cg = g.out_channels // g.groups, g.in_channels // g.groups
     public_shape = (*g.weight_leading, g.out_channels, cg, *g.kernel_size)
-    gw = empty_weight(public_shape, g.ndim, dtype=x.dtype, device=x.device, buffer=True)
+    gw = empty_weight(public_shape, g.ndim, kernel_major=kernel_major, dtype=x.dtype, device=x.device,
+                      buffer=True)
     if n == 0 or banks is not None:
         gw.zero_()
     if n == 0:
         return gw
-    gws = _storage_weight(gw, g)  # a view: gw is already in storage order
+    gws, kernel_major = _weight_matrix(gw, g)  # a view
     gyp = _position_major(gy, g, cdt)
     xp = _padded_input(x, g)
     buf = _patch_buffer(g, n, cdt, x.device)
-    direct = cdt == gw.dtype and banks is None  # write (and accumulate) straight into the result
+    # the patches are kernel-major: write (and accumulate) straight into a kernel-major result
+    direct = cdt == gw.dtype and banks is None and kernel_major
     # shared banks sum many positions: in float32 for half precision, cast once at the end
     bank_sums = gws if banks is None or cdt == gw.dtype else torch.zeros(gws.shape, dtype=cdt, device=x.device)
     for r0, r1, p0, p1, n0, n1 in _blocks(g, n):
@@ -273,14 +297,15 @@ def weight_grad(x: torch.Tensor, gy: torch.Tensor, g: Geometry, banks: torch.Ten
             else:
                 target.baddbmm_(grads, patches)
             continue
-        # half precision or shared banks: sum this block's batch slices in float32 first
+        # half precision, shared banks or channel-major: sum this block's batch slices (in float32
+        # for half precision) first, then convert the layout and/or add into the banks
         acc = torch.bmm(grads, patches) if n0 == 0 else acc.baddbmm_(grads, patches)
         if n1 == n:
-            acc = acc.view(p1 - p0, *gws.shape[1:])
+            source = _kernel_major_view(acc.view(p1 - p0, *gws.shape[1:]), g, True)
             if banks is None:
-                gws[p0:p1].copy_(acc)
+                _kernel_major_view(gws[p0:p1], g, kernel_major).copy_(source)
             else:
-                bank_sums.index_add_(0, banks[p0:p1], acc)
+                _kernel_major_view(bank_sums, g, kernel_major).index_add_(0, banks[p0:p1], source)
     if bank_sums is not gws:
         gws.copy_(bank_sums)
     return gw

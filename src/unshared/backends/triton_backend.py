@@ -87,9 +87,11 @@ def _launch(kernel, programs, *args, **kwargs):
         kernel[lambda meta: (programs(meta),)](*args, **kwargs)
 
 
-def _storage(w: torch.Tensor, g: Geometry) -> torch.Tensor:
-    """The weight as ``(Pw, O, R)`` contiguous: free for weights made by this library."""
-    return w.permute(public_to_storage_perm(g.ndim)).contiguous()
+def _matrix(w: torch.Tensor) -> tuple[torch.Tensor, bool]:
+    """The weight's memory as a contiguous tensor, and whether it is kernel-major (else
+    channel-major); free for either layout of :mod:`unshared._utils`, one copy otherwise."""
+    storage = w.permute(public_to_storage_perm((w.dim() - 2) // 2))
+    return (storage, True) if storage.is_contiguous() else (w.contiguous(), False)
 
 
 def _no_bank(banks, device):
@@ -105,10 +107,11 @@ def forward(x: torch.Tensor, w: torch.Tensor, g: Geometry, banks: torch.Tensor |
     if n == 0:
         return y
     geo = _geometry_args(g, "OD", "KD")
+    matrix, kernel_major = _matrix(w)
     _launch(_kernels().forward_kernel,
             lambda b: math.ceil(n / b["BLOCK_N"]) * math.ceil(geo["Og"] / b["BLOCK_O"]) * g.groups * g.positions,
-            x, _storage(w, g), _no_bank(banks, x.device), y, N=n, **geo, **_strides(x, "sx"),
-            **_strides(y, "sy"), HAS_BANKS=banks is not None, **_dtype_args(x.dtype))
+            x, matrix, _no_bank(banks, x.device), y, N=n, **geo, **_strides(x, "sx"), **_strides(y, "sy"),
+            HAS_BANKS=banks is not None, KERNEL_MAJOR=kernel_major, **_dtype_args(x.dtype))
     return y
 
 
@@ -123,22 +126,24 @@ def input_grad(gy: torch.Tensor, w: torch.Tensor, g: Geometry,
         return gx
     geo = _geometry_args(g)
     inputs = math.prod(g.input_size)
+    matrix, kernel_major = _matrix(w)
     _launch(_kernels().input_grad_kernel,
             lambda b: math.ceil(n / b["BLOCK_N"]) * math.ceil(geo["Cg"] / b["BLOCK_C"]) * g.groups * inputs,
-            gy, _storage(w, g), _no_bank(banks, gy.device), gx, N=n, **geo, **_strides(gy, "sg"),
-            **_strides(gx, "sx"), HAS_BANKS=banks is not None, **_dtype_args(gy.dtype))
+            gy, matrix, _no_bank(banks, gy.device), gx, N=n, **geo, **_strides(gy, "sg"), **_strides(gx, "sx"),
+            HAS_BANKS=banks is not None, KERNEL_MAJOR=kernel_major, **_dtype_args(gy.dtype))
     return gx
 
 
-def weight_grad(x: torch.Tensor, gy: torch.Tensor, g: Geometry, banks: torch.Tensor | None = None) -> torch.Tensor:
-    """Public-shaped weight gradient in the library's storage order; with ``banks`` the positions
+def weight_grad(x: torch.Tensor, gy: torch.Tensor, g: Geometry, banks: torch.Tensor | None = None,
+                kernel_major: bool = True) -> torch.Tensor:
+    """Public-shaped weight gradient, kernel-major or channel-major; with ``banks`` the positions
     of each bank are summed (atomically, in float32 or float64)."""
     n = x.shape[0]
     shape = (*g.weight_leading, g.out_channels, g.in_channels // g.groups, *g.kernel_size)
-    gw = empty_weight(shape, g.ndim, dtype=x.dtype, device=x.device)
+    gw = empty_weight(shape, g.ndim, kernel_major=kernel_major, dtype=x.dtype, device=x.device)
     if n == 0:
         return gw.zero_()
-    gws = gw.permute(public_to_storage_perm(g.ndim))  # contiguous
+    gws, kernel_major = _matrix(gw)  # a view of gw's memory
     target = gws
     if banks is not None:
         target = torch.zeros(gws.shape, dtype=torch.float64 if x.dtype == torch.float64 else torch.float32,
@@ -147,7 +152,7 @@ def weight_grad(x: torch.Tensor, gy: torch.Tensor, g: Geometry, banks: torch.Ten
     _launch(_kernels().weight_grad_kernel,
             lambda b: math.ceil(geo["R"] / b["BLOCK_R"]) * math.ceil(geo["Og"] / b["BLOCK_O"]) * g.groups * g.positions,
             x, gy, _no_bank(banks, x.device), target, N=n, **geo, **_strides(x, "sx"), **_strides(gy, "sg"),
-            HAS_BANKS=banks is not None, **_dtype_args(x.dtype))
+            HAS_BANKS=banks is not None, KERNEL_MAJOR=kernel_major, **_dtype_args(x.dtype))
     if target is not gws:
         gws.copy_(target)
     return gw
