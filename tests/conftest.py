@@ -1,5 +1,6 @@
 import os
 import sys
+import tempfile
 
 import torch
 from hypothesis import HealthCheck, settings
@@ -10,6 +11,10 @@ sys.path.insert(0, os.path.dirname(__file__))  # tests/reference.py, shared with
 # when the kernels are defined, so it must be set before unshared's Triton backend first computes.
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+
+# A fresh inductor cache: a cached graph of an earlier version of the ops (another schema) would be
+# reused otherwise, since the cache key does not cover the custom ops' Python implementations.
+os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", tempfile.mkdtemp(prefix="unshared-inductor-"))
 
 # Derandomized: the same configurations every run, so a failure reproduces. UNSHARED_FULL_SWEEP=1
 # runs the long sweep (5x the examples of every property test).
