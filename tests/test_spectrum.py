@@ -256,3 +256,20 @@ def test_partial_sharing_gradcheck_gradgradcheck_and_bfloat16(path, cls):
 def copy_to(layer, dtype):
     import copy
     return copy.deepcopy(layer).to(dtype)
+
+
+@pytest.mark.parametrize("cls", [TILED[2], REGION[2]])
+def test_partial_sharing_built_on_meta_then_loaded(cls):
+    # the bank index is derived from the sizes: meta construction (also under a default-device
+    # context), to_empty() and a state dict leave a working layer
+    key = "tile_size" if cls in TILED.values() else "regions"
+    ref = cls(3, 4, 3, input_size=(12, 12), **{key: 5})
+    with torch.device("meta"):
+        assert cls(3, 4, 3, input_size=(12, 12), **{key: 5}).position_bank is not None
+    layer = cls(3, 4, 3, input_size=(12, 12), device="meta", **{key: 5})
+    layer.to_empty(device="cpu")
+    layer.load_state_dict(ref.state_dict())
+    x = torch.randn(2, 3, 12, 12)
+    torch.testing.assert_close(layer(x), ref(x))
+    torch.testing.assert_close(layer(x), locally_connected_reference(
+        x, ref.expanded_weight(), ref.expanded_bias()).float())

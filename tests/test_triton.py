@@ -37,9 +37,24 @@ def test_float64_matches_reference(cfg):
 @settings(max_examples=12 * EXAMPLES_SCALE)
 @given(cfg=configs(tiny=True, max_batch=2))
 def test_low_precision_matches_reference(dtype, cfg):
-    if dtype == torch.float32 and CUDA:  # TF32 is the caller's choice; compare plain float32 here
-        torch.backends.cuda.matmul.allow_tf32 = False
+    # TF32 is the caller's choice (off by default); this compares plain float32
     check_against_reference(cfg, dtype, seed=11, backend="triton", device=DEVICE)
+
+
+def test_tf32_setting_is_read_by_either_api():
+    matmul = torch.backends.cuda.matmul
+    try:
+        matmul.fp32_precision = "tf32"  # the newer API: reading allow_tf32 would now raise
+        assert triton_backend._tf32_allowed()
+        matmul.fp32_precision = "ieee"
+        assert not triton_backend._tf32_allowed()
+        matmul.fp32_precision = "none"
+        matmul.allow_tf32 = True
+        assert triton_backend._tf32_allowed()
+    finally:
+        matmul.fp32_precision = "none"
+        matmul.allow_tf32 = False
+    assert not triton_backend._tf32_allowed()
 
 
 # A few fixed cases that exercise every block edge: more output channels and reduction elements
@@ -142,7 +157,6 @@ DEEPFACE = {"L4": (63, 9, 1), "L5": (55, 7, 2), "L6": (25, 5, 1)}
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_deepface_sizes_on_cuda(layer, dtype):
     size, kernel, stride = DEEPFACE[layer]
-    torch.backends.cuda.matmul.allow_tf32 = False
     x = torch.randn(32, 16, size, size, device="cuda", dtype=dtype, requires_grad=True)
     local = unshared.LocallyConnected2d(16, 16, kernel, stride, input_size=size, device="cuda", dtype=dtype)
     y = local(x)

@@ -146,8 +146,10 @@ _DOC = """Locally connected {nd}d layer: a convolution with a separate filter ba
         stride, padding, dilation, groups: as ``torch.nn.functional.conv{nd}d``; ``padding`` is an
             int, a tuple, ``"valid"`` or ``"same"`` (stride 1 only). Defaults: 1, 0, 1, 1.
         padding_mode: ``"zeros"``, ``"reflect"``, ``"replicate"`` or ``"circular"``. Default: ``"zeros"``.
-        backend: ``"torch"`` (pure PyTorch, any device), ``"triton"`` (fused GPU kernels) or
-            ``"auto"``: Triton for CUDA tensors when it is installed, else PyTorch. Default: ``"auto"``.
+        backend: ``"torch"`` (pure PyTorch, any device), ``"triton"`` (fused GPU kernels),
+            ``"composite"`` (standard operators only, for exporters) or ``"auto"``: Triton for CUDA
+            tensors when it is installed, composite while exporting to ONNX, else PyTorch.
+            Default: ``"auto"``.
 
     Returns:
         ``(N, C_out, {odims})`` (or unbatched ``(C_out, {odims})``), where

@@ -60,15 +60,23 @@ class _PartiallySharedNd(_LocallyConnectedNd):
 
     def _create_parameters(self, bias: bool, factory_kwargs) -> None:
         super()._create_parameters(bias, factory_kwargs)
-        # the flat bank of every output position, for the locally connected kernel; None when
-        # every position has its own bank (then the layer is a plain locally connected one)
-        index = torch.stack(torch.meshgrid(*self.bank_index("cpu"), indexing="ij")).flatten(1)
-        flat = torch.zeros_like(index[0])
-        for d, size in enumerate(self._grid()):
-            flat = flat * size + index[d]
-        identity = flat.equal(torch.arange(flat.numel()))
-        self.register_buffer("position_bank", None if identity else flat.to(factory_kwargs["device"]),
-                             persistent=False)
+        # The flat bank of every output position, for the locally connected kernel, on the CPU
+        # (moved per call): derived from the sizes alone, it is neither a parameter nor a buffer,
+        # so meta construction, to_empty() and state dicts cannot leave it stale. None when every
+        # position has its own bank: then the layer is a plain locally connected one.
+        self._position_bank = None
+        if self._grid() != self.output_size:
+            index = torch.stack(torch.meshgrid(*self.bank_index("cpu"), indexing="ij")).flatten(1)
+            flat = torch.zeros(index.shape[1], dtype=torch.int64, device="cpu")
+            for d, size in enumerate(self._grid()):
+                flat = flat * size + index[d]
+            self._position_bank = flat
+
+    @property
+    def position_bank(self) -> Tensor | None:
+        """``(positions,)`` int64 flat bank index of every output position (row-major), or
+        ``None`` when each position has its own bank."""
+        return self._position_bank
 
     def _bank_plan(self):
         """Yield ``(bank, output slices, input slices, conv stride)`` per bank."""
@@ -109,8 +117,8 @@ class _PartiallySharedNd(_LocallyConnectedNd):
         g = U.Geometry(tuple(x.shape[2:]), self.output_size, self.kernel_size, self.stride, pads,
                        self.dilation, self.groups, self.in_channels, self.out_channels,
                        weight_grid=self._grid())
-        y = ops.locally_connected(x, weight, g, choose_backend(x, weight, g, self.backend),
-                                  self.position_bank)
+        banks = None if self._position_bank is None else self._position_bank.to(x.device)
+        y = ops.locally_connected(x, weight, g, choose_backend(x, weight, g, self.backend), banks)
         if bias is not None:
             y = y + (bias.view(-1, *(1,) * nd) if bias.dim() == 1 else bias)
         return y.squeeze(0) if unbatched else y
@@ -200,8 +208,8 @@ class _RegionNd(_PartiallySharedNd):
         index = []
         for o, r in zip(self.output_size, self.regions):
             b = _boundaries(o, r)
-            index.append(torch.repeat_interleave(torch.arange(r), torch.tensor(
-                [b[i + 1] - b[i] for i in range(r)])).to(device))
+            index.append(torch.repeat_interleave(torch.arange(r, device="cpu"), torch.tensor(
+                [b[i + 1] - b[i] for i in range(r)], device="cpu")).to(device))
         return index
 
     def _bank_plan(self):

@@ -30,7 +30,7 @@ def locally_connected(x: Tensor, weight: Tensor, geometry: Geometry, backend: st
 
 
 def _input_grad_format(channels_last: bool, dim: int) -> torch.memory_format:
-    if not channels_last:
+    if not channels_last or dim not in (4, 5):
         return torch.contiguous_format
     return torch.channels_last if dim == 4 else torch.channels_last_3d
 

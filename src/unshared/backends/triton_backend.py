@@ -36,6 +36,9 @@ def can_run(x: torch.Tensor, w: torch.Tensor, g: Geometry) -> str | None:
                 f"(or on the CPU under TRITON_INTERPRET=1, for testing)")
     if x.dtype not in DTYPES:
         return f"dtype {x.dtype} is not supported (supported: {', '.join(map(str, DTYPES))})"
+    if x.dtype == torch.bfloat16 and x.device.type == "cuda" and torch.cuda.get_device_capability(x.device) < (8, 0):
+        return (f"bfloat16 needs a GPU of compute capability 8.0 or newer, {x.device} has "
+                f"{torch.cuda.get_device_capability(x.device)}")
     return None
 
 
@@ -66,11 +69,21 @@ def _geometry_args(g: Geometry, *unused: str) -> dict[str, int]:
     return {k: v for k, v in args.items() if k not in unused}
 
 
+def _tf32_allowed() -> bool:
+    """PyTorch's TF32 setting for float32 matmuls, by its newer API (``fp32_precision``) when that
+    was used (reading ``allow_tf32`` then raises), else by ``allow_tf32``."""
+    matmul = torch.backends.cuda.matmul
+    precision = getattr(matmul, "fp32_precision", "none")
+    if precision != "none":
+        return precision == "tf32"
+    return bool(matmul.allow_tf32)
+
+
 def _dtype_args(dtype: torch.dtype) -> dict:
     import triton.language as tl
 
     if dtype == torch.float32:
-        precision = "tf32" if torch.backends.cuda.matmul.allow_tf32 and not _interpreting() else "ieee"
+        precision = "tf32" if not _interpreting() and _tf32_allowed() else "ieee"
     else:
         precision = "ieee"
     return dict(UPCAST=dtype == torch.bfloat16 and _interpreting(), PRECISION=precision,
@@ -78,12 +91,14 @@ def _dtype_args(dtype: torch.dtype) -> dict:
 
 
 def _launch(kernel, programs, *args, **kwargs):
-    """Launch over a 1-d grid of ``programs(blocks)`` programs; block sizes come from the
-    autotuner on a GPU and are fixed under the interpreter."""
+    """Launch over a 1-d grid of ``programs(blocks)`` programs on the device of the first tensor
+    argument (Triton launches on the current device); block sizes come from the autotuner on a
+    GPU and are fixed under the interpreter."""
     k = _kernels()
     if k.INTERPRET:
         kernel[(programs(k.INTERPRETER_BLOCKS),)](*args, **kwargs, **k.INTERPRETER_BLOCKS)
-    else:
+        return
+    with torch.cuda.device(args[0].device):
         kernel[lambda meta: (programs(meta),)](*args, **kwargs)
 
 
@@ -92,6 +107,16 @@ def _matrix(w: torch.Tensor) -> tuple[torch.Tensor, bool]:
     channel-major); free for either layout of :mod:`unshared._utils`, one copy otherwise."""
     storage = w.permute(public_to_storage_perm((w.dim() - 2) // 2))
     return (storage, True) if storage.is_contiguous() else (w.contiguous(), False)
+
+
+def _patch_source(x: torch.Tensor, kernel_major: bool) -> torch.Tensor:
+    """``x`` laid out so that consecutive reduction indices of a patch are consecutive addresses
+    (coalesced loads, for dilation 1): channel stride 1 for a kernel-major weight (whose patches
+    run over channels), plain contiguous for a channel-major one (runs along the last spatial
+    dimension). At most one copy of the input, small next to the weight."""
+    if kernel_major:
+        return x if x.stride(1) == 1 else x.movedim(1, -1).contiguous().movedim(-1, 1)
+    return x.contiguous()
 
 
 def _no_bank(banks, device):
@@ -108,6 +133,7 @@ def forward(x: torch.Tensor, w: torch.Tensor, g: Geometry, banks: torch.Tensor |
         return y
     geo = _geometry_args(g, "OD", "KD")
     matrix, kernel_major = _matrix(w)
+    x = _patch_source(x, kernel_major)
     _launch(_kernels().forward_kernel,
             lambda b: math.ceil(n / b["BLOCK_N"]) * math.ceil(geo["Og"] / b["BLOCK_O"]) * g.groups * g.positions,
             x, matrix, _no_bank(banks, x.device), y, N=n, **geo, **_strides(x, "sx"), **_strides(y, "sy"),
@@ -149,6 +175,7 @@ def weight_grad(x: torch.Tensor, gy: torch.Tensor, g: Geometry, banks: torch.Ten
         target = torch.zeros(gws.shape, dtype=torch.float64 if x.dtype == torch.float64 else torch.float32,
                              device=x.device)
     geo = _geometry_args(g, "OD", "KD")
+    x = _patch_source(x, kernel_major)
     _launch(_kernels().weight_grad_kernel,
             lambda b: math.ceil(geo["R"] / b["BLOCK_R"]) * math.ceil(geo["Og"] / b["BLOCK_O"]) * g.groups * g.positions,
             x, gy, _no_bank(banks, x.device), target, N=n, **geo, **_strides(x, "sx"), **_strides(gy, "sg"),
