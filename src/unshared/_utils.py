@@ -181,6 +181,13 @@ def is_kernel_major(weight: torch.Tensor) -> bool:
     return weight.permute(public_to_storage_perm((weight.dim() - 2) // 2)).is_contiguous()
 
 
+def weight_memory(weight: torch.Tensor) -> tuple[torch.Tensor, bool]:
+    """The weight's memory as a contiguous tensor (kernel-major order, or the public shape), and
+    whether it is kernel-major. Free for either layout; one copy for any other strides."""
+    storage = weight.permute(public_to_storage_perm((weight.dim() - 2) // 2))
+    return (storage, True) if storage.is_contiguous() else (weight.contiguous(), False)
+
+
 def empty_weight(public_shape, nd: int, *, kernel_major: bool = False, dtype=None, device=None,
                  buffer: bool = False) -> torch.Tensor:
     """An uninitialised weight with the public shape, channel-major (contiguous) or kernel-major.

@@ -84,14 +84,17 @@ def _pad(x: Tensor, padding, padding_mode: str, name: str) -> Tensor:
     return F.pad(x, flat, mode=padding_mode)
 
 
-def _locally_connected(nd, input, weight, bias, stride, padding, dilation, groups, padding_mode, backend):
-    name = f"locally_connected{nd}d"
+def _locally_connected(nd, input, weight, bias, stride, padding, dilation, groups, padding_mode, backend,
+                       banks=None, output_size=None, name=None):
+    """The functional forms; with ``banks`` (partial sharing) the weight's leading dimensions are
+    filter banks, ``banks`` the ``(positions,)`` bank of each position of ``output_size``."""
+    name = name or f"locally_connected{nd}d"
     input, weight, bias = _autocast(input, weight, bias)
     _check_tensors(name, nd, input, weight, bias)
     unbatched = input.dim() == nd + 1
     x = input.unsqueeze(0) if unbatched else input
 
-    grid = tuple(weight.shape[:nd])
+    grid = tuple(weight.shape[:nd]) if banks is None else tuple(output_size)
     out_channels, in_per_group = weight.shape[nd], weight.shape[nd + 1]
     kernel_size = tuple(weight.shape[nd + 2:])
     stride = U.positive(U.ntuple(stride, nd, "stride"), "stride")
@@ -126,8 +129,10 @@ def _locally_connected(nd, input, weight, bias, stride, padding, dilation, group
     if padding_mode != "zeros" and any(lo or hi for lo, hi in pads):
         x = _pad(x, pads, padding_mode, name)
         spatial, pads = tuple(x.shape[2:]), ((0, 0),) * nd
-    geometry = U.Geometry(spatial, grid, kernel_size, stride, pads, dilation, groups, channels, out_channels)
-    y = ops.locally_connected(x, weight, geometry, choose_backend(x, weight, geometry, backend))
+    geometry = U.Geometry(spatial, grid, kernel_size, stride, pads, dilation, groups, channels, out_channels,
+                          None if banks is None else tuple(weight.shape[:nd]))
+    y = ops.locally_connected(x, weight, geometry, choose_backend(x, weight, geometry, backend),
+                              None if banks is None else banks.to(x.device))
     if bias is not None:
         y = y + (bias if bias.dim() > 1 else bias.view(out_channels, *(1,) * nd))
     return y.squeeze(0) if unbatched else y

@@ -23,6 +23,7 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
+from . import _utils as U
 from .modules import LocallyConnected1d, LocallyConnected2d, LocallyConnected3d
 
 __all__ = ["from_keras", "from_flax", "from_lax"]
@@ -71,11 +72,6 @@ def _ints(value, n: int, name: str) -> tuple[int, ...]:
     return out
 
 
-def _grid_size(input_size, kernel, stride, pads, dilation) -> tuple[int, ...]:
-    return tuple((i + lo + hi - d * (k - 1) - 1) // s + 1
-                 for i, k, s, (lo, hi), d in zip(input_size, kernel, stride, pads, dilation))
-
-
 def _build(weight: Tensor, bias: Tensor | None, *, stride, pads, dilation, input_size,
            padding_mode: str = "zeros", dtype=None, activation: nn.Module | None = None,
            source: str) -> nn.Module:
@@ -89,7 +85,7 @@ def _build(weight: Tensor, bias: Tensor | None, *, stride, pads, dilation, input
     pads = tuple((int(lo), int(hi)) for lo, hi in pads)
     if any(lo < 0 or hi < 0 for lo, hi in pads):
         raise ValueError(f"{source}: negative padding {pads} is not supported")
-    expected = _grid_size(input_size, kernel, stride, pads, dilation)
+    expected = U.output_size(input_size, kernel, stride, pads, dilation)
     if expected != tuple(grid):
         raise ValueError(
             f"{source}: the weights hold an output grid of {tuple(grid)} positions, but input_size="

@@ -27,7 +27,6 @@ from torch import Tensor
 
 from . import _utils as U
 from . import functional as UF
-from .backends import choose_backend, ops
 from .functional import _pad
 from .modules import _LocallyConnectedNd
 
@@ -40,8 +39,9 @@ _CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
 
 #: Run one convolution per bank when banks hold at least this many positions on average; below
 #: it, the per-call overhead of many small convolutions loses to the locally connected kernel
-#: (forward+backward at DeepFace L4, batch 8: 25 banks of 121 positions, 101 ms by convolutions
-#: against 161 ms for the locally connected layer; 121 banks of 25 positions, 562 ms against 172 ms).
+#: (forward+backward at DeepFace L4, batch 8, 2 cores, 2026-11-22: 25 banks of 121 positions,
+#: 142 ms by convolutions against 190 ms by the locally connected kernel; 121 banks of 25
+#: positions, 505 ms against 213 ms).
 MIN_POSITIONS_PER_CONV = 64
 
 
@@ -106,22 +106,9 @@ class _PartiallySharedNd(_LocallyConnectedNd):
 
     def _forward_by_banks(self, input: Tensor) -> Tensor:
         """The locally connected kernel, reading each position's filters from its bank."""
-        nd = self._nd
-        unbatched = input.dim() == nd + 1
-        x = input.unsqueeze(0) if unbatched else input
-        x, weight, bias = UF._autocast(x, self.weight, self.expanded_bias())
-        UF._check_tensors(type(self).__name__, nd, x, weight, bias)
-        pads = self._padding
-        if self.padding_mode != "zeros" and any(lo or hi for lo, hi in pads):
-            x, pads = _pad(x, pads, self.padding_mode, type(self).__name__), ((0, 0),) * nd
-        g = U.Geometry(tuple(x.shape[2:]), self.output_size, self.kernel_size, self.stride, pads,
-                       self.dilation, self.groups, self.in_channels, self.out_channels,
-                       weight_grid=self._grid())
-        banks = None if self._position_bank is None else self._position_bank.to(x.device)
-        y = ops.locally_connected(x, weight, g, choose_backend(x, weight, g, self.backend), banks)
-        if bias is not None:
-            y = y + (bias.view(-1, *(1,) * nd) if bias.dim() == 1 else bias)
-        return y.squeeze(0) if unbatched else y
+        return UF._locally_connected(self._nd, input, self.weight, self.expanded_bias(), self.stride,
+                                     self.padding, self.dilation, self.groups, self.padding_mode,
+                                     self.backend, self._position_bank, self.output_size, type(self).__name__)
 
     def _forward_by_conv(self, input: Tensor) -> Tensor:
         nd = self._nd

@@ -23,7 +23,7 @@ def can_run(x: torch.Tensor, w: torch.Tensor, g: Geometry) -> str | None:
 
 def forward(x: torch.Tensor, w: torch.Tensor, g: Geometry, banks: torch.Tensor | None = None) -> torch.Tensor:
     """``(N, C, *input_size)``, public weight -> ``(N, O, *output_size)``, differentiable by autograd."""
-    n, nd = x.shape[0], g.ndim
+    n = x.shape[0]
     groups, cg, og = g.groups, g.in_channels // g.groups, g.out_channels // g.groups
     compute = torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
     pads = [p for pair in reversed(g.padding) for p in pair]

@@ -25,7 +25,7 @@ import math
 
 import torch
 
-from .._utils import Geometry, empty_buffer, empty_weight, memory_format_of, public_to_storage_perm
+from .._utils import Geometry, empty_buffer, empty_weight, memory_format_of, weight_memory
 
 #: Upper bound on the elements of one gathered patch block (8 MiB in float32): small enough to
 #: stay in cache between the gather and the matmul that reads it. Measured at DeepFace L4, batch
@@ -43,13 +43,10 @@ def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
 
 def _weight_matrix(w: torch.Tensor, g: Geometry) -> tuple[torch.Tensor, bool]:
     """The weight's memory as ``(Pw, groups, out_per_group, R)``, and whether it is kernel-major
-    (``R`` ordered ``(kernel, Cg)``) or channel-major (``(Cg, kernel)``; see :mod:`unshared._utils`).
-    Free for either layout; one copy for any other strides."""
-    storage = w.permute(public_to_storage_perm(g.ndim))
-    kernel_major = storage.is_contiguous()
-    matrix = storage if kernel_major else w.contiguous()
+    (``R`` ordered ``(kernel, Cg)``) or channel-major (``(Cg, kernel)``; see :mod:`unshared._utils`)."""
+    memory, kernel_major = weight_memory(w)
     cg = g.in_channels // g.groups
-    return matrix.view(-1, g.groups, g.out_channels // g.groups, g.kernel_volume * cg), kernel_major
+    return memory.view(-1, g.groups, g.out_channels // g.groups, g.kernel_volume * cg), kernel_major
 
 
 def _kernel_major_view(rows: torch.Tensor, g: Geometry, kernel_major: bool) -> torch.Tensor:

@@ -16,7 +16,7 @@ import os
 
 import torch
 
-from .._utils import Geometry, empty_weight, memory_format_of, public_to_storage_perm
+from .._utils import Geometry, empty_weight, memory_format_of, weight_memory
 
 #: Whether Triton is installed (checked without importing it).
 TRITON_INSTALLED = importlib.util.find_spec("triton") is not None
@@ -102,13 +102,6 @@ def _launch(kernel, programs, *args, **kwargs):
         kernel[lambda meta: (programs(meta),)](*args, **kwargs)
 
 
-def _matrix(w: torch.Tensor) -> tuple[torch.Tensor, bool]:
-    """The weight's memory as a contiguous tensor, and whether it is kernel-major (else
-    channel-major); free for either layout of :mod:`unshared._utils`, one copy otherwise."""
-    storage = w.permute(public_to_storage_perm((w.dim() - 2) // 2))
-    return (storage, True) if storage.is_contiguous() else (w.contiguous(), False)
-
-
 def _patch_source(x: torch.Tensor, kernel_major: bool) -> torch.Tensor:
     """``x`` laid out so that consecutive reduction indices of a patch are consecutive addresses
     (coalesced loads, for dilation 1): channel stride 1 for a kernel-major weight (whose patches
@@ -132,7 +125,7 @@ def forward(x: torch.Tensor, w: torch.Tensor, g: Geometry, banks: torch.Tensor |
     if n == 0:
         return y
     geo = _geometry_args(g, "OD", "KD")
-    matrix, kernel_major = _matrix(w)
+    matrix, kernel_major = weight_memory(w)
     x = _patch_source(x, kernel_major)
     _launch(_kernels().forward_kernel,
             lambda b: math.ceil(n / b["BLOCK_N"]) * math.ceil(geo["Og"] / b["BLOCK_O"]) * g.groups * g.positions,
@@ -152,7 +145,7 @@ def input_grad(gy: torch.Tensor, w: torch.Tensor, g: Geometry,
         return gx
     geo = _geometry_args(g)
     inputs = math.prod(g.input_size)
-    matrix, kernel_major = _matrix(w)
+    matrix, kernel_major = weight_memory(w)
     _launch(_kernels().input_grad_kernel,
             lambda b: math.ceil(n / b["BLOCK_N"]) * math.ceil(geo["Cg"] / b["BLOCK_C"]) * g.groups * inputs,
             gy, matrix, _no_bank(banks, gy.device), gx, N=n, **geo, **_strides(gy, "sg"), **_strides(gx, "sx"),
@@ -169,7 +162,7 @@ def weight_grad(x: torch.Tensor, gy: torch.Tensor, g: Geometry, banks: torch.Ten
     gw = empty_weight(shape, g.ndim, kernel_major=kernel_major, dtype=x.dtype, device=x.device)
     if n == 0:
         return gw.zero_()
-    gws, kernel_major = _matrix(gw)  # a view of gw's memory
+    gws, kernel_major = weight_memory(gw)  # a view of gw's memory
     target = gws
     if banks is not None:
         target = torch.zeros(gws.shape, dtype=torch.float64 if x.dtype == torch.float64 else torch.float32,
