@@ -12,7 +12,7 @@ from torch import Tensor
 from . import _utils as U
 from .backends import choose_backend, ops
 
-__all__ = ["locally_connected1d", "locally_connected2d", "locally_connected3d"]
+__all__ = ["locally_connected", "locally_connected1d", "locally_connected2d", "locally_connected3d"]
 
 
 def _check_tensors(name: str, nd: int, input, weight, bias) -> None:
@@ -195,3 +195,17 @@ def _make(nd: int, example_in: str, example_w: str, example_out: str):
 locally_connected1d = _make(1, "10", "8, 4, 3, 3", "8")
 locally_connected2d = _make(2, "6, 6", "4, 4, 4, 3, 3, 3", "4, 4")
 locally_connected3d = _make(3, "4, 4, 4", "2, 2, 2, 4, 3, 3, 3, 3", "2, 2, 2")
+
+
+def locally_connected(input: Tensor, weight: Tensor, bias: Tensor | None = None, stride=1, padding=0,
+                      dilation=1, groups: int = 1, *, padding_mode: str = "zeros", backend: str = "auto") -> Tensor:
+    """:func:`locally_connected1d`, ``2d`` or ``3d`` by the weight's dimensions
+    (``2 * nd + 2``: ``(*output_size, C_out, C_in // groups, *kernel_size)``)."""
+    if not isinstance(weight, Tensor):
+        raise TypeError(f"locally_connected: weight must be a Tensor, got {type(weight).__name__}")
+    if weight.dim() not in (4, 6, 8):
+        raise ValueError("locally_connected: weight must have 4, 6 or 8 dimensions (1d, 2d or 3d: "
+                         "*output_size, out_channels, in_channels // groups, *kernel_size), got weight "
+                         f"of shape {tuple(weight.shape)}")
+    nd = (weight.dim() - 2) // 2
+    return _locally_connected(nd, input, weight, bias, stride, padding, dilation, groups, padding_mode, backend)

@@ -16,7 +16,7 @@ from . import functional as UF
 from .backends import check_backend_name
 
 __all__ = [
-    "LocallyConnected1d", "LocallyConnected2d", "LocallyConnected3d",
+    "LOCALLY_CONNECTED", "LocallyConnected1d", "LocallyConnected2d", "LocallyConnected3d",
     "LazyLocallyConnected1d", "LazyLocallyConnected2d", "LazyLocallyConnected3d",
 ]
 
@@ -271,3 +271,7 @@ class LazyLocallyConnected2d(_LazyLocallyConnectedMixin, LocallyConnected2d):
 class LazyLocallyConnected3d(_LazyLocallyConnectedMixin, LocallyConnected3d):
     cls_to_become = LocallyConnected3d
     __doc__ = _lazy_doc(3)
+
+
+#: The layer class of each spatial dimensionality.
+LOCALLY_CONNECTED = {1: LocallyConnected1d, 2: LocallyConnected2d, 3: LocallyConnected3d}
