@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 
 import unshared
 from unshared import conversions, lowrank, sharing
+from unshared.backends import settings as settings_override
 from configs import Config, configs
 from reference import locally_connected_reference
 
@@ -126,7 +127,6 @@ def sharing_cases(draw):
 @settings(max_examples=150)
 @given(case=sharing_cases())
 def test_partial_sharing_matches_reference(case):
-    from unittest import mock
     cfg, kind, grid, path = case
     cls = (TILED if kind == "tiled" else REGION)[cfg.nd]
     layer = cls(*_args(cfg), input_size=cfg.input_size, shared_bias=cfg.bias == "shared", dtype=torch.float64,
@@ -134,7 +134,7 @@ def test_partial_sharing_matches_reference(case):
     assert layer.weight.shape[:cfg.nd] == grid
     x, _, _ = cfg.tensors(requires_grad=True)
     threshold = 0 if path == "conv" else 10**9
-    with mock.patch.object(sharing, "MIN_POSITIONS_PER_CONV", threshold):
+    with settings_override(min_positions_per_conv=threshold):
         y = layer(x)
     w = layer.expanded_weight()
     # the expansion itself: position p uses bank (p mod tile) or its region's bank
@@ -228,7 +228,6 @@ def test_bank_layout_is_pinned():
 @pytest.mark.parametrize("path", ["conv", "banks"])
 @pytest.mark.parametrize("cls", [TILED[2], REGION[1]])
 def test_partial_sharing_gradcheck_gradgradcheck_and_bfloat16(path, cls):
-    from unittest import mock
     nd = cls._nd
     key = "tile_size" if cls in TILED.values() else "regions"
     size = (7, 6)[:nd]
@@ -240,7 +239,7 @@ def test_partial_sharing_gradcheck_gradgradcheck_and_bfloat16(path, cls):
     def f(x, w, b):
         return torch.func.functional_call(layer, {"weight": w, "bias": b}, (x,))
 
-    with mock.patch.object(sharing, "MIN_POSITIONS_PER_CONV", 0 if path == "conv" else 10**9):
+    with settings_override(min_positions_per_conv=0 if path == "conv" else 10**9):
         assert torch.autograd.gradcheck(f, (x, w, b), fast_mode=True)
         assert torch.autograd.gradgradcheck(f, (x, w, b), fast_mode=True)
         half = copy_to(layer, torch.bfloat16)

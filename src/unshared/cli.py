@@ -1,4 +1,4 @@
-"""The ``unshared`` command line: ``unshared demo``, ``unshared params``, ``unshared bench``."""
+"""The ``unshared`` command line: ``unshared demo``, ``unshared params``."""
 from __future__ import annotations
 
 import argparse
@@ -92,11 +92,6 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--output", type=Path, default=Path("unshared-demo"), help="folder for the figures")
     d.add_argument("--no-progress", action="store_true", help="no progress bar")
 
-    b = sub.add_parser("bench", help="time our layer against unfold+einsum (quick mode by default)",
-                       description="The CPU benchmark in quick mode; --full runs every case (minutes).")
-    b.add_argument("--full", action="store_true")
-    b.add_argument("--cases", help="comma-separated case names, e.g. L4-8,cifar-128")
-    b.add_argument("--output", type=Path, help="markdown file for the results")
     return parser
 
 
@@ -126,25 +121,11 @@ def _demo(args, parser) -> int:
     return 0
 
 
-def _bench(args) -> int:
-    from . import benchmark
-
-    argv = [] if args.full else ["--quick"]
-    if args.cases:
-        argv += ["--cases", args.cases]
-    if args.output:
-        argv += ["--output", str(args.output)]
-    benchmark.main(argv)
-    return 0
-
-
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command == "demo":
         return _demo(args, parser)
-    if args.command == "bench":
-        return _bench(args)
     if args.command == "params":
         if args.input_size is None:
             print(_seed_report())
