@@ -37,6 +37,23 @@ def ntuple(value, n: int, name: str) -> tuple[int, ...]:
     raise TypeError(f"{name} must be an int or a tuple of {n} ints, got {value!r}")
 
 
+def spatial_ndim(ndim: int | None = None, **sizes) -> int | None:
+    """The number of spatial dimensions described by ``sizes`` (keyword: int or tuple each).
+
+    ``ndim`` if given, otherwise the length of the first tuple among ``sizes`` (strings such as
+    ``padding="same"`` and ``None`` are skipped); ``None`` when every size is an int. Raises
+    ``ValueError`` naming the sizes when ``ndim`` is not 1, 2 or 3 or the tuples disagree.
+    """
+    if ndim is not None and ndim not in (1, 2, 3):
+        raise ValueError(f"ndim must be 1, 2 or 3, got ndim={ndim!r}")
+    lengths = {name: len(v) for name, v in sizes.items() if v is not None and not isinstance(v, (int, str))}
+    nd = ndim if ndim is not None else next(iter(lengths.values()), None)
+    if any(n != nd for n in lengths.values()):
+        named = ", ".join(f"{name}={sizes[name]!r}" for name in lengths)
+        raise ValueError(f"sizes of different dimensionality: {named}" + (f", ndim={ndim}" if ndim else ""))
+    return nd
+
+
 def positive(values: tuple[int, ...], name: str) -> tuple[int, ...]:
     if any(v <= 0 for v in values):
         raise ValueError(f"{name} must be positive, got {name}={values}")

@@ -275,6 +275,3 @@ class LazyLocallyConnected3d(_LazyLocallyConnectedMixin, LocallyConnected3d):
 
 #: The layer class of each spatial dimensionality.
 LOCALLY_CONNECTED = {1: LocallyConnected1d, 2: LocallyConnected2d, 3: LocallyConnected3d}
-
-#: former private name, kept while other modules move to the public one
-_LocallyConnectedNd = LocallyConnectedNd
