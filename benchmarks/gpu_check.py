@@ -123,7 +123,52 @@ def bench_one(run, harness, key, dtype, device, providers, settings) -> list[dic
     return rows
 
 
-def report(run, rows, roofline, device, args, tests_summary, date) -> None:
+def per_operation(run, key, dtype, device, settings) -> list[dict]:
+    """Each of the three operations alone, on the Triton and the PyTorch backends: time, achieved
+    TFLOP/s and GB/s (operands read and written once), to see which pass limits the layer."""
+    import torch
+
+    import unshared
+    from harness.cases import CASES, dtype_name, itemsize
+    from harness.measure import measure
+    from unshared import _utils as U
+    from unshared.backends import BACKENDS
+
+    case = CASES[key]
+    dev, size = device.torch_device, itemsize(dtype)
+    layer = unshared.LocallyConnected2d(case.in_channels, case.out_channels, case.kernel, stride=case.stride,
+                                        padding=case.padding, input_size=case.size, bias=False, device=dev,
+                                        dtype=dtype)
+    g = U.Geometry((case.size,) * 2, (case.out_size,) * 2, (case.kernel,) * 2, (case.stride,) * 2,
+                   ((case.padding, case.padding),) * 2, (1, 1), 1, case.in_channels, case.out_channels)
+    x = torch.randn(case.batch, case.in_channels, case.size, case.size, device=dev, dtype=dtype)
+    gy = torch.randn(case.batch, case.out_channels, case.out_size, case.out_size, device=dev, dtype=dtype)
+    w = layer.weight.detach()
+    flops = case.flops("forward")
+    elements = {"forward": x.numel() + w.numel() + gy.numel(), "input_grad": gy.numel() + w.numel() + x.numel(),
+                "weight_grad": x.numel() + gy.numel() + w.numel()}
+    rows = []
+    for backend in ("triton", "torch"):
+        module = BACKENDS[backend]
+        calls = {"forward": lambda: module.forward(x, w, g),
+                 "input_grad": lambda: module.input_grad(gy, w, g, torch.contiguous_format),
+                 "weight_grad": lambda: module.weight_grad(x, gy, g, True)}
+        for op, call in calls.items():
+            try:
+                t = measure(call, device.clock(), settings["budget"], settings["min_reps"], settings["max_reps"],
+                            settings["warmup"]).median
+                rows.append(dict(case=key, dtype=dtype_name(dtype), backend=backend, op=op, median_s=t,
+                                 tflops=flops / t / 1e12, gbps=elements[op] * size / t / 1e9))
+                run.log(f"  {key} {dtype_name(dtype)} {backend} {op}: {t * 1e3:.3f} ms, "
+                        f"{flops / t / 1e12:.1f} TFLOP/s, {elements[op] * size / t / 1e9:.0f} GB/s")
+            except Exception as error:
+                rows.append(dict(case=key, dtype=dtype_name(dtype), backend=backend, op=op,
+                                 error=f"{type(error).__name__}: {str(error)[:300]}"))
+                run.log(f"  {key} {dtype_name(dtype)} {backend} {op}: {type(error).__name__}: {str(error)[:300]}")
+    return rows
+
+
+def report(run, rows, roofline, device, args, tests_summary, date, operations=()) -> None:
     """results.md and results.json from the rows measured so far."""
     from harness.cases import CASES, DTYPES, dtype_name
     from harness.report import Row, results_table, targets_table
@@ -150,6 +195,13 @@ def report(run, rows, roofline, device, args, tests_summary, date) -> None:
     if measured and roofline is not None:
         lines.append(results_table(measured, roofline, baseline, True, 3))
         lines.append(targets_table(measured, roofline))
+    if operations:
+        lines += ["Per operation (each pass alone; GB/s counts its three operands once):", "",
+                  "| case | dtype | backend | operation | median ms | TFLOP/s | GB/s |", "|---|---|---|---|---:|---:|---:|"]
+        lines += [f"| {o['case']} | {o['dtype']} | {o['backend']} | {o['op']} | "
+                  + (f"{o['median_s'] * 1e3:.3f} | {o['tflops']:.1f} | {o['gbps']:.0f} |" if "median_s" in o
+                     else f"{o['error']} | | |") for o in operations]
+        lines.append("")
     errors = [r for r in rows if "error" in r]
     if errors:
         lines += ["Did not run:", ""] + [f"- {r['case']} {r['dtype']} {r['mode']} {r['provider']}: {r['error']}"
@@ -157,7 +209,7 @@ def report(run, rows, roofline, device, args, tests_summary, date) -> None:
     (run.out / "results.md").write_text("\n".join(lines))
     clean = [{k: v for k, v in r.items() if k != "timing"} for r in rows]
     (run.out / "results.json").write_text(json.dumps(dict(date=date, smoke=args.smoke, tests=tests_summary,
-                                                          rows=clean), indent=1))
+                                                          rows=clean, operations=list(operations)), indent=1))
 
 
 def main(argv=None) -> int:
@@ -201,7 +253,7 @@ def main(argv=None) -> int:
 
     tests_summary = "skipped (--skip-tests)" if args.skip_tests else run_tests(run, args.smoke, min(150.0, run.left() * 0.35))
 
-    roofline, rows = None, []
+    roofline, rows, operations = None, [], []
     try:
         run.log("roofline: matmul rates and copy bandwidth ...")
         roofline = measure_roofline(device, dtypes, 3 if args.smoke else 10)
@@ -220,8 +272,10 @@ def main(argv=None) -> int:
                 break
             started = time.monotonic()
             rows += bench_one(run, None, key, dtype, device, args.providers, settings)
+            if key == keys[0]:
+                operations += per_operation(run, key, dtype, device, settings)
             spent.append(time.monotonic() - started)
-            report(run, rows, roofline, device, args, tests_summary, date)  # what is measured so far
+            report(run, rows, roofline, device, args, tests_summary, date, operations)  # what is measured so far
         else:
             continue
         break
@@ -235,7 +289,7 @@ def main(argv=None) -> int:
     except Exception as error:
         run.log(f"auto step failed: {type(error).__name__}: {error}")
     (run.out / "choices.json").write_text(json.dumps(dict(autotuner=chosen_configs(), auto=auto_choices()), indent=1))
-    report(run, rows, roofline, device, args, tests_summary, date)
+    report(run, rows, roofline, device, args, tests_summary, date, operations)
     run.log(f"done in {time.monotonic() - run.start:.0f} s; results in {run.out}")
     print((run.out / "results.md").read_text())
     print(HOW_TO_READ)

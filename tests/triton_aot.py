@@ -26,7 +26,7 @@ DTYPES = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16", "float64": "
 CUOBJDUMP = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
 
 
-def compile_kernel(name, config, dtype, kernel_major, banks, arch):
+def compile_kernel(name, config, dtype, kernel_major, banks, arch, index64=False):
     """``triton.compile`` one kernel variant for ``sm_{arch}``; returns the compiled kernel."""
     import triton.language as tl
 
@@ -46,7 +46,7 @@ def compile_kernel(name, config, dtype, kernel_major, banks, arch):
         else:
             signature[arg] = "i32"
     blocks = dict(zip(("BLOCK_N", "BLOCK_O", "BLOCK_R", "BLOCK_C"), config[:4]))
-    constexprs = dict(HAS_BANKS=banks, KERNEL_MAJOR=kernel_major, UPCAST=False,
+    constexprs = dict(HAS_BANKS=banks, KERNEL_MAJOR=kernel_major, UPCAST=False, INDEX64=index64,
                       PRECISION="tf32" if dtype == "float32" else "ieee",
                       ACC=tl.float64 if dtype == "float64" else tl.float32, **blocks)
     source = ASTSource(fn=fn, signature=signature, constexprs=constexprs)
@@ -70,31 +70,33 @@ def matrix_m(name, config) -> int:
 
 
 def variants(full: bool):
-    """(kernel, config index, dtype, kernel_major, banks, arch) to compile."""
-    if full:
-        for name in KERNELS:
-            for index in range(len(configs.CONFIGS[name])):
+    """(kernel, config index, dtype, kernel_major, banks, arch, index64) to compile: in full, every
+    configuration x dtype x weight layout x banks x architecture with int32 offsets, plus int64
+    offsets and float64 once per kernel; quickly, a spread of these."""
+    for name in KERNELS:
+        tiles = configs.CONFIGS[name]
+        smallest = min(range(len(tiles)), key=lambda i: tiles[i][0] * tiles[i][2])
+        largest = max(range(len(tiles)), key=lambda i: tiles[i][0] * tiles[i][2])
+        if full:
+            for index in range(len(tiles)):
                 for dtype, kernel_major, banks, arch in itertools.product(
                         ("float32", "float16", "bfloat16"), (True, False), (False, True), (80, 90)):
-                    yield name, index, dtype, kernel_major, banks, arch
-            yield name, 0, "float64", True, False, 90
-        return
-    for name in KERNELS:
-        count = len(configs.CONFIGS[name])
-        largest = max(range(count), key=lambda i: configs.CONFIGS[name][i][0] * configs.CONFIGS[name][i][2])
-        yield name, 0, "bfloat16", True, False, 90
-        yield name, largest, "float32", True, True, 90      # the biggest tile, TF32, banks
-        yield name, largest, "bfloat16", False, False, 80   # channel-major on Ampere
-        yield name, 0, "float64", True, False, 90
+                    yield name, index, dtype, kernel_major, banks, arch, False
+        else:
+            yield name, 0, "bfloat16", True, False, 90, False
+            yield name, largest, "float32", True, True, 90, False     # the biggest tile, TF32, banks
+            yield name, largest, "bfloat16", False, False, 80, False  # channel-major on Ampere
+        yield name, largest, "bfloat16", True, False, 90, True        # int64 offsets
+        yield name, smallest, "float64", True, False, 90, False
 
 
 def main(full: bool) -> None:
-    for name, index, dtype, kernel_major, banks, arch in variants(full):
+    for name, index, dtype, kernel_major, banks, arch, index64 in variants(full):
         config = configs.CONFIGS[name][index]
         record = dict(kernel=name, config=list(config), dtype=dtype, kernel_major=kernel_major, banks=banks,
-                      arch=arch, m=matrix_m(name, config))
+                      arch=arch, index64=index64, m=matrix_m(name, config))
         try:
-            compiled = compile_kernel(name, config, dtype, kernel_major, banks, arch)
+            compiled = compile_kernel(name, config, dtype, kernel_major, banks, arch, index64)
             record.update(resource_usage(compiled), shared_bytes=compiled.metadata.shared,
                           wgmma="wgmma" in compiled.asm["ptx"])
         except Exception as error:  # reported, and failed by the test

@@ -4,7 +4,6 @@ Everything here is pure Python (plus tensor metadata): no computation on tensor 
 """
 from __future__ import annotations
 
-import functools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -205,15 +204,7 @@ def flat_bank_index(g: Geometry, device) -> torch.Tensor | None:
     ``None`` without sharing. Built once per geometry and device, then reused."""
     if g.banks is None:
         return None
-    return _flat_bank_index(g.banks, g.weight_grid, torch.device(device))
-
-
-@functools.lru_cache(maxsize=64)
-def _flat_bank_index(banks, weight_grid, device) -> torch.Tensor:
-    flat = torch.zeros((), dtype=torch.int64, device="cpu")  # explicit: a default-device context may be set
-    for coords, size in zip(banks, weight_grid):
-        flat = flat.unsqueeze(-1) * size + torch.tensor(coords, dtype=torch.int64, device="cpu")
-    return flat.flatten().to(device)
+    return _cached(("flat", g.banks, g.weight_grid, torch.device(device)), _flat_bank_index)
 
 
 def bank_coordinates(banks: tuple[tuple[int, ...], ...] | None, device) -> tuple[torch.Tensor, ...] | None:
@@ -222,10 +213,35 @@ def bank_coordinates(banks: tuple[tuple[int, ...], ...] | None, device) -> tuple
     ``None``. Indexing a per-bank tensor's grid dimensions with them gives its per-position values."""
     if banks is None:
         return None
-    return _bank_coordinates(banks, torch.device(device))
+    return _cached(("coordinates", banks, torch.device(device)), _bank_coordinates)
 
 
-@functools.lru_cache(maxsize=64)
+_INDEX_CACHE: dict = {}
+
+
+def _cached(key, build):
+    """``build(*key[1:])``, kept for later calls when it made plain tensors: never a fake or traced
+    tensor (made while ``torch.compile`` or an exporter traces), which must not outlive the trace."""
+    if torch.compiler.is_compiling():
+        return build(*key[1:])
+    value = _INDEX_CACHE.get(key)
+    if value is None:
+        value = build(*key[1:])
+        tensors = value if isinstance(value, tuple) else (value,)
+        if all(type(t) is torch.Tensor for t in tensors):
+            if len(_INDEX_CACHE) >= 256:
+                _INDEX_CACHE.clear()
+            _INDEX_CACHE[key] = value
+    return value
+
+
+def _flat_bank_index(banks, weight_grid, device) -> torch.Tensor:
+    flat = torch.zeros((), dtype=torch.int64, device="cpu")  # explicit: a default-device context may be set
+    for coords, size in zip(banks, weight_grid):
+        flat = flat.unsqueeze(-1) * size + torch.tensor(coords, dtype=torch.int64, device="cpu")
+    return flat.flatten().to(device)
+
+
 def _bank_coordinates(banks, device) -> tuple[torch.Tensor, ...]:
     nd = len(banks)
     return tuple(torch.tensor(c, dtype=torch.int64, device="cpu").view(*(1,) * d, -1, *(1,) * (nd - d - 1)).to(device)

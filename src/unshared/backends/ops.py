@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from .._utils import Geometry, empty_weight, is_kernel_major, memory_format_of
-from . import selection
+from . import func, selection
 from .registry import BACKENDS
 
 __all__ = ["locally_connected"]
@@ -26,6 +26,8 @@ def locally_connected(x: Tensor, weight: Tensor, geometry: Geometry, backend: st
     module = BACKENDS.get(backend)  # "auto": chosen inside the operator
     if getattr(module, "STANDARD_OPERATORS", False):
         return module.forward(x, weight, geometry)
+    if func.transforms_active():  # torch.func cannot differentiate the operator itself
+        return func.Forward.apply(x, weight, geometry.encode(), backend)
     return torch.ops.unshared.forward(x, weight, geometry.encode(), backend)
 
 

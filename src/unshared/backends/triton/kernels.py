@@ -9,8 +9,10 @@ a block of samples are gathered from the input on the fly through its strides (z
 masking, so no padded or unfolded copy exists), multiplied with that position's filters with
 ``tl.dot`` and accumulated in float32 (float64 for float64 inputs). The batch block varies
 fastest over program ids, so the programs that share one position's filters run together and
-read them from HBM once. Program ids and offsets are int64; the programs lie on a 2-d grid (its
-x dimension first), which lifts the 2^31 - 1 limit of a 1-d grid.
+read them from HBM once. Program ids and each program's base offsets are int64 scalars folded
+into the pointers; the per-element offsets are int32 (fewer registers) unless ``INDEX64`` (a
+tensor of 2^31 elements or more). The programs lie on a 2-d grid (its x dimension first), which
+lifts the 2^31 - 1 limit of a 1-d grid.
 
 Layouts (``P``: output positions, ``Pw``: positions or filter banks, ``R = prod(kernel) * Cg``):
 
@@ -65,8 +67,17 @@ def _program(inner_blocks, channel_blocks, G, positions):
 
 @triton.jit
 def _position(p, OH, OW):
-    """Flat output position -> (d, h, w)."""
-    return p // (OH * OW), (p // OW) % OH, p % OW
+    """Flat (int64) position -> its (d, h, w) coordinates, int32."""
+    return (p // (OH * OW)).to(tl.int32), ((p // OW) % OH).to(tl.int32), (p % OW).to(tl.int32)
+
+
+@triton.jit
+def _wide(index, INDEX64: tl.constexpr):
+    """Per-element offsets: int64 only when a tensor is too large for int32."""
+    if INDEX64:
+        return index.to(tl.int64)
+    else:
+        return index
 
 
 @triton.jit
@@ -80,8 +91,8 @@ def _split_reduction(r, Cg, K, KERNEL_MAJOR: tl.constexpr):
 
 @triton.jit
 def _patch_offsets(r, R, Cg, KH, KW, pd, ph, pw, SD, SH, SW, PD, PH, PW, DD, DH, DW, ID, IH, IW,
-                   sxc, sxd, sxh, sxw, channel0, KERNEL_MAJOR: tl.constexpr):
-    """For reduction indices ``r`` of output position ``(pd, ph, pw)``: the int64 input offsets
+                   sxc, sxd, sxh, sxw, channel0, KERNEL_MAJOR: tl.constexpr, INDEX64: tl.constexpr):
+    """For reduction indices ``r`` of output position ``(pd, ph, pw)``: the input offsets
     (without the batch term) and which lie inside the unpadded input."""
     k, c = _split_reduction(r, Cg, R // Cg, KERNEL_MAJOR)
     c = channel0 + c
@@ -89,8 +100,8 @@ def _patch_offsets(r, R, Cg, KH, KW, pd, ph, pw, SD, SH, SW, PD, PH, PW, DD, DH,
     i_h = ph * SH + ((k // KW) % KH) * DH - PH
     i_w = pw * SW + (k % KW) * DW - PW
     inside = (r < R) & (i_d >= 0) & (i_d < ID) & (i_h >= 0) & (i_h < IH) & (i_w >= 0) & (i_w < IW)
-    offsets = (c.to(tl.int64) * sxc + i_d.to(tl.int64) * sxd + i_h.to(tl.int64) * sxh
-               + i_w.to(tl.int64) * sxw)
+    offsets = (_wide(c, INDEX64) * sxc + _wide(i_d, INDEX64) * sxd + _wide(i_h, INDEX64) * sxh
+               + _wide(i_w, INDEX64) * sxw)
     return offsets, inside
 
 
@@ -100,7 +111,7 @@ def _bank(bank_ptr, p, HAS_BANKS: tl.constexpr):
     if HAS_BANKS:
         return tl.load(bank_ptr + p)
     else:
-        return p
+        return p.to(tl.int64)
 
 
 @_tuned("forward")
@@ -113,7 +124,7 @@ def forward_kernel(
     sxn, sxc, sxd, sxh, sxw,
     syn, syc, syd, syh, syw,
     HAS_BANKS: tl.constexpr, KERNEL_MAJOR: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
-    ACC: tl.constexpr,
+    ACC: tl.constexpr, INDEX64: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_O: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
     """``y[n, o, p] = sum_r w[bank(p), o, r] * patch(x)[n, p, r]``; programs: batch blocks x
@@ -128,19 +139,19 @@ def forward_kernel(
     o = g * Og + bo * BLOCK_O + tl.arange(0, BLOCK_O)
     n_ok = n < N
     o_ok = bo * BLOCK_O + tl.arange(0, BLOCK_O) < Og
-    x_rows = x_ptr + n.to(tl.int64)[:, None] * sxn
-    w_cols = w_ptr + bank * G * Og * R + o.to(tl.int64)[None, :] * R
+    x_rows = x_ptr + _wide(n, INDEX64)[:, None] * sxn
+    w_cols = (w_ptr + bank * G * Og * R) + _wide(o, INDEX64)[None, :] * R
     acc = tl.zeros((BLOCK_N, BLOCK_O), dtype=ACC)
     for r0 in range(0, R, BLOCK_R):
         r = r0 + tl.arange(0, BLOCK_R)
         offsets, inside = _patch_offsets(r, R, Cg, KH, KW, pd, ph, pw, SD, SH, SW, PD, PH, PW, DD, DH,
-                                         DW, ID, IH, IW, sxc, sxd, sxh, sxw, g * Cg, KERNEL_MAJOR)
+                                         DW, ID, IH, IW, sxc, sxd, sxh, sxw, g * Cg, KERNEL_MAJOR, INDEX64)
         patches = tl.load(x_rows + offsets[None, :], mask=n_ok[:, None] & inside[None, :], other=0.0)
         filters = tl.load(w_cols + r[:, None], mask=(r < R)[:, None] & o_ok[None, :], other=0.0)
         acc = _dot(patches, filters, acc, UPCAST, PRECISION)
-    y_offsets = (n.to(tl.int64)[:, None] * syn + o.to(tl.int64)[None, :] * syc
-                 + pd * syd + ph * syh + pw * syw)
-    tl.store(y_ptr + y_offsets, acc.to(y_ptr.dtype.element_ty), mask=n_ok[:, None] & o_ok[None, :])
+    y_at = y_ptr + (pd.to(tl.int64) * syd + ph.to(tl.int64) * syh + pw.to(tl.int64) * syw)
+    y_offsets = _wide(n, INDEX64)[:, None] * syn + _wide(o, INDEX64)[None, :] * syc
+    tl.store(y_at + y_offsets, acc.to(y_ptr.dtype.element_ty), mask=n_ok[:, None] & o_ok[None, :])
 
 
 @_tuned("input_grad")
@@ -153,7 +164,7 @@ def input_grad_kernel(
     sgn, sgc, sgd, sgh, sgw,
     sxn, sxc, sxd, sxh, sxw,
     HAS_BANKS: tl.constexpr, KERNEL_MAJOR: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
-    ACC: tl.constexpr,
+    ACC: tl.constexpr, INDEX64: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_O: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
     """``gx[n, c, i] = sum over (p, k) with p*s + k*d - pad = i of sum_o gy[n, o, p] * w[bank(p), o, k, c]``:
@@ -168,7 +179,7 @@ def input_grad_kernel(
     c = bc * BLOCK_C + tl.arange(0, BLOCK_C)  # within the group
     n_ok = n < N
     c_ok = c < Cg
-    gy_rows = gy_ptr + n.to(tl.int64)[:, None] * sgn
+    gy_rows = gy_ptr + _wide(n, INDEX64)[:, None] * sgn
     acc = tl.zeros((BLOCK_N, BLOCK_C), dtype=ACC)
     for k in range(0, KD * KH * KW):
         kd = k // (KH * KW)
@@ -185,21 +196,21 @@ def input_grad_kernel(
             pw = tw // SW
             bank = _bank(bank_ptr, (pd * OH + ph) * OW + pw, HAS_BANKS)
             if KERNEL_MAJOR:
-                w_base = w_ptr + bank * G * Og * R + k * Cg + c.to(tl.int64)[None, :]
+                w_base = (w_ptr + bank * G * Og * R + k * Cg) + _wide(c, INDEX64)[None, :]
             else:
-                w_base = w_ptr + bank * G * Og * R + k + c.to(tl.int64)[None, :] * (KD * KH * KW)
-            gy_pos = gy_rows + pd * sgd + ph * sgh + pw * sgw
+                w_base = (w_ptr + bank * G * Og * R + k) + _wide(c, INDEX64)[None, :] * (KD * KH * KW)
+            gy_pos = gy_rows + (pd.to(tl.int64) * sgd + ph.to(tl.int64) * sgh + pw.to(tl.int64) * sgw)
             for o0 in range(0, Og, BLOCK_O):
                 o = o0 + tl.arange(0, BLOCK_O)
                 o_ok = o < Og
-                grads = tl.load(gy_pos + (g * Og + o).to(tl.int64)[None, :] * sgc,
+                grads = tl.load(gy_pos + _wide(g * Og + o, INDEX64)[None, :] * sgc,
                                 mask=n_ok[:, None] & o_ok[None, :], other=0.0)
-                filters = tl.load(w_base + (g * Og + o).to(tl.int64)[:, None] * R,
+                filters = tl.load(w_base + _wide(g * Og + o, INDEX64)[:, None] * R,
                                   mask=o_ok[:, None] & c_ok[None, :], other=0.0)
                 acc = _dot(grads, filters, acc, UPCAST, PRECISION)
-    gx_offsets = (n.to(tl.int64)[:, None] * sxn + (g * Cg + c).to(tl.int64)[None, :] * sxc
-                  + i_d * sxd + i_h * sxh + i_w * sxw)
-    tl.store(gx_ptr + gx_offsets, acc.to(gx_ptr.dtype.element_ty), mask=n_ok[:, None] & c_ok[None, :])
+    gx_at = gx_ptr + (i_d.to(tl.int64) * sxd + i_h.to(tl.int64) * sxh + i_w.to(tl.int64) * sxw)
+    gx_offsets = _wide(n, INDEX64)[:, None] * sxn + _wide(g * Cg + c, INDEX64)[None, :] * sxc
+    tl.store(gx_at + gx_offsets, acc.to(gx_ptr.dtype.element_ty), mask=n_ok[:, None] & c_ok[None, :])
 
 
 @_tuned("weight_grad", reset_to_zero=["gw_ptr"])
@@ -212,7 +223,7 @@ def weight_grad_kernel(
     sxn, sxc, sxd, sxh, sxw,
     sgn, sgc, sgd, sgh, sgw,
     HAS_BANKS: tl.constexpr, KERNEL_MAJOR: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
-    ACC: tl.constexpr,
+    ACC: tl.constexpr, INDEX64: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_O: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
     """``gw[bank(p), o, r] (+)= sum_n gy[n, o, p] * patch(x)[n, p, r]``, computed transposed as
@@ -229,20 +240,22 @@ def weight_grad_kernel(
     o = g * Og + bo * BLOCK_O + tl.arange(0, BLOCK_O)
     o_ok = bo * BLOCK_O + tl.arange(0, BLOCK_O) < Og
     offsets, inside = _patch_offsets(r, R, Cg, KH, KW, pd, ph, pw, SD, SH, SW, PD, PH, PW, DD, DH, DW,
-                                     ID, IH, IW, sxc, sxd, sxh, sxw, g * Cg, KERNEL_MAJOR)
-    gy_cols = gy_ptr + o.to(tl.int64)[None, :] * sgc + pd * sgd + ph * sgh + pw * sgw
+                                     ID, IH, IW, sxc, sxd, sxh, sxw, g * Cg, KERNEL_MAJOR, INDEX64)
+    gy_at = gy_ptr + (pd.to(tl.int64) * sgd + ph.to(tl.int64) * sgh + pw.to(tl.int64) * sgw)
+    gy_cols = gy_at + _wide(o, INDEX64)[None, :] * sgc
+    x_cols = x_ptr + offsets[:, None]
     acc = tl.zeros((BLOCK_R, BLOCK_O), dtype=ACC)
     for n0 in range(0, N, BLOCK_N):
         n = n0 + tl.arange(0, BLOCK_N)
         n_ok = n < N
-        patches = tl.load(x_ptr + offsets[:, None] + n.to(tl.int64)[None, :] * sxn,
-                          mask=inside[:, None] & n_ok[None, :], other=0.0)
-        grads = tl.load(gy_cols + n.to(tl.int64)[:, None] * sgn, mask=n_ok[:, None] & o_ok[None, :], other=0.0)
+        patches = tl.load(x_cols + _wide(n, INDEX64)[None, :] * sxn, mask=inside[:, None] & n_ok[None, :], other=0.0)
+        grads = tl.load(gy_cols + _wide(n, INDEX64)[:, None] * sgn, mask=n_ok[:, None] & o_ok[None, :], other=0.0)
         acc = _dot(patches, grads, acc, UPCAST, PRECISION)
     bank = _bank(bank_ptr, p, HAS_BANKS)
-    gw_offsets = bank * G * Og * R + o.to(tl.int64)[None, :] * R + r[:, None]
+    gw_at = gw_ptr + bank * G * Og * R
+    gw_offsets = _wide(o, INDEX64)[None, :] * R + r[:, None]
     mask = (r < R)[:, None] & o_ok[None, :]
     if HAS_BANKS:
-        tl.atomic_add(gw_ptr + gw_offsets, acc, mask=mask)
+        tl.atomic_add(gw_at + gw_offsets, acc, mask=mask)
     else:
-        tl.store(gw_ptr + gw_offsets, acc.to(gw_ptr.dtype.element_ty), mask=mask)
+        tl.store(gw_at + gw_offsets, acc.to(gw_ptr.dtype.element_ty), mask=mask)

@@ -137,6 +137,12 @@ def _patch_source(x: torch.Tensor, kernel_major: bool) -> torch.Tensor:
     return x.contiguous()
 
 
+def _index64(*tensors: torch.Tensor) -> bool:
+    """Whether an element offset of one of the tensors reaches 2^31 (the kernels then index in int64)."""
+    return any(sum((size - 1) * stride for size, stride in zip(t.shape, t.stride())) >= 2**31 - 1
+               for t in tensors if t.numel())
+
+
 def _bank_args(g: Geometry, device) -> dict:
     """The bank index pointer (any valid pointer without banks) and the ``HAS_BANKS`` flag."""
     banks = flat_bank_index(g, device)
@@ -155,7 +161,8 @@ def forward(x: torch.Tensor, w: torch.Tensor, g: Geometry) -> torch.Tensor:
     x = _patch_source(x, kernel_major)
     banks = _bank_args(g, x.device)
     _launch("forward", g, n, x, matrix, banks.pop("bank"), y, **_geometry_args(g, n, g.positions, "OD", "KD"),
-            **_strides(x, "sx"), **_strides(y, "sy"), **banks, KERNEL_MAJOR=kernel_major, **_dtype_args(x.dtype))
+            **_strides(x, "sx"), **_strides(y, "sy"), **banks, KERNEL_MAJOR=kernel_major, **_dtype_args(x.dtype),
+            INDEX64=_index64(x, y, matrix))
     return y
 
 
@@ -171,7 +178,7 @@ def input_grad(gy: torch.Tensor, w: torch.Tensor, g: Geometry,
     banks = _bank_args(g, gy.device)
     _launch("input_grad", g, n, gy, matrix, banks.pop("bank"), gx,
             **_geometry_args(g, n, math.prod(g.input_size)), **_strides(gy, "sg"), **_strides(gx, "sx"),
-            **banks, KERNEL_MAJOR=kernel_major, **_dtype_args(gy.dtype))
+            **banks, KERNEL_MAJOR=kernel_major, **_dtype_args(gy.dtype), INDEX64=_index64(gy, gx, matrix))
     return gx
 
 
@@ -192,7 +199,7 @@ def weight_grad(x: torch.Tensor, gy: torch.Tensor, g: Geometry, kernel_major: bo
     banks = _bank_args(g, x.device)
     _launch("weight_grad", g, n, x, gy, banks.pop("bank"), target, **_geometry_args(g, n, g.positions, "OD", "KD"),
             **_strides(x, "sx"), **_strides(gy, "sg"), **banks, KERNEL_MAJOR=kernel_major,
-            **_dtype_args(x.dtype))
+            **_dtype_args(x.dtype), INDEX64=_index64(x, gy, target))
     if target is not gws:
         gws.copy_(target)
     return gw
