@@ -1,7 +1,8 @@
-"""The benchmark (``unshared.benchmark``, ``benchmarks/bench_*.py``) on a tiny case: the report's
-rows and columns on the default CPU path (the format of the committed CPU results), the GPU
-providers (Triton in its interpreter when there is no GPU), and the CUDA path's error and report
-without a GPU. Timings here are meaningless; only the shape of the output is checked."""
+"""The benchmark harness (``benchmarks/bench.py``, ``benchmarks/harness/``) on a tiny case: the
+report's rows and columns on the default CPU path (the format of the committed CPU results), the
+GPU providers (Triton in its interpreter when there is no GPU), the CUDA path's error and report
+without a GPU, and the prepared GPU check in its CPU smoke mode. Timings here are meaningless; only
+the shape of the output is checked."""
 import re
 import subprocess
 import sys
@@ -11,11 +12,20 @@ from pathlib import Path
 import pytest
 import torch
 
-from unshared import benchmark
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "benchmarks"))
+import bench  # noqa: E402
+from harness import cases, devices, measure, providers, report  # noqa: E402
+
+# the harness's public names in one place
+benchmark = types.SimpleNamespace(
+    main=bench.main, parse_args=bench.parse_args, MODES=cases.MODES, CASES=cases.CASES,
+    CudaDevice=devices.CudaDevice, Roofline=devices.Roofline, header=report.header, Row=report.Row,
+    Timing=measure.Timing, results_table=report.results_table, targets_table=report.targets_table,
+    output_tolerance=providers.output_tolerance, jax=providers.jax, jax_device=providers.jax_device)
 
 CUDA = torch.cuda.is_available()
 DEVICE = "cuda" if CUDA else "cpu"
-REPO = Path(__file__).resolve().parents[1]
 FAST = ["--quick", "--cases", "tiny", "--warmup", "1", "--min-reps", "2", "--max-reps", "2", "--budget", "0"]
 HEADER = ("| case | batch | mode | provider | median ms | IQR ms | reps | floor ms | time/floor "
           "| unshared speed-up | peak MiB | peak/weight |")
@@ -40,7 +50,8 @@ def masked(line: str) -> str:
 
 def test_default_cpu_path_keeps_the_committed_format(tmp_path):
     text = run(tmp_path, "--warmup", "2")  # as the committed run (the last value wins)
-    committed = (REPO / "benchmarks" / "results" / "cpu-2026-11-21.md").read_text().splitlines()
+    newest = max((REPO / "benchmarks" / "results").glob("cpu-*.md"))
+    committed = newest.read_text().splitlines()
     lines = text.splitlines()
     assert lines[0] == "# unshared CPU benchmark (--quick)"
     assert HEADER in lines and HEADER in committed
@@ -48,7 +59,7 @@ def test_default_cpu_path_keeps_the_committed_format(tmp_path):
     # the same bullets, and the same text in those that hold no machine-specific names
     assert [l.split(":")[0] for l in lines if l.startswith("- ")] == \
            [l.split(":")[0] for l in committed if l.startswith("- ")]
-    for prefix in ("- measured", "- times", "- floor", "- speed-up", "- peak transient memory"):
+    for prefix in ("- measured", "- times", "- floor", "- speed-up"):
         assert [masked(l) for l in lines if l.startswith(prefix)] == \
                [masked(l) for l in committed if l.startswith(prefix)]
     providers = ["unshared", "unfold+einsum"] + (["jax"] if benchmark.jax_device("cpu") else [])
@@ -89,12 +100,12 @@ def test_dtypes_add_a_column_and_scale_the_bytes(tmp_path):
 
 @pytest.mark.skipif(CUDA, reason="checks the error on a machine without CUDA")
 def test_cuda_without_a_gpu_is_a_one_line_error():
-    out = subprocess.run([sys.executable, str(REPO / "benchmarks" / "bench_cuda.py")],
+    out = subprocess.run([sys.executable, str(REPO / "benchmarks" / "bench.py"), "--device", "cuda"],
                          capture_output=True, text=True, timeout=120)
     assert out.returncode != 0 and out.stdout == ""
     build = "a CPU-only build" if torch.version.cuda is None else f"built for CUDA {torch.version.cuda}"
     assert out.stderr.strip().splitlines() == [
-        f"bench_cuda.py: error: --device cuda needs a CUDA GPU, but torch.cuda.is_available() is False "
+        f"python benchmarks/bench.py: error: --device cuda needs a CUDA GPU, but torch.cuda.is_available() is False "
         f"(torch {torch.__version__}, {build})"]
 
 
@@ -163,3 +174,20 @@ def test_cuda_report_without_a_gpu(monkeypatch):
     assert "| bfloat16 | unfold+einsum time / ours | ≥ 10 | 12.50 | yes |" in targets
     assert "| bfloat16 | unfold+einsum peak memory / ours | ≥ 5 | 4.00 | no |" in targets
     assert benchmark.targets_table(made_up[:1], roofline) == ""
+
+
+def test_gpu_check_smoke_runs_the_same_code_path_on_the_cpu(tmp_path):
+    # what a GPU machine runs, on tiny shapes in Triton's interpreter: the script cannot rot
+    pytest.importorskip("triton", reason="Triton is not installed")
+    out = subprocess.run([sys.executable, str(REPO / "benchmarks" / "gpu_check.py"), "--smoke", "--out",
+                          str(tmp_path)], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    for name in ("results.md", "results.json", "log.txt", "tests.txt", "choices.json"):
+        assert (tmp_path / name).is_file(), name
+    import json
+    data = json.loads((tmp_path / "results.json").read_text())
+    measured = {(r["dtype"], r["mode"], r["provider"]) for r in data["rows"] if "median_s" in r}
+    assert {("float32", "forward+backward", "unshared-triton"), ("bfloat16", "forward", "unshared-torch"),
+            ("float32", "forward", "unfold+bmm")} <= measured
+    assert "passed" in data["tests"] and "How to read" in out.stdout
+    assert "| tiny | 2 | float32 | forward | unshared-triton |" in (tmp_path / "results.md").read_text()

@@ -86,9 +86,8 @@ def test_triton_backend_compiles_fullgraph():
 def test_opcheck(channels_last, banks, kernel_major):
     # schema, fake (meta) implementations, autograd registration and layouts of the three ops
     g = unshared._utils.Geometry((4, 5), (3, 2), (2, 2), (1, 2), ((0, 0), (0, 0)), (1, 1), 2, 4, 6,
-                                 (1, 2) if banks else None)
+                                 (1, 2) if banks else None, ((0, 0, 0), (0, 1)) if banks else None)
     geometry = g.encode()
-    bank = torch.tensor([0, 1, 0, 1, 0, 1]) if banks else None
     x = torch.randn(3, 4, 4, 5, dtype=torch.float64, requires_grad=True)
     if channels_last:
         x = x.detach().contiguous(memory_format=torch.channels_last).requires_grad_()
@@ -96,9 +95,9 @@ def test_opcheck(channels_last, banks, kernel_major):
                                      dtype=torch.float64)
     w = w.normal_().requires_grad_()
     gy = torch.randn(3, 6, 3, 2, dtype=torch.float64, requires_grad=True)
-    torch.library.opcheck(torch.ops.unshared.forward, (x, w, bank, geometry, "torch"))
-    torch.library.opcheck(torch.ops.unshared.input_grad, (gy, w, bank, geometry, "torch", channels_last))
-    torch.library.opcheck(torch.ops.unshared.weight_grad, (x, gy, bank, geometry, "torch", kernel_major))
+    torch.library.opcheck(torch.ops.unshared.forward, (x, w, geometry, "torch"))
+    torch.library.opcheck(torch.ops.unshared.input_grad, (gy, w, geometry, "torch", channels_last))
+    torch.library.opcheck(torch.ops.unshared.weight_grad, (x, gy, geometry, "torch", kernel_major))
 
 
 def test_meta_tensors_get_shapes_without_computing():

@@ -73,3 +73,19 @@ def test_equivariance_conv_zero_local_not(stride, padding):
     assert unshared.translation_equivariance_error(tiled, x, shift=1) > 0.5
     with pytest.raises(ValueError, match="leaves no output position away from the borders for shift=30"):
         unshared.translation_equivariance_error(conv, x, shift=30)
+
+
+def test_int_input_size_spreads_over_the_dimensions_of_the_other_sizes():
+    rows = {r.name: r.parameters for r in layer_costs((63, 63), 16, 16, 9)}
+    for kwargs in (dict(kernel_size=(9, 9)), dict(kernel_size=9, stride=(1, 1)), dict(kernel_size=9, ndim=2),
+                   dict(kernel_size=9, padding=(0, 0), tile_size=5)):
+        assert {r.name: r.parameters for r in layer_costs(63, 16, 16, **kwargs)}.items() >= rows.items(), kwargs
+    # all ints and no ndim: one spatial dimension, as documented
+    assert layer_costs(63, 16, 16, 9)[1].note == "55 positions x 2304 weights"
+    assert layer_costs(8, 2, 2, 3, ndim=3)[1].parameters == 6 ** 3 * 2 * 2 * 27
+    with pytest.raises(ValueError, match=r"sizes of different dimensionality: input_size=\(63, 63\), kernel_size=\(9, 9, 9\)"):
+        layer_costs((63, 63), 16, 16, (9, 9, 9))
+    with pytest.raises(ValueError, match=r"sizes of different dimensionality: input_size=\(63, 63\), ndim=3"):
+        layer_costs((63, 63), 16, 16, 9, ndim=3)
+    with pytest.raises(ValueError, match="ndim must be 1, 2 or 3, got ndim=4"):
+        layer_costs(63, 16, 16, 9, ndim=4)

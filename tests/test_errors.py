@@ -85,7 +85,7 @@ def test_forward_errors(layer, x, error, match):
     (lambda: UF.locally_connected1d(_w(2, 4, 7), _w(5, 4, 4, 3), padding_mode="wrap"), ValueError, r"padding_mode must be one of"),
     (lambda: UF.locally_connected1d(_w(2, 4, 7), _w(5, 4, 4, 3), stride=0), ValueError, r"stride must be positive, got stride=\(0,\)"),
     (lambda: UF.locally_connected1d(_w(2, 4, 7), _w(5, 4, 4, 3), groups=1.5), ValueError, r"groups must be a positive int, got groups=1.5"),
-    (lambda: UF.locally_connected1d(_w(2, 4, 7), _w(5, 4, 4, 3), backend="cuda-convnet"), ValueError, r"backend must be 'auto' or one of \('torch', 'triton', 'composite'\), got backend='cuda-convnet'"),
+    (lambda: UF.locally_connected1d(_w(2, 4, 7), _w(5, 4, 4, 3), backend="cuda-convnet"), ValueError, r"backend must be 'auto' or one of \('torch', .*'composite'.*\), got backend='cuda-convnet'"),
 ])
 def test_functional_errors(call, error, match):
     with pytest.raises(error, match=match):

@@ -4,6 +4,7 @@ import torch
 from hypothesis import given, settings
 
 import unshared.functional as UF
+from unshared.backends import settings as backend_settings
 from conftest import EXAMPLES_SCALE
 from configs import Config, configs
 from reference import locally_connected_reference
@@ -96,17 +97,17 @@ def test_plain_contiguous_public_weight_is_accepted():
                                locally_connected_reference(x, w, stride=(2, 1)))
 
 
-def test_large_layer_is_split_into_blocks(monkeypatch):
+def test_large_layer_is_split_into_blocks():
     # a tiny block budget forces one output row per block: results must not change
-    from unshared.backends import torch_backend
     cfg = Config(2, 3, 2, (3, 3), (1, 2), 1, (2, 1), 1, "zeros", (9, 8), 3, "position", "contiguous")
     x, w, b = cfg.tensors(requires_grad=True)
     expected = UF.locally_connected2d(x, w, b, **cfg.kwargs())
     gx, gw = torch.autograd.grad(expected.sum(), (x, w))
-    monkeypatch.setattr(torch_backend, "BLOCK_ELEMENTS", 1)
-    y = UF.locally_connected2d(x, w, b, **cfg.kwargs())
+    with backend_settings(block_elements=1):
+        y = UF.locally_connected2d(x, w, b, **cfg.kwargs())
+        grads = torch.autograd.grad(y.sum(), (x, w))
     torch.testing.assert_close(y, expected)
-    for ours, ref in zip(torch.autograd.grad(y.sum(), (x, w)), (gx, gw)):
+    for ours, ref in zip(grads, (gx, gw)):
         torch.testing.assert_close(ours, ref)
 
 
@@ -117,11 +118,7 @@ def test_large_layer_is_split_into_blocks(monkeypatch):
 def test_input_gradient_orientations_and_blocks(batch_inner_from, block_elements, cfg):
     # the batch-innermost orientation normally starts at batch 32, and blocks split rows and batch
     # only on large layers: force each variant on small shapes
-    from unittest import mock
-
-    from unshared.backends import torch_backend
-    with mock.patch.object(torch_backend, "BATCH_INNER_FROM", batch_inner_from), \
-            mock.patch.object(torch_backend, "BLOCK_ELEMENTS", block_elements or torch_backend.BLOCK_ELEMENTS):
+    with backend_settings(batch_inner_from=batch_inner_from, block_elements=block_elements):
         check_against_reference(cfg, torch.float64, seed=3)
         if block_elements:  # half precision accumulates the batch slices of the weight gradient in float32
             check_against_reference(cfg, torch.bfloat16, seed=4)

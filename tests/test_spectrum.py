@@ -8,6 +8,8 @@ from hypothesis import strategies as st
 
 import unshared
 from unshared import conversions, lowrank, sharing
+from unshared.backends import settings as settings_override
+from unshared.modules import LOCALLY_CONNECTED
 from configs import Config, configs
 from reference import locally_connected_reference
 
@@ -112,6 +114,41 @@ def test_from_linear_refuses_dense_weights():
         conversions.from_linear(torch.nn.Linear(8, 5), 1, 1, 3, input_size=8)
 
 
+@pytest.mark.parametrize("nd", [1, 2, 3])
+def test_from_linear_spreads_an_int_input_size_like_the_layers(nd):
+    size = (7, 6, 5)[:nd]
+    layer = LOCALLY_CONNECTED[nd](2, 3, 3, padding=1, input_size=size, dtype=torch.float64)
+    dense = conversions.to_linear(layer)
+    x = torch.randn(2, 2, *size, dtype=torch.float64)
+    back = conversions.from_linear(dense, 2, 3, 3, padding=1, input_size=size)
+    torch.testing.assert_close(back(x), layer(x))
+    square = LOCALLY_CONNECTED[nd](2, 3, 3, input_size=5, dtype=torch.float64)
+    back = conversions.from_linear(conversions.to_linear(square), 2, 3, 3, input_size=5)  # nd from in_features
+    assert back.input_size == (5,) * nd and torch.equal(back.weight, square.weight)
+    # a tuple among the other sizes decides too
+    back = conversions.from_linear(conversions.to_linear(square), 2, 3, (3,) * nd, input_size=5)
+    assert back.input_size == (5,) * nd
+
+
+def test_from_linear_int_input_size_that_fits_no_dimensionality():
+    dense = torch.nn.Linear(2 * 7 * 7, 3 * 5 * 5)
+    with pytest.raises(ValueError, match=r"in_features=98 is in_channels=2 times input_size\*\*nd for nd in \[\] "
+                                         r"\(of 1, 2, 3\) with input_size=6; pass input_size as a tuple"):
+        conversions.from_linear(dense, 2, 3, 3, input_size=6)
+    with pytest.raises(ValueError, match=r"for nd in \[1, 2, 3\]"):   # 1 ** nd: every nd fits
+        conversions.from_linear(torch.nn.Linear(2, 3), 2, 3, 1, input_size=1)
+
+
+def test_to_linear_accumulates_taps_that_padding_sends_to_one_input():
+    # circular padding on a 2-wide input: the taps at -1 and +1 read the same element
+    layer = unshared.LocallyConnected1d(1, 1, 3, padding=1, padding_mode="circular", input_size=2,
+                                        bias=False, dtype=torch.float64)
+    w = layer.weight.detach()[:, 0, 0]   # (positions, taps)
+    dense = conversions.to_linear(layer).weight.detach()
+    expected = torch.stack([torch.stack([w[0, 1], w[0, 0] + w[0, 2]]), torch.stack([w[1, 0] + w[1, 2], w[1, 1]])])
+    torch.testing.assert_close(dense, expected)
+
+
 # ----------------------------------------------------------------------------- partial sharing
 
 @st.composite
@@ -126,7 +163,6 @@ def sharing_cases(draw):
 @settings(max_examples=150)
 @given(case=sharing_cases())
 def test_partial_sharing_matches_reference(case):
-    from unittest import mock
     cfg, kind, grid, path = case
     cls = (TILED if kind == "tiled" else REGION)[cfg.nd]
     layer = cls(*_args(cfg), input_size=cfg.input_size, shared_bias=cfg.bias == "shared", dtype=torch.float64,
@@ -134,7 +170,7 @@ def test_partial_sharing_matches_reference(case):
     assert layer.weight.shape[:cfg.nd] == grid
     x, _, _ = cfg.tensors(requires_grad=True)
     threshold = 0 if path == "conv" else 10**9
-    with mock.patch.object(sharing, "MIN_POSITIONS_PER_CONV", threshold):
+    with settings_override(min_positions_per_conv=threshold):
         y = layer(x)
     w = layer.expanded_weight()
     # the expansion itself: position p uses bank (p mod tile) or its region's bank
@@ -228,7 +264,6 @@ def test_bank_layout_is_pinned():
 @pytest.mark.parametrize("path", ["conv", "banks"])
 @pytest.mark.parametrize("cls", [TILED[2], REGION[1]])
 def test_partial_sharing_gradcheck_gradgradcheck_and_bfloat16(path, cls):
-    from unittest import mock
     nd = cls._nd
     key = "tile_size" if cls in TILED.values() else "regions"
     size = (7, 6)[:nd]
@@ -240,7 +275,7 @@ def test_partial_sharing_gradcheck_gradgradcheck_and_bfloat16(path, cls):
     def f(x, w, b):
         return torch.func.functional_call(layer, {"weight": w, "bias": b}, (x,))
 
-    with mock.patch.object(sharing, "MIN_POSITIONS_PER_CONV", 0 if path == "conv" else 10**9):
+    with settings_override(min_positions_per_conv=0 if path == "conv" else 10**9):
         assert torch.autograd.gradcheck(f, (x, w, b), fast_mode=True)
         assert torch.autograd.gradgradcheck(f, (x, w, b), fast_mode=True)
         half = copy_to(layer, torch.bfloat16)

@@ -20,6 +20,7 @@ from .sharing import (
     TiledLocallyConnected2d,
     TiledLocallyConnected3d,
 )
+from .tying import share_weights_, untie
 
 __version__ = "0.1.0"
 
@@ -29,7 +30,7 @@ __all__ = [
     "TiledLocallyConnected1d", "TiledLocallyConnected2d", "TiledLocallyConnected3d",
     "RegionLocallyConnected1d", "RegionLocallyConnected2d", "RegionLocallyConnected3d",
     "LowRankLocallyConnected1d", "LowRankLocallyConnected2d", "LowRankLocallyConnected3d",
-    "from_conv", "to_conv", "to_linear", "from_linear", "ConvConversion",
+    "from_conv", "to_conv", "to_linear", "from_linear", "ConvConversion", "untie", "share_weights_",
     "layer_costs", "LayerCost", "translation_equivariance_error",
     "functional", "interop", "models", "__version__",
 ]

@@ -4,10 +4,10 @@ Everything here is pure Python (plus tensor metadata): no computation on tensor 
 """
 from __future__ import annotations
 
+import functools
 import math
-import mmap
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -35,6 +35,23 @@ def ntuple(value, n: int, name: str) -> tuple[int, ...]:
             raise ValueError(f"{name} must be an int or a tuple of {n} ints, got {value!r}")
         return items
     raise TypeError(f"{name} must be an int or a tuple of {n} ints, got {value!r}")
+
+
+def spatial_ndim(ndim: int | None = None, **sizes) -> int | None:
+    """The number of spatial dimensions described by ``sizes`` (keyword: int or tuple each).
+
+    ``ndim`` if given, otherwise the length of the first tuple among ``sizes`` (strings such as
+    ``padding="same"`` and ``None`` are skipped); ``None`` when every size is an int. Raises
+    ``ValueError`` naming the sizes when ``ndim`` is not 1, 2 or 3 or the tuples disagree.
+    """
+    if ndim is not None and ndim not in (1, 2, 3):
+        raise ValueError(f"ndim must be 1, 2 or 3, got ndim={ndim!r}")
+    lengths = {name: len(v) for name, v in sizes.items() if v is not None and not isinstance(v, (int, str))}
+    nd = ndim if ndim is not None else next(iter(lengths.values()), None)
+    if any(n != nd for n in lengths.values()):
+        named = ", ".join(f"{name}={sizes[name]!r}" for name in lengths)
+        raise ValueError(f"sizes of different dimensionality: {named}" + (f", ndim={ndim}" if ndim else ""))
+    return nd
 
 
 def positive(values: tuple[int, ...], name: str) -> tuple[int, ...]:
@@ -104,7 +121,13 @@ def fan_in(in_channels: int, groups: int, kernel_size) -> int:
 
 @dataclass(frozen=True)
 class Geometry:
-    """Everything about one locally connected call that does not depend on tensor data."""
+    """Everything about one locally connected call that does not depend on tensor data.
+
+    ``padding`` means zeros (other padding modes are applied before). With weight sharing,
+    ``banks[d][i]`` is the filter-bank coordinate along dimension ``d`` of output coordinate ``i``
+    and the weight's leading dimensions are the bank grid ``weight_grid``; the bank of an output
+    position is the flat (row-major) index of its coordinates in that grid.
+    """
 
     input_size: tuple[int, ...]
     output_size: tuple[int, ...]
@@ -115,9 +138,9 @@ class Geometry:
     groups: int
     in_channels: int
     out_channels: int
-    #: With weight sharing, the leading weight dimensions are a grid of filter banks (the bank of
-    #: each output position is then given by a separate index tensor); ``None``: the output grid.
+    #: the bank grid (the weight's leading dimensions), with ``banks``; ``None``: the output grid
     weight_grid: tuple[int, ...] | None = None
+    banks: tuple[tuple[int, ...], ...] | None = None
 
     @property
     def weight_leading(self) -> tuple[int, ...]:
@@ -127,9 +150,10 @@ class Geometry:
     def encode(self) -> list[int]:
         """A flat list of ints (what a ``torch.library`` op can take); :meth:`decode` inverts it."""
         nd = self.ndim
+        shared = [] if self.banks is None else [*self.weight_grid, *(b for dim in self.banks for b in dim)]
         return [nd, *self.input_size, *self.output_size, *self.kernel_size, *self.stride,
                 *(p for pair in self.padding for p in pair), *self.dilation, self.groups,
-                self.in_channels, self.out_channels, *(self.weight_grid or ())]
+                self.in_channels, self.out_channels, *shared]
 
     @classmethod
     def decode(cls, values) -> "Geometry":
@@ -145,8 +169,10 @@ class Geometry:
         padding = tuple(zip(flat[::2], flat[1::2]))
         dilation = take(nd)
         groups, in_channels, out_channels = take(3)
+        weight_grid = take(nd) or None
+        banks = tuple(take(o) for o in output_size) if weight_grid else None
         return cls(input_size, output_size, kernel_size, stride, padding, dilation, groups, in_channels,
-                   out_channels, take(nd) or None)
+                   out_channels, weight_grid, banks)
 
     @property
     def ndim(self) -> int:
@@ -163,6 +189,72 @@ class Geometry:
     @property
     def kernel_volume(self) -> int:
         return math.prod(self.kernel_size)
+
+    @property
+    def bank_count(self) -> int:
+        """Filter banks in the weight (one per position without sharing)."""
+        return math.prod(self.weight_leading)
+
+    def unpadded(self, input_size) -> "Geometry":
+        """This geometry for an input that was padded already (by a non-zero padding mode)."""
+        return replace(self, input_size=tuple(input_size), padding=((0, 0),) * self.ndim)
+
+
+def flat_bank_index(g: Geometry, device) -> torch.Tensor | None:
+    """``(positions,)`` int64 flat bank of every output position (row-major), on ``device``;
+    ``None`` without sharing. Built once per geometry and device, then reused."""
+    if g.banks is None:
+        return None
+    return _flat_bank_index(g.banks, g.weight_grid, torch.device(device))
+
+
+@functools.lru_cache(maxsize=64)
+def _flat_bank_index(banks, weight_grid, device) -> torch.Tensor:
+    flat = torch.zeros((), dtype=torch.int64, device="cpu")  # explicit: a default-device context may be set
+    for coords, size in zip(banks, weight_grid):
+        flat = flat.unsqueeze(-1) * size + torch.tensor(coords, dtype=torch.int64, device="cpu")
+    return flat.flatten().to(device)
+
+
+def bank_coordinates(banks: tuple[tuple[int, ...], ...] | None, device) -> tuple[torch.Tensor, ...] | None:
+    """Per dimension, the int64 bank coordinate of every output coordinate (``banks[d]``), shaped to
+    broadcast over the output grid, on ``device`` (built once per banks and device); ``None`` for
+    ``None``. Indexing a per-bank tensor's grid dimensions with them gives its per-position values."""
+    if banks is None:
+        return None
+    return _bank_coordinates(banks, torch.device(device))
+
+
+@functools.lru_cache(maxsize=64)
+def _bank_coordinates(banks, device) -> tuple[torch.Tensor, ...]:
+    nd = len(banks)
+    return tuple(torch.tensor(c, dtype=torch.int64, device="cpu").view(*(1,) * d, -1, *(1,) * (nd - d - 1)).to(device)
+                 for d, c in enumerate(banks))
+
+
+def check_banks(banks, weight_grid: tuple[int, ...], name: str) -> tuple[tuple[int, ...], ...]:
+    """Normalise ``banks`` (one sequence of bank coordinates per spatial dimension, ints or 1-d
+    integer tensors) and check each coordinate against the weight's bank grid."""
+    nd = len(weight_grid)
+    if isinstance(banks, torch.Tensor) or not isinstance(banks, Sequence) or len(banks) != nd:
+        raise TypeError(f"{name}: banks must be a sequence of {nd} sequences (the bank coordinate of each "
+                        f"output coordinate, per dimension), got {banks!r}")
+    result = []
+    for d, (coords, size) in enumerate(zip(banks, weight_grid)):
+        if isinstance(coords, torch.Tensor):
+            if coords.dim() != 1 or coords.is_floating_point() or coords.is_complex():
+                raise TypeError(f"{name}: banks[{d}] must be a 1-d integer tensor, got dtype={coords.dtype}, "
+                                f"shape {tuple(coords.shape)}")
+            coords = coords.tolist()
+        if not isinstance(coords, Sequence) or not coords or not all(
+                isinstance(c, int) and not isinstance(c, bool) for c in coords):
+            raise TypeError(f"{name}: banks[{d}] must be a non-empty sequence of ints, got {coords!r}")
+        bad = [c for c in coords if not 0 <= c < size]
+        if bad:
+            raise ValueError(f"{name}: banks[{d}] holds bank coordinate {bad[0]}, outside the weight's bank "
+                             f"grid {tuple(weight_grid)} (0 <= coordinate < {size})")
+        result.append(tuple(coords))
+    return tuple(result)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -198,43 +290,15 @@ def weight_memory(weight: torch.Tensor) -> tuple[torch.Tensor, bool]:
 
 
 def empty_weight(public_shape, nd: int, *, kernel_major: bool = False, dtype=None, device=None,
-                 buffer: bool = False) -> torch.Tensor:
+                 allocate=torch.empty) -> torch.Tensor:
     """An uninitialised weight with the public shape, channel-major (contiguous) or kernel-major.
 
-    ``buffer=True`` allocates with :func:`empty_buffer` (for gradients, not for parameters).
+    ``allocate(shape, dtype=, device=)`` makes the memory (``torch.empty`` by default).
     """
-    new = empty_buffer if buffer else torch.empty
     if not kernel_major:
-        return new(tuple(public_shape), dtype=dtype, device=device)
+        return allocate(tuple(public_shape), dtype=dtype, device=device)
     storage_shape = [public_shape[i] for i in public_to_storage_perm(nd)]
-    return new(storage_shape, dtype=dtype, device=device).permute(storage_to_public_perm(nd))
-
-
-#: CPU buffers at least this large are mapped with transparent huge pages where possible. Smaller
-#: ones are better left to malloc, which reuses freed heap memory up to 32 MiB without new page
-#: faults (measured: a 30 MiB weight gradient took 5.4 ms from the heap, 13.7 ms mapped).
-HUGE_PAGE_BYTES = 64 << 20
-
-
-def empty_buffer(shape, *, dtype=None, device=None, zero: bool = False) -> torch.Tensor:
-    """``torch.empty`` (or ``torch.zeros`` with ``zero=True``) for large transient CPU buffers.
-
-    A fresh CPU allocation of hundreds of MiB spends more time in 4 KiB page faults than the
-    arithmetic that fills it (measured: 120 ms to first-touch 251 MiB on a 2-core machine, 22 ms
-    with huge pages). PyTorch's CPU allocator uses huge pages only when ``THP_MEM_ALLOC_ENABLE=1``
-    is set before its first allocation, so large buffers are mapped here, anonymously, with
-    ``MADV_HUGEPAGE``; the tensor owns the mapping, which is unmapped when the tensor dies.
-    Anonymous mappings are zero-filled, so ``zero=True`` costs nothing more.
-    """
-    dtype = dtype or torch.get_default_dtype()
-    device = torch.device(device) if device is not None else torch.device("cpu")
-    numel = math.prod(shape)
-    nbytes = numel * torch.empty((), dtype=dtype).element_size()
-    if device.type != "cpu" or nbytes < HUGE_PAGE_BYTES or not hasattr(mmap, "MADV_HUGEPAGE"):
-        return (torch.zeros if zero else torch.empty)(shape, dtype=dtype, device=device)
-    mapping = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
-    mapping.madvise(mmap.MADV_HUGEPAGE)
-    return torch.frombuffer(mapping, dtype=dtype, count=numel).view(shape)
+    return allocate(storage_shape, dtype=dtype, device=device).permute(storage_to_public_perm(nd))
 
 
 def memory_format_of(x: torch.Tensor) -> torch.memory_format:

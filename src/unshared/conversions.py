@@ -12,41 +12,37 @@ import math
 from typing import NamedTuple
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 from torch.nn.modules.lazy import LazyModuleMixin
 
-from . import functional as UF
-from .modules import LocallyConnected1d, LocallyConnected2d, LocallyConnected3d, _LocallyConnectedNd
+from . import _utils as U
+from .modules import LOCALLY_CONNECTED, LocallyConnectedNd
 
 __all__ = ["from_conv", "to_conv", "to_linear", "from_linear", "ConvConversion"]
-
-_LOCAL = {1: LocallyConnected1d, 2: LocallyConnected2d, 3: LocallyConnected3d}
-_CONV = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
-_FUNCTIONAL = {1: UF.locally_connected1d, 2: UF.locally_connected2d, 3: UF.locally_connected3d}
 
 #: Largest dense matrix (elements) that :func:`to_linear` builds unless told otherwise.
 MAX_DENSE_ELEMENTS = 1 << 26
 
 
 def _check_local(layer, name: str) -> int:
-    if not isinstance(layer, _LocallyConnectedNd):
+    if not isinstance(layer, LocallyConnectedNd):
         raise TypeError(f"{name} expects a LocallyConnected1d/2d/3d layer, got {type(layer).__name__}")
     if isinstance(layer, LazyModuleMixin) and layer.has_uninitialized_params():
         raise ValueError(f"{name}: the lazy layer is not initialised yet; run one forward first")
     return layer._nd
 
 
-def from_conv(conv: nn.Module, input_size, *, shared_bias: bool = False) -> _LocallyConnectedNd:
+def from_conv(conv: nn.Module, input_size, *, shared_bias: bool = False) -> LocallyConnectedNd:
     """The locally connected layer that computes exactly what ``conv`` computes on ``input_size``.
 
     Every position's filters (and bias, per position unless ``shared_bias``) start as copies of
     the conv's; device, dtype and all conv arguments carry over.
     """
-    nd = next((n for n, cls in _CONV.items() if type(conv) is cls), None)
+    nd = next((n for n, cls in U.CONV_MODULES.items() if type(conv) is cls), None)
     if nd is None:
         raise TypeError(f"from_conv expects nn.Conv1d/2d/3d, got {type(conv).__name__}")
     w = conv.weight
-    layer = _LOCAL[nd](conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
+    layer = LOCALLY_CONNECTED[nd](conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
                        conv.dilation, conv.groups, conv.bias is not None, conv.padding_mode,
                        device=w.device, dtype=w.dtype, input_size=input_size, shared_bias=shared_bias)
     with torch.no_grad():
@@ -68,7 +64,7 @@ class ConvConversion(NamedTuple):
     relative_deviation: float
 
 
-def to_conv(layer: _LocallyConnectedNd, reduce: str | None = None) -> ConvConversion:
+def to_conv(layer: LocallyConnectedNd, reduce: str | None = None) -> ConvConversion:
     """A ``nn.ConvNd`` with the layer's arguments and one filter bank for all positions.
 
     Exact (``max_deviation == 0``) when every position holds the same filters and bias; otherwise
@@ -93,7 +89,7 @@ def to_conv(layer: _LocallyConnectedNd, reduce: str | None = None) -> ConvConver
             f"pass reduce='mean' or reduce='median' for an approximate convolution"
         )
     scale = max(w.abs().max().item(), 0.0 if b is None else b.abs().max().item())
-    conv = _CONV[nd](layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride, layer.padding,
+    conv = U.CONV_MODULES[nd](layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride, layer.padding,
                      layer.dilation, layer.groups, layer.bias is not None, layer.padding_mode,
                      device=w.device, dtype=w.dtype)
     with torch.no_grad():
@@ -103,7 +99,48 @@ def to_conv(layer: _LocallyConnectedNd, reduce: str | None = None) -> ConvConver
     return ConvConversion(conv, deviation, deviation / scale if scale else 0.0)
 
 
-def to_linear(layer: _LocallyConnectedNd, max_elements: int = MAX_DENSE_ELEMENTS) -> nn.Linear:
+def _dense_index(layer: LocallyConnectedNd) -> tuple[Tensor, Tensor]:
+    """Where each entry of ``layer.weight`` lands in the dense matrix of :func:`to_linear`.
+
+    Returns ``(rows, cols)``: int64 tensors of the weight's shape. ``rows`` index the flattened
+    output ``(C_out, *output_size)``, ``cols`` the flattened input ``(C_in, *input_size)``, -1 for
+    a tap that reads zero padding (other padding modes map it into the input, where several taps
+    may meet).
+    """
+    nd, mode = layer._nd, layer.padding_mode
+    pads = U.normalize_padding(layer.padding, layer.kernel_size, layer.stride, layer.dilation)
+    position = torch.zeros((), dtype=torch.long)   # flat output position, shaped (*output_size, *1)
+    source = torch.zeros((), dtype=torch.long)     # flat input position of each tap, (*output_size, *kernel)
+    valid = torch.ones((), dtype=torch.bool)
+    for d, (n, o, k, s, dil, (lo, _)) in enumerate(zip(layer.input_size, layer.output_size, layer.kernel_size,
+                                                       layer.stride, layer.dilation, pads)):
+        i = torch.arange(o).view(-1, 1) * s + torch.arange(k) * dil - lo   # (o, k) input coordinates
+        if mode == "reflect":
+            i = torch.where(i < 0, -i, torch.where(i >= n, 2 * (n - 1) - i, i))
+            if ((i < 0) | (i >= n)).any():
+                raise ValueError(f"to_linear: padding_mode='reflect' needs padding < input size, got "
+                                 f"padding={pads} for input_size={layer.input_size}")
+        elif mode == "replicate":
+            i = i.clamp(0, n - 1)
+        elif mode == "circular":
+            i = i.remainder(n)
+        shape = [1] * 2 * nd
+        shape[d], shape[nd + d] = o, k
+        source = source * n + i.view(shape)
+        valid = valid & ((i >= 0) & (i < n)).view(shape)
+        position = position * o + torch.arange(o).view(shape[:nd] + [1] * nd)
+    out_channels, per_group = layer.out_channels, layer.in_channels // layer.groups
+    o = torch.arange(out_channels).view(-1, 1)
+    channel = o // (out_channels // layer.groups) * per_group + torch.arange(per_group)   # (C_out, C_in/g)
+    lift = (1,) * nd
+    rows = o.view(*lift, -1, 1, *lift) * math.prod(layer.output_size) + position.unsqueeze(nd).unsqueeze(nd)
+    cols = channel.view(*lift, *channel.shape, *lift) * math.prod(layer.input_size) + source.unsqueeze(nd).unsqueeze(nd)
+    cols = torch.where(valid.unsqueeze(nd).unsqueeze(nd), cols, -1)
+    shape = layer.weight.shape
+    return rows.expand(shape).to(layer.weight.device), cols.expand(shape).to(layer.weight.device)
+
+
+def to_linear(layer: LocallyConnectedNd, max_elements: int = MAX_DENSE_ELEMENTS) -> nn.Linear:
     """The ``nn.Linear`` equal to ``layer`` on flattened input: ``linear(x.flatten(1))`` equals
     ``layer(x).flatten(1)``. Its weight is zero outside each position's receptive field.
 
@@ -120,13 +157,12 @@ def to_linear(layer: _LocallyConnectedNd, max_elements: int = MAX_DENSE_ELEMENTS
             f"max_elements={max_elements:,}"
         )
     w = layer.weight.detach()
-    # the layer without bias is linear: its response to the identity basis is the dense matrix
-    basis = torch.eye(n_in, dtype=w.dtype, device=w.device).view(n_in, layer.in_channels, *layer.input_size)
-    columns = _FUNCTIONAL[nd](basis, w, None, layer.stride, layer.padding, layer.dilation, layer.groups,
-                              padding_mode=layer.padding_mode)
+    rows, cols = _dense_index(layer)
+    tap = cols >= 0
     linear = nn.Linear(n_in, n_out, bias=layer.bias is not None, device=w.device, dtype=w.dtype)
     with torch.no_grad():
-        linear.weight.copy_(columns.reshape(n_in, n_out).T)
+        # a non-zero padding mode can send several taps of one position to the same input
+        linear.weight.zero_().index_put_((rows[tap], cols[tap]), w[tap], accumulate=True)
         if layer.bias is not None:
             b = layer.bias.detach()
             linear.bias.copy_((b.view(-1, *(1,) * nd).expand(-1, *layer.output_size) if b.dim() == 1 else b).flatten())
@@ -134,40 +170,45 @@ def to_linear(layer: _LocallyConnectedNd, max_elements: int = MAX_DENSE_ELEMENTS
 
 
 def from_linear(linear: nn.Linear, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0,
-                dilation=1, groups: int = 1, *, input_size, atol: float = 0.0) -> _LocallyConnectedNd:
+                dilation=1, groups: int = 1, *, input_size, atol: float = 0.0) -> LocallyConnectedNd:
     """Recover the locally connected layer from a dense ``nn.Linear`` with local structure.
 
-    The arguments describe the layer (zero padding; ``len(input_size)`` gives the dimension).
-    Raises ``ValueError`` when ``linear`` has the wrong size or weights larger than ``atol``
-    outside the receptive fields (the message gives the largest one).
+    The arguments describe the layer (zero padding), ints spread over all dimensions as in the
+    layer classes. The number of dimensions is the length of any tuple among them; when all are
+    ints, the one ``nd`` in 1..3 with ``linear.in_features == in_channels * input_size ** nd``.
+    Raises ``ValueError`` when no single ``nd`` fits, when ``linear`` has the wrong size, or when
+    it has weights larger than ``atol`` outside the receptive fields (the message gives the largest).
     """
     if not isinstance(linear, nn.Linear):
         raise TypeError(f"from_linear expects nn.Linear, got {type(linear).__name__}")
-    size = (input_size,) if isinstance(input_size, int) else tuple(input_size)
-    nd = len(size)
+    nd = U.spatial_ndim(input_size=input_size, kernel_size=kernel_size, stride=stride, padding=padding,
+                      dilation=dilation)
+    if nd is None:  # every size is an int: the dense layer's width tells the dimensionality
+        fits = [n for n in (1, 2, 3) if in_channels * input_size**n == linear.in_features]
+        if len(fits) != 1:
+            raise ValueError(
+                f"from_linear: in_features={linear.in_features} is in_channels={in_channels} times "
+                f"input_size**nd for nd in {fits} (of 1, 2, 3) with input_size={input_size}; "
+                f"pass input_size as a tuple")
+        nd = fits[0]
     w = linear.weight.detach()
-    layer = _LOCAL[nd](in_channels, out_channels, kernel_size, stride, padding, dilation, groups,
-                       linear.bias is not None, device=w.device, dtype=w.dtype, input_size=size)
+    layer = LOCALLY_CONNECTED[nd](in_channels, out_channels, kernel_size, stride, padding, dilation, groups,
+                       linear.bias is not None, device=w.device, dtype=w.dtype, input_size=input_size)
     n_in = in_channels * math.prod(layer.input_size)
     n_out = out_channels * math.prod(layer.output_size)
     if tuple(w.shape) != (n_out, n_in):
         raise ValueError(f"from_linear: expected a Linear({n_in}, {n_out}) for this layer, "
                          f"got Linear({w.shape[1]}, {w.shape[0]})")
-    # which dense entries each local weight occupies: push one-hot weights through to_linear's map
-    index = torch.arange(1, layer.weight.numel() + 1, dtype=torch.float64, device=w.device)
-    probe = _FUNCTIONAL[nd](
-        torch.eye(n_in, dtype=torch.float64, device=w.device).view(n_in, in_channels, *layer.input_size),
-        index.view(layer.weight.shape), None, layer.stride, layer.padding, layer.dilation, layer.groups)
-    where = probe.reshape(n_in, n_out).T.round().long()  # 0 outside receptive fields, else 1 + index
-    inside = where > 0
+    rows, cols = _dense_index(layer)   # zero padding: each dense entry holds at most one weight
+    tap = cols >= 0
+    inside = torch.zeros(w.shape, dtype=torch.bool, device=w.device)
+    inside[rows[tap], cols[tap]] = True
     outside = w[~inside].abs().max().item() if (~inside).any() else 0.0
     if outside > atol:
         raise ValueError(f"from_linear: the dense weight is not local: an entry of magnitude {outside:.3g} "
                          f"lies outside every receptive field (atol={atol})")
     with torch.no_grad():
-        flat = torch.zeros(layer.weight.numel(), dtype=w.dtype, device=w.device)
-        flat[where[inside] - 1] = w[inside]
-        layer.weight.copy_(flat.view(layer.weight.shape))
+        layer.weight.copy_(torch.where(tap, w[rows, cols.clamp(min=0)], 0))
         if linear.bias is not None:
             layer.bias.copy_(linear.bias.detach().view(layer.bias.shape))
     return layer

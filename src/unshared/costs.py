@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from . import _utils as U
 
-__all__ = ["LayerCost", "layer_costs", "format_table"]
+__all__ = ["LayerCost", "layer_costs", "format_table", "parameter_table"]
 
 
 @dataclass(frozen=True)
@@ -31,7 +31,7 @@ class LayerCost:
 def layer_costs(input_size, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0,
                 dilation=1, groups: int = 1, bias: bool = False, *, tile_size=None, regions=None,
                 rank: int | None = None, combining: str = "position",
-                bytes_per_element: int = 4) -> list[LayerCost]:
+                bytes_per_element: int = 4, ndim: int | None = None) -> list[LayerCost]:
     """Costs of every version of one layer, fully connected first, convolution last.
 
     The fully connected version maps the flattened input to the flattened output (same sizes);
@@ -39,9 +39,14 @@ def layer_costs(input_size, in_channels: int, out_channels: int, kernel_size, st
     bank; low-rank and convolution one per output channel. Tiled, region and low-rank rows appear
     when ``tile_size``, ``regions`` or ``rank`` is given (low-rank with ``combining`` weights
     ``"position"``: ``rank * prod(output_size)``, or ``"factorized"``: ``rank * sum(output_size)``).
+
+    An int ``input_size`` (like every other int size) is spread over all spatial dimensions, as
+    the layers do; their number is ``ndim``, or the length of any tuple among ``kernel_size``,
+    ``stride``, ``padding``, ``dilation``, ``tile_size`` and ``regions``, and 1 when all are ints.
     """
-    size = (input_size,) if isinstance(input_size, int) else tuple(input_size)
-    nd = len(size)
+    nd = U.spatial_ndim(ndim, input_size=input_size, kernel_size=kernel_size, stride=stride, padding=padding,
+                      dilation=dilation, tile_size=tile_size, regions=regions) or 1
+    size = U.ntuple(input_size, nd, "input_size")
     kernel = U.positive(U.ntuple(kernel_size, nd, "kernel_size"), "kernel_size")
     strides = U.positive(U.ntuple(stride, nd, "stride"), "stride")
     dil = U.positive(U.ntuple(dilation, nd, "dilation"), "dilation")
@@ -87,6 +92,27 @@ def format_table(rows: list[LayerCost]) -> str:
     widths = [max(len(line[i]) for line in [head, *body]) for i in range(len(head))]
     fmt = "  ".join(f"{{:{'<' if i in (0, 5) else '>'}{w}}}" for i, w in enumerate(widths))
     return "\n".join(fmt.format(*line).rstrip() for line in [head, *body])
+
+
+def parameter_table(*models) -> str:
+    """A Markdown table of the parameters of each named child of ``models``, side by side.
+
+    One row per child that holds parameters (children of the same name share a row, ``-`` where
+    a model has none), then the totals; per model, the child's class and its parameter count.
+    """
+    counts = [{name: (type(child).__name__, sum(p.numel() for p in child.parameters()))
+               for name, child in model.named_children() if any(True for _ in child.parameters())}
+              for model in models]
+    names = list(dict.fromkeys(name for table in counts for name in table))
+    head = ["layer"] + [part for model in models for part in (type(model).__name__, "parameters")]
+    lines = ["| " + " | ".join(head) + " |", "|---" + "|---|---:" * len(models) + "|"]
+    for name in names:
+        cells = [cell for table in counts for cell in
+                 ((table[name][0], f"{table[name][1]:,}") if name in table else ("-", "-"))]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    totals = [cell for model in models for cell in ("", f"{sum(p.numel() for p in model.parameters()):,}")]
+    lines.append("| total | " + " | ".join(totals) + " |")
+    return "\n".join(lines)
 
 
 def _bytes(n: int) -> str:

@@ -8,27 +8,26 @@ dimension (``combining="factorized"``: row + column in 2d), softmax-normalised o
 ``rank=1`` is a convolution; with zero logits every position gets the same combination, so the
 layer starts as a convolution.
 
-Computed as one convolution with ``rank * out_channels`` filters followed by the per-position
-combination: per-position filters are never built.
+Computed by :func:`unshared.functional.low_rank_locally_connected`: by default one convolution
+with ``rank * out_channels`` filters followed by the per-position combination (the ``conv``
+backend: per-position filters are never built); any other ``backend`` computes with the
+per-position filters.
 """
 from __future__ import annotations
 
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import _utils as U
-from .functional import _pad
-from .modules import _LocallyConnectedNd
+from . import functional as UF
+from .modules import LocallyConnectedNd
 
 __all__ = ["LowRankLocallyConnected1d", "LowRankLocallyConnected2d", "LowRankLocallyConnected3d"]
 
-_CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
 
-
-class _LowRankNd(_LocallyConnectedNd):
+class _LowRankNd(LocallyConnectedNd):
     _grid_name = "basis"
 
     def __init__(self, *args, rank: int, combining: str = "position", normalize: bool = True, **kwargs):
@@ -87,25 +86,9 @@ class _LowRankNd(_LocallyConnectedNd):
 
     def forward(self, input: Tensor) -> Tensor:
         self._check_input(input)
-        nd = self._nd
-        unbatched = input.dim() == nd + 1
-        x = input.unsqueeze(0) if unbatched else input
-        if any(lo or hi for lo, hi in self._padding):
-            if self.padding_mode == "zeros":
-                x = F.pad(x, [p for pair in reversed(self._padding) for p in pair])
-            else:
-                x = _pad(x, self._padding, self.padding_mode, type(self).__name__)
-        g, og = self.groups, self.out_channels // self.groups
-        # filters ordered (group, basis, out_per_group) so that conv groups stay contiguous
-        basis = self.weight.view(self.rank, g, og, *self.weight.shape[2:]).transpose(0, 1)
-        z = _CONV[nd](x, basis.reshape(g * self.rank * og, *self.weight.shape[2:]), None, self.stride, 0,
-                      self.dilation, g)
-        z = z.view(x.shape[0], g, self.rank, og, *self.output_size)
-        alpha = self.combining_weights().view(1, 1, self.rank, 1, *self.output_size)
-        y = (z * alpha).sum(2).reshape(x.shape[0], self.out_channels, *self.output_size)
-        if self.bias is not None:
-            y = y + self.bias.view(-1, *(1,) * nd)
-        return y.squeeze(0) if unbatched else y
+        return UF.low_rank_locally_connected(input, self.weight, self.combining_weights(), self.bias, self.stride,
+                                             self.padding, self.dilation, self.groups,
+                                             padding_mode=self.padding_mode, backend=self.backend)
 
     def extra_repr(self) -> str:
         s = super().extra_repr().replace(", shared_bias=True", "")
@@ -117,26 +100,53 @@ class _LowRankNd(_LocallyConnectedNd):
         return s
 
 
-def _doc(nd):
-    return f"""Low-rank locally connected {nd}d layer: ``rank`` basis filter banks combined per position.
 
-    Arguments as ``LocallyConnected{nd}d`` plus keyword-only ``rank`` (number of basis banks),
-    ``combining`` (``"position"``: logits ``(rank, *output_size)``; ``"factorized"``: one
-    ``(rank, out_i)`` term per dimension, summed) and ``normalize`` (softmax over the basis, default True).
-    The bias is shared per output channel.
+
+
+def _doc(nd: int) -> str:
+    letters = ["D", "H", "W"][3 - nd:]
+    dims, odims = ", ".join(f"{l}_in" for l in letters), ", ".join(f"{l}_out" for l in letters)
+    size, xsize = {1: ("12", "12"), 2: ("(12, 12)", "12, 12"), 3: ("(6, 6, 6)", "6, 6, 6")}[nd]
+    return f"""Low-rank locally connected {nd}d layer (Elsayed et al., ICML 2020): ``rank`` basis filter
+    banks, combined with spatially varying weights at every output position.
+
+    Args:
+        in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias,
+        padding_mode, device, dtype, input_size, backend: as ``LocallyConnected{nd}d``.
+        rank: number of basis filter banks (keyword-only); 1 is a convolution.
+        combining: ``"position"`` (logits ``(rank, *output_size)``, default) or ``"factorized"``
+            (one ``(rank, out_i)`` term per spatial dimension, summed).
+        normalize: softmax over the basis (default ``True``); else the raw logits combine.
+
+    Shape:
+        - Input: ``(N, C_in, {dims})`` or ``(C_in, {dims})``.
+        - Output: ``(N, C_out, {odims})`` or ``(C_out, {odims})``, sizes as ``nn.Conv{nd}d``.
 
     Attributes:
-        weight: basis ``(rank, C_out, C_in // groups, *kernel_size)``.
-        combining_logits: ``ParameterList`` of the combining terms.
-        bias: ``(C_out,)``.
+        weight: the basis ``(rank, C_out, C_in // groups, *kernel_size)``.
+        combining_logits: ``ParameterList`` of the combining terms; ``combining_weights()`` gives
+            ``(rank, {odims})``. Zero logits at first: the layer starts as a convolution.
+        bias: ``(C_out,)`` (shared per output channel) or ``None``.
+
+    Example::
+
+        >>> import torch, unshared
+        >>> layer = unshared.LowRankLocallyConnected{nd}d(3, 8, 3, padding=1, input_size={size}, rank=4)
+        >>> layer(torch.randn(2, 3, {xsize})).shape
+        torch.Size([2, 8, {xsize}])
     """
 
 
-def _make(nd):
-    return type(f"LowRankLocallyConnected{nd}d", (_LowRankNd,), {"_nd": nd, "__doc__": _doc(nd),
-                                                                "__module__": __name__})
+class LowRankLocallyConnected1d(_LowRankNd):
+    __doc__ = _doc(1)
+    _nd = 1
 
 
-LowRankLocallyConnected1d = _make(1)
-LowRankLocallyConnected2d = _make(2)
-LowRankLocallyConnected3d = _make(3)
+class LowRankLocallyConnected2d(_LowRankNd):
+    __doc__ = _doc(2)
+    _nd = 2
+
+
+class LowRankLocallyConnected3d(_LowRankNd):
+    __doc__ = _doc(3)
+    _nd = 3

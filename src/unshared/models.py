@@ -1,11 +1,15 @@
-"""Reference networks built from locally connected layers."""
+"""Reference networks built from locally connected layers, and the TensorFlow CIFAR-10 net whose
+"local" layers are in fact fully connected."""
 from __future__ import annotations
 
+import math
+
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .modules import LocallyConnected2d
 
-__all__ = ["DeepFace"]
+__all__ = ["DeepFace", "TFCifar10", "CudaConvnetCifar10"]
 
 
 class DeepFace(nn.Module):
@@ -58,3 +62,162 @@ class DeepFace(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.classifier(self.trunk(x))
+
+
+class _MaxPool2dSame(nn.Module):
+    """TensorFlow's ``max_pool(..., padding="SAME")``: ``ceil(in / stride)`` outputs per dimension.
+
+    The input is padded by ``max((out - 1) * stride + kernel_size - in, 0)`` in total, the odd
+    element at the end, with ``-inf`` (padding never wins the max).
+    """
+
+    def __init__(self, kernel_size: int, stride: int) -> None:
+        super().__init__()
+        self.kernel_size, self.stride = kernel_size, stride
+
+    def forward(self, input: Tensor) -> Tensor:
+        pads = []
+        for size in reversed(input.shape[-2:]):   # F.pad lists the last dimension first
+            total = max((math.ceil(size / self.stride) - 1) * self.stride + self.kernel_size - size, 0)
+            pads += [total // 2, total - total // 2]
+        return F.max_pool2d(F.pad(input, pads, value=float("-inf")), self.kernel_size, self.stride)
+
+    def extra_repr(self) -> str:
+        return f"kernel_size={self.kernel_size}, stride={self.stride}, padding='SAME'"
+
+
+def _lrn() -> nn.LocalResponseNorm:
+    """Both nets' response normalisation: ``x / (1 + 0.001 / 9 * sum of x^2 over 9 channels)^0.75``."""
+    return nn.LocalResponseNorm(9, alpha=0.001, beta=0.75, k=1.0)
+
+
+class TFCifar10(nn.Module):
+    """TensorFlow's CIFAR-10 tutorial network (the ``cifar10.py`` model of the TensorFlow models
+    repository) on ``(N, 3, 24, 24)`` crops. Its "local" layers are fully connected.
+
+    ============== ================================================== ===========
+    name           layer                                              output
+    ============== ================================================== ===========
+    conv1          conv 64 filters 5x5, 'SAME' (padding 2), ReLU       64 x 24 x 24
+    pool1          max-pool 3x3 stride 2, 'SAME'                       64 x 12 x 12
+    norm1          local response norm                                64 x 12 x 12
+    conv2          conv 64 filters 5x5, 'SAME' (padding 2), ReLU       64 x 12 x 12
+    norm2          local response norm                                64 x 12 x 12
+    pool2          max-pool 3x3 stride 2, 'SAME'                       64 x 6 x 6
+    local3         fully connected 384, ReLU                          384
+    local4         fully connected 192, ReLU                          192
+    softmax_linear fully connected ``num_classes`` (logits)           num_classes
+    ============== ================================================== ===========
+
+    1,068,298 parameters for 10 classes, 885,120 of them in local3. TensorFlow's
+    ``lrn(depth_radius=4, bias=1.0, alpha=0.001 / 9, beta=0.75)`` is
+    ``nn.LocalResponseNorm(size=9, alpha=0.001, beta=0.75, k=1)`` (PyTorch's size is
+    ``2 * depth_radius + 1`` and it divides alpha by the size). 'SAME' pooling pads 0 before and 1
+    after a 24 or 12 map (:class:`_MaxPool2dSame`). Initialisation as the tutorial: truncated
+    normal weights (cut at 2 standard deviations) of standard deviation 0.05 (convs), 0.04
+    (local3, local4) and 1/192 (softmax_linear); biases 0 (conv1, softmax_linear) or 0.1. The
+    tutorial's weight decay (0.004 on local3 and local4) belongs to the optimiser.
+
+    Args:
+        num_classes: outputs of softmax_linear. Default: 10.
+        device, dtype: factory arguments for all parameters.
+
+    Shape:
+        ``(N, 3, 24, 24)`` -> ``(N, num_classes)`` logits. local3 flattens ``pool2`` in PyTorch's
+        ``(C, H, W)`` order (TensorFlow's is ``(H, W, C)``: permute its rows to load TF weights).
+    """
+
+    def __init__(self, num_classes: int = 10, device=None, dtype=None) -> None:
+        super().__init__()
+        kw = {"device": device, "dtype": dtype}
+        self.conv1 = nn.Conv2d(3, 64, 5, padding=2, **kw)
+        self.pool1 = _MaxPool2dSame(3, 2)
+        self.norm1 = _lrn()
+        self.conv2 = nn.Conv2d(64, 64, 5, padding=2, **kw)
+        self.norm2 = _lrn()
+        self.pool2 = _MaxPool2dSame(3, 2)
+        self.local3 = nn.Linear(64 * 6 * 6, 384, **kw)
+        self.local4 = nn.Linear(384, 192, **kw)
+        self.softmax_linear = nn.Linear(192, num_classes, **kw)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        for layer, std, bias in ((self.conv1, 5e-2, 0.0), (self.conv2, 5e-2, 0.1), (self.local3, 0.04, 0.1),
+                                 (self.local4, 0.04, 0.1), (self.softmax_linear, 1 / 192, 0.0)):
+            nn.init.trunc_normal_(layer.weight, std=std, a=-2 * std, b=2 * std)
+            nn.init.constant_(layer.bias, bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.norm1(self.pool1(F.relu(self.conv1(x))))
+        x = self.pool2(self.norm2(F.relu(self.conv2(x))))
+        x = F.relu(self.local3(x.flatten(-3)))
+        return self.softmax_linear(F.relu(self.local4(x)))
+
+
+class CudaConvnetCifar10(nn.Module):
+    """cuda-convnet's 11%-error CIFAR-10 network (Krizhevsky, ``example-layers/layers-conv-local-11pct.cfg``)
+    on ``(N, 3, 24, 24)`` crops. Its local layers are locally connected.
+
+    ====== ================================================== ===========
+    name   layer                                              output
+    ====== ================================================== ===========
+    conv1  conv 64 filters 5x5, padding 2, ReLU                64 x 24 x 24
+    pool1  max-pool 3x3 stride 2 (ceil mode)                   64 x 12 x 12
+    rnorm1 cross-map response norm over 9 maps                 64 x 12 x 12
+    conv2  conv 64 filters 5x5, padding 2, ReLU                64 x 12 x 12
+    rnorm2 cross-map response norm over 9 maps                 64 x 12 x 12
+    pool2  max-pool 3x3 stride 2 (ceil mode)                   64 x 6 x 6
+    local3 locally connected 64 filters 3x3, padding 1, ReLU   64 x 6 x 6
+    local4 locally connected 32 filters 3x3, padding 1, ReLU   32 x 6 x 6
+    fc10   fully connected ``num_classes`` (logits)           num_classes
+    ====== ================================================== ===========
+
+    2,112,970 parameters for 10 classes: local3 1,329,408 and local4 664,704 of them.
+
+    Taken from the cfg files (the trunk revision, in which pool1 precedes rnorm1 and rnorm uses
+    9 maps; the first revision normalised over 5 maps before pooling and gave local3 32 filters):
+    the layer sizes; one bias per filter in the convs (``sharedBiases=1``) and one per filter and
+    position in the local layers, as cuda-convnet makes them; pooling windows placed as
+    cuda-convnet does, ``ceil((in - 3) / 2) + 1`` of them, the last one clipped at the border
+    (PyTorch's ceil mode); ``scale=0.001, pow=0.75`` of ``layer-params-conv-local-11pct.cfg``
+    with cuda-convnet's division of the scale by the size,
+    ``x / (1 + 0.001 / 9 * sum over the 9 maps centred on x of x^2)^0.75``, which is
+    ``nn.LocalResponseNorm(9, alpha=0.001, beta=0.75, k=1)``; initialisation ``N(0, initW^2)``
+    with the cfg's ``initW`` (conv1 1e-4, conv2 0.01, local3 and local4 0.04, fc10 0.01) and zero
+    biases. Chosen here: fc10 reads local4's output flattened in PyTorch's ``(C, H, W)`` order, and
+    returns logits (cuda-convnet's softmax and log-loss belong to the loss). The weight decay of
+    the layer-params file (0.004 on local3 and local4, 0.01 on fc10) belongs to the optimiser.
+
+    Args:
+        num_classes: outputs of fc10. Default: 10.
+        device, dtype: factory arguments for all parameters.
+
+    Shape:
+        ``(N, 3, 24, 24)`` -> ``(N, num_classes)`` logits.
+    """
+
+    def __init__(self, num_classes: int = 10, device=None, dtype=None) -> None:
+        super().__init__()
+        kw = {"device": device, "dtype": dtype}
+        self.conv1 = nn.Conv2d(3, 64, 5, padding=2, **kw)
+        self.pool1 = nn.MaxPool2d(3, 2, ceil_mode=True)
+        self.rnorm1 = _lrn()
+        self.conv2 = nn.Conv2d(64, 64, 5, padding=2, **kw)
+        self.rnorm2 = _lrn()
+        self.pool2 = nn.MaxPool2d(3, 2, ceil_mode=True)
+        self.local3 = LocallyConnected2d(64, 64, 3, padding=1, input_size=6, **kw)
+        self.local4 = LocallyConnected2d(64, 32, 3, padding=1, input_size=6, **kw)
+        self.fc10 = nn.Linear(32 * 6 * 6, num_classes, **kw)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        for layer, std in ((self.conv1, 1e-4), (self.conv2, 0.01), (self.local3, 0.04), (self.local4, 0.04),
+                           (self.fc10, 0.01)):
+            nn.init.normal_(layer.weight, std=std)
+            nn.init.zeros_(layer.bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.rnorm1(self.pool1(F.relu(self.conv1(x))))
+        x = self.pool2(self.rnorm2(F.relu(self.conv2(x))))
+        x = F.relu(self.local4(F.relu(self.local3(x))))
+        return self.fc10(x.flatten(-3))

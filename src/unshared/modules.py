@@ -16,15 +16,15 @@ from . import functional as UF
 from .backends import check_backend_name
 
 __all__ = [
-    "LOCALLY_CONNECTED", "LocallyConnected1d", "LocallyConnected2d", "LocallyConnected3d",
+    "LOCALLY_CONNECTED", "LocallyConnectedNd", "LocallyConnected1d", "LocallyConnected2d", "LocallyConnected3d",
     "LazyLocallyConnected1d", "LazyLocallyConnected2d", "LazyLocallyConnected3d",
 ]
 
-_FUNCTIONAL = {1: UF.locally_connected1d, 2: UF.locally_connected2d, 3: UF.locally_connected3d}
 
-
-class _LocallyConnectedNd(nn.Module):
-    """Shared implementation of ``LocallyConnected{1,2,3}d``; subclasses set ``_nd``."""
+class LocallyConnectedNd(nn.Module):
+    """The base of every layer of the family (plain, partially shared, low-rank): arguments,
+    parameters, initialisation, checks and ``extra_repr``; subclasses set ``_nd`` and may override
+    :meth:`_grid` (the weight's leading dimensions) and ``forward``."""
 
     _nd: int
     __constants__ = ["in_channels", "out_channels", "kernel_size", "stride", "padding", "dilation",
@@ -137,8 +137,8 @@ class _LocallyConnectedNd(nn.Module):
 
     def forward(self, input: Tensor) -> Tensor:
         self._check_input(input)
-        return _FUNCTIONAL[self._nd](input, self.weight, self.bias, self.stride, self.padding, self.dilation,
-                               self.groups, padding_mode=self.padding_mode, backend=self.backend)
+        return UF.locally_connected(input, self.weight, self.bias, self.stride, self.padding, self.dilation,
+                                    self.groups, padding_mode=self.padding_mode, backend=self.backend)
 
     def extra_repr(self) -> str:
         s = "{in_channels}, {out_channels}, kernel_size={kernel_size}, stride={stride}"
@@ -243,17 +243,17 @@ def _lazy_doc(nd: int) -> str:
     """
 
 
-class LocallyConnected1d(_LocallyConnectedNd):
+class LocallyConnected1d(LocallyConnectedNd):
     _nd = 1
     __doc__ = _module_doc(1)
 
 
-class LocallyConnected2d(_LocallyConnectedNd):
+class LocallyConnected2d(LocallyConnectedNd):
     _nd = 2
     __doc__ = _module_doc(2)
 
 
-class LocallyConnected3d(_LocallyConnectedNd):
+class LocallyConnected3d(LocallyConnectedNd):
     _nd = 3
     __doc__ = _module_doc(3)
 

@@ -1,34 +1,51 @@
-"""Ways of computing a locally connected layer, and the choice between them.
+"""Every way of computing a locally connected layer, and the choice between them.
 
-Each backend module provides ``can_run(x, w, geometry) -> str | None`` (``None`` when it can run,
-else the reason) and ``forward(x, w, geometry, banks)`` (zero padding only). The ``torch`` and
-``triton`` backends also provide ``input_grad`` and ``weight_grad``, which
-:mod:`unshared.backends.ops` turns, with ``forward``, into one differentiable custom operator;
-``composite`` is made of standard differentiable operators and needs none (for exporters).
-Importing a backend module imports no optional dependency: the Triton backend imports Triton
-only when it computes.
+=============  =====================================================================  ============
+backend        what computes                                                          devices
+=============  =====================================================================  ============
+``torch``      block implicit GEMM on strided views, batched matmuls (:mod:`.pytorch`)  any
+``triton``     fused Triton kernels (:mod:`.triton`)                                   CUDA
+``composite``  standard differentiable operators, for exporters (:mod:`.composite`)   any
+``conv``       PyTorch's convolutions, per shared filter bank or low-rank basis       any
+               (:mod:`.conv`)
+=============  =====================================================================  ============
+
+Each backend module has ``can_run(x, w, geometry)``, which returns ``None`` or the reason it
+cannot compute a call. :func:`choose_backend` picks one: an explicit ``backend=`` wins (and raises
+``ValueError`` with its reason when it cannot run); ``"auto"`` follows the rules in its docstring.
+:mod:`.ops` turns the backends' three operations into one differentiable custom operator;
+:mod:`.settings` holds the tunable numbers (:func:`settings` changes them for a block of code);
+:mod:`.selection` measures the CUDA candidates for ``"auto"``.
 """
 from __future__ import annotations
 
 import torch
 
-from . import composite, torch_backend, triton_backend
+from .registry import BACKENDS, check_backend_name
+from .selection import choices, clear_choices, measuring
+from .settings import Settings, current_settings, settings
 
-BACKENDS = {"torch": torch_backend, "triton": triton_backend, "composite": composite}
-
-
-def check_backend_name(backend, name: str = "backend") -> str:
-    if backend != "auto" and backend not in BACKENDS:
-        raise ValueError(f"{name} must be 'auto' or one of {tuple(BACKENDS)}, got {name}={backend!r}")
-    return backend
+__all__ = ["BACKENDS", "choose_backend", "check_backend_name", "settings", "Settings", "current_settings",
+           "measuring", "clear_choices", "choices"]
 
 
-def choose_backend(x, w, geometry, backend: str = "auto") -> str:
-    """The name of the backend that computes this call.
+def _min_positions_per_conv() -> int:
+    # Dynamo cannot trace a ContextVar: while torch.compile traces, the default holds
+    if torch.compiler.is_compiling():
+        return Settings().min_positions_per_conv
+    return current_settings().min_positions_per_conv
+
+
+def choose_backend(x: torch.Tensor, w: torch.Tensor, geometry, backend: str = "auto") -> str:
+    """The name of the backend that computes this call (``"auto"`` on CUDA: chosen per call by
+    measurement inside the operator, see :mod:`.selection`).
 
     An explicit ``backend`` wins, and raises ``ValueError`` with its reason when it cannot run.
-    ``"auto"`` takes Triton for CUDA tensors when it can run, and the PyTorch backend otherwise;
-    while ``torch.onnx.export`` traces, it takes the composite backend (ONNX has no custom ops).
+    ``"auto"``, in order: shared filter banks with at least ``min_positions_per_conv`` positions
+    per bank on average run as convolutions (``conv``); while ``torch.onnx.export`` traces, the
+    composite backend (ONNX has no custom operators); CUDA tensors: the faster of Triton and the
+    PyTorch backend, measured once per shape (Triton alone when measuring is off, the PyTorch
+    backend when Triton cannot run); otherwise the PyTorch backend.
     """
     check_backend_name(backend)
     if backend != "auto":
@@ -36,8 +53,11 @@ def choose_backend(x, w, geometry, backend: str = "auto") -> str:
         if reason is not None:
             raise ValueError(f"backend={backend!r} cannot compute this call: {reason}")
         return backend
+    if (geometry.banks is not None and BACKENDS["conv"].can_run(x, w, geometry) is None
+            and geometry.positions >= _min_positions_per_conv() * geometry.bank_count):
+        return "conv"
     if torch.onnx.is_in_onnx_export():
         return "composite"
-    if x.device.type == "cuda" and triton_backend.can_run(x, w, geometry) is None:
-        return "triton"
+    if x.device.type == "cuda" and BACKENDS["triton"].can_run(x, w, geometry) is None:
+        return "auto" if measuring() else "triton"
     return "torch"

@@ -13,7 +13,10 @@ import itertools
 import torch
 import torch.nn.functional as F
 
-from .._utils import Geometry
+from .._utils import Geometry, flat_bank_index
+
+#: made of standard differentiable operators: called directly, differentiated by autograd
+STANDARD_OPERATORS = True
 
 
 def can_run(x: torch.Tensor, w: torch.Tensor, g: Geometry) -> str | None:
@@ -21,7 +24,7 @@ def can_run(x: torch.Tensor, w: torch.Tensor, g: Geometry) -> str | None:
     return None
 
 
-def forward(x: torch.Tensor, w: torch.Tensor, g: Geometry, banks: torch.Tensor | None = None) -> torch.Tensor:
+def forward(x: torch.Tensor, w: torch.Tensor, g: Geometry) -> torch.Tensor:
     """``(N, C, *input_size)``, public weight -> ``(N, O, *output_size)``, differentiable by autograd."""
     n = x.shape[0]
     groups, cg, og = g.groups, g.in_channels // g.groups, g.out_channels // g.groups
@@ -29,8 +32,8 @@ def forward(x: torch.Tensor, w: torch.Tensor, g: Geometry, banks: torch.Tensor |
     pads = [p for pair in reversed(g.padding) for p in pair]
     xp = F.pad(x, pads) if any(pads) else x
     filters = w.reshape(-1, g.out_channels, cg, g.kernel_volume)  # (banks or positions, O, Cg, K)
-    if banks is not None:
-        filters = filters[banks]
+    if g.banks is not None:
+        filters = filters[flat_bank_index(g, x.device)]
     filters = filters.reshape(g.positions, groups, og, cg, g.kernel_volume).to(compute)
     y = None
     for k, offset in enumerate(itertools.product(*map(range, g.kernel_size))):

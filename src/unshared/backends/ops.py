@@ -2,31 +2,31 @@
 
 ``unshared::forward``, ``unshared::input_grad`` and ``unshared::weight_grad`` are the layer and its
 two adjoints. The derivatives of each are the other two, so every order of derivative is
-available (gradgradcheck). Each op computes with the backend named in its call (``"torch"`` or
-``"triton"``) and has a fake implementation, so ``torch.compile(fullgraph=True)`` traces through
+available (gradgradcheck). Each op computes with the backend named in its call (``"torch"``,
+``"cpu"`` or ``"triton"``) and has a fake implementation, so ``torch.compile(fullgraph=True)`` traces through
 it without graph breaks and ``device="meta"`` tensors get shapes without computation.
 
-The geometry travels as a flat ``list[int]`` (:meth:`Geometry.encode`); ``banks`` is ``None`` or
-the ``(positions,)`` int64 filter-bank index of every output position (partial weight sharing).
+The geometry travels as a flat ``list[int]`` (:meth:`Geometry.encode`), shared filter banks
+included. The backend name ``"auto"`` inside an op means "choose now, with real tensors" (CUDA:
+:mod:`.selection` measures once per key); the choice is never made while tracing. Backends made of standard operators (``composite``, ``conv``: their module sets
+``STANDARD_OPERATORS``) are called directly and differentiated by autograd.
 """
-from typing import Optional
-
 import torch
 from torch import Tensor
 
 from .._utils import Geometry, empty_weight, is_kernel_major, memory_format_of
-from . import BACKENDS, composite
+from . import selection
+from .registry import BACKENDS
 
 __all__ = ["locally_connected"]
 
 
-def locally_connected(x: Tensor, weight: Tensor, geometry: Geometry, backend: str,
-                      banks: Optional[Tensor] = None) -> Tensor:
-    """``(N, C, *input_size)`` -> ``(N, O, *output_size)`` without bias; zero padding only.
-    The composite backend is plain autograd; the others run as ``unshared::forward``."""
-    if backend == "composite":
-        return composite.forward(x, weight, geometry, banks)
-    return torch.ops.unshared.forward(x, weight, banks, geometry.encode(), backend)
+def locally_connected(x: Tensor, weight: Tensor, geometry: Geometry, backend: str) -> Tensor:
+    """``(N, C, *input_size)`` -> ``(N, O, *output_size)`` without bias; zero padding only."""
+    module = BACKENDS.get(backend)  # "auto": chosen inside the operator
+    if getattr(module, "STANDARD_OPERATORS", False):
+        return module.forward(x, weight, geometry)
+    return torch.ops.unshared.forward(x, weight, geometry.encode(), backend)
 
 
 def _input_grad_format(channels_last: bool, dim: int) -> torch.memory_format:
@@ -35,25 +35,35 @@ def _input_grad_format(channels_last: bool, dim: int) -> torch.memory_format:
     return torch.channels_last if dim == 4 else torch.channels_last_3d
 
 
+def _backend(name: str, sample: Tensor, weight: Tensor, g: Geometry, stage: str) -> str:
+    return selection.resolve(sample, weight, g, stage) if name == "auto" else name
+
+
 # ----------------------------------------------------------------------------- the ops
 
 @torch.library.custom_op("unshared::forward", mutates_args=())
-def _forward(x: Tensor, weight: Tensor, banks: Optional[Tensor], geometry: list[int], backend: str) -> Tensor:
-    return BACKENDS[backend].forward(x, weight, Geometry.decode(geometry), banks)
+def _forward(x: Tensor, weight: Tensor, geometry: list[int], backend: str) -> Tensor:
+    g = Geometry.decode(geometry)
+    return BACKENDS[_backend(backend, x, weight, g, "forward")].forward(x, weight, g)
 
 
 @torch.library.custom_op("unshared::input_grad", mutates_args=())
-def _input_grad(grad_output: Tensor, weight: Tensor, banks: Optional[Tensor], geometry: list[int],
-                backend: str, channels_last: bool) -> Tensor:
+def _input_grad(grad_output: Tensor, weight: Tensor, geometry: list[int], backend: str,
+                channels_last: bool) -> Tensor:
     g = Geometry.decode(geometry)
     fmt = _input_grad_format(channels_last, grad_output.dim())
-    return BACKENDS[backend].input_grad(grad_output, weight, g, fmt, banks)
+    name = _backend(backend, grad_output, weight, g, "backward")
+    return BACKENDS[name].input_grad(grad_output, weight, g, fmt)
 
 
 @torch.library.custom_op("unshared::weight_grad", mutates_args=())
-def _weight_grad(x: Tensor, grad_output: Tensor, banks: Optional[Tensor], geometry: list[int],
-                 backend: str, kernel_major: bool) -> Tensor:
-    return BACKENDS[backend].weight_grad(x, grad_output, Geometry.decode(geometry), banks, kernel_major)
+def _weight_grad(x: Tensor, grad_output: Tensor, geometry: list[int], backend: str,
+                 kernel_major: bool) -> Tensor:
+    g = Geometry.decode(geometry)
+    name = _backend(backend, grad_output, empty_weight((*g.weight_leading, g.out_channels,
+                    g.in_channels // g.groups, *g.kernel_size), g.ndim, kernel_major=kernel_major,
+                    device="meta"), g, "backward")
+    return BACKENDS[name].weight_grad(x, grad_output, g, kernel_major)
 
 
 # ----------------------------------------------------------------------------- shapes (fake/meta)
@@ -61,21 +71,21 @@ def _weight_grad(x: Tensor, grad_output: Tensor, banks: Optional[Tensor], geomet
 # memory format, weight gradients kernel-major or channel-major as asked (the weight's layout).
 
 @_forward.register_fake
-def _(x, weight, banks, geometry, backend):
+def _(x, weight, geometry, backend):
     g = Geometry.decode(geometry)
     return torch.empty((x.shape[0], g.out_channels, *g.output_size), dtype=x.dtype, device=x.device,
                        memory_format=memory_format_of(x))
 
 
 @_input_grad.register_fake
-def _(grad_output, weight, banks, geometry, backend, channels_last):
+def _(grad_output, weight, geometry, backend, channels_last):
     g = Geometry.decode(geometry)
     return torch.empty((grad_output.shape[0], g.in_channels, *g.input_size), dtype=grad_output.dtype,
                        device=grad_output.device, memory_format=_input_grad_format(channels_last, grad_output.dim()))
 
 
 @_weight_grad.register_fake
-def _(x, grad_output, banks, geometry, backend, kernel_major):
+def _(x, grad_output, geometry, backend, kernel_major):
     g = Geometry.decode(geometry)
     shape = (*g.weight_leading, g.out_channels, g.in_channels // g.groups, *g.kernel_size)
     return empty_weight(shape, g.ndim, kernel_major=kernel_major, dtype=x.dtype, device=x.device)
@@ -83,57 +93,57 @@ def _(x, grad_output, banks, geometry, backend, kernel_major):
 
 # ----------------------------------------------------------------------------- derivatives
 
-def _save(ctx, first: Tensor, second: Tensor, banks, geometry, backend) -> None:
-    ctx.save_for_backward(first, second, banks)
+def _save(ctx, first: Tensor, second: Tensor, geometry, backend) -> None:
+    ctx.save_for_backward(first, second)
     ctx.geometry, ctx.backend = geometry, backend
 
 
 def _forward_setup(ctx, inputs, output):
-    x, weight, banks, geometry, backend = inputs
-    _save(ctx, x, weight, banks, geometry, backend)
+    x, weight, geometry, backend = inputs
+    _save(ctx, x, weight, geometry, backend)
     ctx.channels_last = memory_format_of(x) != torch.contiguous_format
 
 
 def _forward_backward(ctx, grad):
-    x, weight, banks = ctx.saved_tensors
+    x, weight = ctx.saved_tensors
     gx = gw = None
     if ctx.needs_input_grad[0]:
-        gx = _input_grad(grad, weight, banks, ctx.geometry, ctx.backend, ctx.channels_last)
+        gx = _input_grad(grad, weight, ctx.geometry, ctx.backend, ctx.channels_last)
     if ctx.needs_input_grad[1]:
-        gw = _weight_grad(x, grad, banks, ctx.geometry, ctx.backend, is_kernel_major(weight))
-    return gx, gw, None, None, None
+        gw = _weight_grad(x, grad, ctx.geometry, ctx.backend, is_kernel_major(weight))
+    return gx, gw, None, None
 
 
 def _input_grad_setup(ctx, inputs, output):
-    grad_output, weight, banks, geometry, backend, channels_last = inputs
-    _save(ctx, grad_output, weight, banks, geometry, backend)
+    grad_output, weight, geometry, backend, channels_last = inputs
+    _save(ctx, grad_output, weight, geometry, backend)
 
 
 def _input_grad_backward(ctx, grad):
     # input_grad(gy, w) is linear in each argument: d/dgy is forward(., w), d/dw is weight_grad(., gy)
-    grad_output, weight, banks = ctx.saved_tensors
+    grad_output, weight = ctx.saved_tensors
     g_gy = g_w = None
     if ctx.needs_input_grad[0]:
-        g_gy = _forward(grad, weight, banks, ctx.geometry, ctx.backend)
+        g_gy = _forward(grad, weight, ctx.geometry, ctx.backend)
     if ctx.needs_input_grad[1]:
-        g_w = _weight_grad(grad, grad_output, banks, ctx.geometry, ctx.backend, is_kernel_major(weight))
-    return g_gy, g_w, None, None, None, None
+        g_w = _weight_grad(grad, grad_output, ctx.geometry, ctx.backend, is_kernel_major(weight))
+    return g_gy, g_w, None, None, None
 
 
 def _weight_grad_setup(ctx, inputs, output):
-    x, grad_output, banks, geometry, backend, kernel_major = inputs
-    _save(ctx, x, grad_output, banks, geometry, backend)
+    x, grad_output, geometry, backend, kernel_major = inputs
+    _save(ctx, x, grad_output, geometry, backend)
     ctx.channels_last = memory_format_of(x) != torch.contiguous_format
 
 
 def _weight_grad_backward(ctx, grad):
-    x, grad_output, banks = ctx.saved_tensors
+    x, grad_output = ctx.saved_tensors
     g_x = g_gy = None
     if ctx.needs_input_grad[0]:
-        g_x = _input_grad(grad_output, grad, banks, ctx.geometry, ctx.backend, ctx.channels_last)
+        g_x = _input_grad(grad_output, grad, ctx.geometry, ctx.backend, ctx.channels_last)
     if ctx.needs_input_grad[1]:
-        g_gy = _forward(x, grad, banks, ctx.geometry, ctx.backend)
-    return g_x, g_gy, None, None, None, None
+        g_gy = _forward(x, grad, ctx.geometry, ctx.backend)
+    return g_x, g_gy, None, None, None
 
 
 _forward.register_autograd(_forward_backward, setup_context=_forward_setup)

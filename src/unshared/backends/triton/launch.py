@@ -1,9 +1,9 @@
 """Fused Triton GPU kernels for the locally connected layer (host side: checks, allocation, launch).
 
-The kernels (:mod:`unshared.backends._triton_kernels`) gather patches on the fly, so neither a
+The kernels (:mod:`unshared.backends.triton.kernels`) gather patches on the fly, so neither a
 patch tensor nor a padded copy of the input is ever made; zero padding happens in the kernels.
-float32 uses TF32 when ``torch.backends.cuda.matmul.allow_tf32`` is set; float16/bfloat16 are
-multiplied on tensor cores and summed in float32; float64 stays float64.
+float32 uses TF32 when PyTorch allows it for matmuls; float16/bfloat16 are multiplied on tensor
+cores and summed in float32; float64 stays float64.
 
 Triton is imported only when a kernel is launched. On a machine without a GPU the kernels run on
 CPU tensors under ``TRITON_INTERPRET=1`` (slow; for tests on small shapes).
@@ -12,26 +12,35 @@ from __future__ import annotations
 
 import importlib.util
 import math
-import os
 
 import torch
 
-from .._utils import Geometry, empty_weight, memory_format_of, weight_memory
+from ..._utils import Geometry, empty_weight, flat_bank_index, memory_format_of, weight_memory
+from . import configs
+
+__all__ = ["can_run", "forward", "input_grad", "weight_grad", "chosen_configs", "TRITON_INSTALLED"]
 
 #: Whether Triton is installed (checked without importing it).
 TRITON_INSTALLED = importlib.util.find_spec("triton") is not None
 DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+_KERNEL_OF = {"forward": "forward_kernel", "input_grad": "input_grad_kernel", "weight_grad": "weight_grad_kernel"}
 
 
-def _interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET") == "1"
+def _programs(g: Geometry, n: int, kernel: str, blocks: dict[str, int]) -> int:
+    """Programs of one launch with the given block sizes."""
+    cg, og = g.in_channels // g.groups, g.out_channels // g.groups
+    if kernel == "forward":
+        return -(-n // blocks["BLOCK_N"]) * -(-og // blocks["BLOCK_O"]) * g.groups * g.positions
+    if kernel == "input_grad":
+        return -(-n // blocks["BLOCK_N"]) * -(-cg // blocks["BLOCK_C"]) * g.groups * math.prod(g.input_size)
+    return -(-g.kernel_volume * cg // blocks["BLOCK_R"]) * -(-og // blocks["BLOCK_O"]) * g.groups * g.positions
 
 
 def can_run(x: torch.Tensor, w: torch.Tensor, g: Geometry) -> str | None:
     """``None`` when the Triton kernels can compute this call, else the reason why not."""
     if not TRITON_INSTALLED:
         return "Triton is not installed (pip install triton; it ships with PyTorch's CUDA wheels)"
-    if x.device.type != "cuda" and not (x.device.type == "cpu" and _interpreting()):
+    if x.device.type != "cuda" and not (x.device.type == "cpu" and configs.interpreting()):
         return (f"the input is on {x.device.type}: the Triton kernels run on CUDA devices "
                 f"(or on the CPU under TRITON_INTERPRET=1, for testing)")
     if x.dtype not in DTYPES:
@@ -39,12 +48,28 @@ def can_run(x: torch.Tensor, w: torch.Tensor, g: Geometry) -> str | None:
     if x.dtype == torch.bfloat16 and x.device.type == "cuda" and torch.cuda.get_device_capability(x.device) < (8, 0):
         return (f"bfloat16 needs a GPU of compute capability 8.0 or newer, {x.device} has "
                 f"{torch.cuda.get_device_capability(x.device)}")
+    for kernel in _KERNEL_OF:
+        blocks = configs.INTERPRETER_BLOCKS if configs.interpreting() else configs.smallest_blocks(kernel)
+        programs = _programs(g, x.shape[0], kernel, blocks)
+        if configs.grid(programs)[1] > configs.MAX_GRID_Y:
+            return (f"the {kernel.replace('_', ' ')} would need {programs:,} programs, more than a CUDA grid "
+                    f"holds ({configs.MAX_GRID_X:,} x {configs.MAX_GRID_Y:,})")
     return None
 
 
 def _kernels():
-    from . import _triton_kernels
-    return _triton_kernels
+    from . import kernels
+    return kernels
+
+
+def chosen_configs() -> dict[str, dict[str, str]]:
+    """The configuration the autotuner chose per kernel and key (empty before the first launch
+    and under the interpreter), for reports."""
+    if not TRITON_INSTALLED or configs.interpreting():
+        return {}
+    k = _kernels()
+    return {name: {str(key): str(config) for key, config in getattr(k, attr).cache.items()}
+            for name, attr in _KERNEL_OF.items()}
 
 
 def _spatial3(values, fill: int) -> list[int]:
@@ -58,12 +83,13 @@ def _strides(t: torch.Tensor, name: str) -> dict[str, int]:
     return dict(zip((name + a for a in "ncdhw"), [t.stride(0), t.stride(1), *_spatial3(t.stride()[2:], 0)]))
 
 
-def _geometry_args(g: Geometry, *unused: str) -> dict[str, int]:
+def _geometry_args(g: Geometry, n: int, positions: int, *unused: str) -> dict[str, int]:
     (ID, IH, IW), (OD, OH, OW) = _spatial3(g.input_size, 1), _spatial3(g.output_size, 1)
     (KD, KH, KW), (SD, SH, SW) = _spatial3(g.kernel_size, 1), _spatial3(g.stride, 1)
     (PD, PH, PW), (DD, DH, DW) = _spatial3([lo for lo, _ in g.padding], 0), _spatial3(g.dilation, 1)
     cg = g.in_channels // g.groups
-    args = dict(Cg=cg, Og=g.out_channels // g.groups, G=g.groups, R=g.kernel_volume * cg,
+    args = dict(N=n, Cg=cg, Og=g.out_channels // g.groups, G=g.groups, R=g.kernel_volume * cg,
+                P=positions, N_BUCKET=configs.bucket(n), P_BUCKET=configs.bucket(positions),
                 ID=ID, IH=IH, IW=IW, OD=OD, OH=OH, OW=OW, KD=KD, KH=KH, KW=KW,
                 SD=SD, SH=SH, SW=SW, PD=PD, PH=PH, PW=PW, DD=DD, DH=DH, DW=DW)
     return {k: v for k, v in args.items() if k not in unused}
@@ -82,24 +108,23 @@ def _tf32_allowed() -> bool:
 def _dtype_args(dtype: torch.dtype) -> dict:
     import triton.language as tl
 
-    if dtype == torch.float32:
-        precision = "tf32" if not _interpreting() and _tf32_allowed() else "ieee"
-    else:
-        precision = "ieee"
-    return dict(UPCAST=dtype == torch.bfloat16 and _interpreting(), PRECISION=precision,
+    interpreting = configs.interpreting()
+    precision = "tf32" if dtype == torch.float32 and not interpreting and _tf32_allowed() else "ieee"
+    return dict(UPCAST=dtype == torch.bfloat16 and interpreting, PRECISION=precision,
                 ACC=tl.float64 if dtype == torch.float64 else tl.float32)
 
 
-def _launch(kernel, programs, *args, **kwargs):
-    """Launch over a 1-d grid of ``programs(blocks)`` programs on the device of the first tensor
-    argument (Triton launches on the current device); block sizes come from the autotuner on a
-    GPU and are fixed under the interpreter."""
-    k = _kernels()
-    if k.INTERPRET:
-        kernel[(programs(k.INTERPRETER_BLOCKS),)](*args, **kwargs, **k.INTERPRETER_BLOCKS)
+def _launch(kernel_name: str, g: Geometry, n: int, *args, **kwargs):
+    """Launch ``kernel_name`` on the device of the first tensor argument (Triton launches on the
+    current device), on a 2-d grid; block sizes come from the autotuner on a GPU and are fixed
+    under the interpreter."""
+    kernel = getattr(_kernels(), _KERNEL_OF[kernel_name])
+    if configs.interpreting():
+        kernel[configs.grid(_programs(g, n, kernel_name, configs.INTERPRETER_BLOCKS))](
+            *args, **kwargs, **configs.INTERPRETER_BLOCKS)
         return
     with torch.cuda.device(args[0].device):
-        kernel[lambda meta: (programs(meta),)](*args, **kwargs)
+        kernel[lambda meta: configs.grid(_programs(g, n, kernel_name, meta))](*args, **kwargs)
 
 
 def _patch_source(x: torch.Tensor, kernel_major: bool) -> torch.Tensor:
@@ -112,50 +137,46 @@ def _patch_source(x: torch.Tensor, kernel_major: bool) -> torch.Tensor:
     return x.contiguous()
 
 
-def _no_bank(banks, device):
-    """The bank pointer argument: the index, or any valid pointer when there are no banks."""
-    return banks if banks is not None else torch.empty(1, dtype=torch.int64, device=device)
+def _bank_args(g: Geometry, device) -> dict:
+    """The bank index pointer (any valid pointer without banks) and the ``HAS_BANKS`` flag."""
+    banks = flat_bank_index(g, device)
+    return dict(bank=banks if banks is not None else torch.empty(1, dtype=torch.int64, device=device),
+                HAS_BANKS=banks is not None)
 
 
-def forward(x: torch.Tensor, w: torch.Tensor, g: Geometry, banks: torch.Tensor | None = None) -> torch.Tensor:
+def forward(x: torch.Tensor, w: torch.Tensor, g: Geometry) -> torch.Tensor:
     """``(N, C, *input_size)`` -> ``(N, O, *output_size)`` in the input's memory format."""
     n = x.shape[0]
     y = torch.empty((n, g.out_channels, *g.output_size), dtype=x.dtype, device=x.device,
                     memory_format=memory_format_of(x))
     if n == 0:
         return y
-    geo = _geometry_args(g, "OD", "KD")
     matrix, kernel_major = weight_memory(w)
     x = _patch_source(x, kernel_major)
-    _launch(_kernels().forward_kernel,
-            lambda b: math.ceil(n / b["BLOCK_N"]) * math.ceil(geo["Og"] / b["BLOCK_O"]) * g.groups * g.positions,
-            x, matrix, _no_bank(banks, x.device), y, N=n, **geo, **_strides(x, "sx"), **_strides(y, "sy"),
-            HAS_BANKS=banks is not None, KERNEL_MAJOR=kernel_major, **_dtype_args(x.dtype))
+    banks = _bank_args(g, x.device)
+    _launch("forward", g, n, x, matrix, banks.pop("bank"), y, **_geometry_args(g, n, g.positions, "OD", "KD"),
+            **_strides(x, "sx"), **_strides(y, "sy"), **banks, KERNEL_MAJOR=kernel_major, **_dtype_args(x.dtype))
     return y
 
 
 def input_grad(gy: torch.Tensor, w: torch.Tensor, g: Geometry,
-               memory_format: torch.memory_format = torch.contiguous_format,
-               banks: torch.Tensor | None = None) -> torch.Tensor:
+               memory_format: torch.memory_format = torch.contiguous_format) -> torch.Tensor:
     """``(N, O, *output_size)`` -> ``(N, C, *input_size)`` in ``memory_format``."""
     n = gy.shape[0]
     gx = torch.empty((n, g.in_channels, *g.input_size), dtype=gy.dtype, device=gy.device,
                      memory_format=memory_format)
     if n == 0:
         return gx
-    geo = _geometry_args(g)
-    inputs = math.prod(g.input_size)
     matrix, kernel_major = weight_memory(w)
-    _launch(_kernels().input_grad_kernel,
-            lambda b: math.ceil(n / b["BLOCK_N"]) * math.ceil(geo["Cg"] / b["BLOCK_C"]) * g.groups * inputs,
-            gy, matrix, _no_bank(banks, gy.device), gx, N=n, **geo, **_strides(gy, "sg"), **_strides(gx, "sx"),
-            HAS_BANKS=banks is not None, KERNEL_MAJOR=kernel_major, **_dtype_args(gy.dtype))
+    banks = _bank_args(g, gy.device)
+    _launch("input_grad", g, n, gy, matrix, banks.pop("bank"), gx,
+            **_geometry_args(g, n, math.prod(g.input_size)), **_strides(gy, "sg"), **_strides(gx, "sx"),
+            **banks, KERNEL_MAJOR=kernel_major, **_dtype_args(gy.dtype))
     return gx
 
 
-def weight_grad(x: torch.Tensor, gy: torch.Tensor, g: Geometry, banks: torch.Tensor | None = None,
-                kernel_major: bool = True) -> torch.Tensor:
-    """Public-shaped weight gradient, kernel-major or channel-major; with ``banks`` the positions
+def weight_grad(x: torch.Tensor, gy: torch.Tensor, g: Geometry, kernel_major: bool = True) -> torch.Tensor:
+    """Public-shaped weight gradient, kernel-major or channel-major; with banks the positions
     of each bank are summed (atomically, in float32 or float64)."""
     n = x.shape[0]
     shape = (*g.weight_leading, g.out_channels, g.in_channels // g.groups, *g.kernel_size)
@@ -164,15 +185,14 @@ def weight_grad(x: torch.Tensor, gy: torch.Tensor, g: Geometry, banks: torch.Ten
         return gw.zero_()
     gws, kernel_major = weight_memory(gw)  # a view of gw's memory
     target = gws
-    if banks is not None:
+    if g.banks is not None:
         target = torch.zeros(gws.shape, dtype=torch.float64 if x.dtype == torch.float64 else torch.float32,
                              device=x.device)
-    geo = _geometry_args(g, "OD", "KD")
     x = _patch_source(x, kernel_major)
-    _launch(_kernels().weight_grad_kernel,
-            lambda b: math.ceil(geo["R"] / b["BLOCK_R"]) * math.ceil(geo["Og"] / b["BLOCK_O"]) * g.groups * g.positions,
-            x, gy, _no_bank(banks, x.device), target, N=n, **geo, **_strides(x, "sx"), **_strides(gy, "sg"),
-            HAS_BANKS=banks is not None, KERNEL_MAJOR=kernel_major, **_dtype_args(x.dtype))
+    banks = _bank_args(g, x.device)
+    _launch("weight_grad", g, n, x, gy, banks.pop("bank"), target, **_geometry_args(g, n, g.positions, "OD", "KD"),
+            **_strides(x, "sx"), **_strides(gy, "sg"), **banks, KERNEL_MAJOR=kernel_major,
+            **_dtype_args(x.dtype))
     if target is not gws:
         gws.copy_(target)
     return gw

@@ -1,7 +1,7 @@
 """Triton kernels of the locally connected layer: forward, input gradient, weight gradient.
 
-Imported only by :mod:`unshared.backends.triton_backend` when it computes (this module imports
-Triton). One kernel family serves 1d, 2d and 3d: the launchers pad sizes to three spatial
+Imported only by :mod:`unshared.backends.triton.launch` when it computes (this module imports
+Triton). One kernel family serves 1d, 2d and 3d: the launcher pads sizes to three spatial
 dimensions with unit sizes and zero strides.
 
 Every kernel is an implicit GEMM over one output (or input) position per program: the patches of
@@ -9,7 +9,8 @@ a block of samples are gathered from the input on the fly through its strides (z
 masking, so no padded or unfolded copy exists), multiplied with that position's filters with
 ``tl.dot`` and accumulated in float32 (float64 for float64 inputs). The batch block varies
 fastest over program ids, so the programs that share one position's filters run together and
-read them from HBM once. Offsets are computed in int64.
+read them from HBM once. Program ids and offsets are int64; the programs lie on a 2-d grid (its
+x dimension first), which lifts the 2^31 - 1 limit of a 1-d grid.
 
 Layouts (``P``: output positions, ``Pw``: positions or filter banks, ``R = prod(kernel) * Cg``):
 
@@ -18,36 +19,25 @@ Layouts (``P``: output positions, ``Pw``: positions or filter banks, ``R = prod(
   ``KERNEL_MAJOR``, else ``(input channel, kernel offset)`` (the two layouts of ``unshared._utils``);
 - banks: ``(P,)`` int64 bank of each output position (read only when ``HAS_BANKS``).
 """
-import os
-
 import triton
 import triton.language as tl
 
-#: Under ``TRITON_INTERPRET=1`` (CPU, for tests) autotuning cannot benchmark: one configuration.
-INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
-INTERPRETER_BLOCKS = {"BLOCK_N": 16, "BLOCK_O": 16, "BLOCK_R": 32, "BLOCK_C": 16}
+from . import configs
+
+#: Decided once, when the kernels are defined (Triton decides then too).
+INTERPRET = configs.interpreting()
 
 
-def _configs(blocks, warps=4, stages=3):
-    return [triton.Config(dict(zip(("BLOCK_N", "BLOCK_O", "BLOCK_R", "BLOCK_C"), b)),
-                          num_warps=warps, num_stages=stages) for b in blocks]
+def _tuned(kernel_name: str, **kwargs):
+    """``triton.autotune`` over the kernel's configurations on a GPU; the plain kernel (blocks
+    passed by the launcher) when interpreting."""
+    names = ("BLOCK_N", "BLOCK_O", "BLOCK_R", "BLOCK_C")
+    tuned = [triton.Config(dict(zip(names, c[:4])), num_warps=c[4], num_stages=c[5])
+             for c in configs.CONFIGS[kernel_name]]
 
-
-def _tuned(configs, key, **kwargs):
-    """``triton.autotune`` on a GPU; the kernel itself (blocks passed by the launcher) when interpreting."""
     def wrap(kernel):
-        return kernel if INTERPRET else triton.autotune(configs=configs, key=key, **kwargs)(kernel)
+        return kernel if INTERPRET else triton.autotune(configs=tuned, key=configs.AUTOTUNE_KEY, **kwargs)(kernel)
     return wrap
-
-
-# (BLOCK_N, BLOCK_O, BLOCK_R, BLOCK_C): not tuned on hardware yet, a spread of plausible tiles
-# (BLOCK_N 16 for small batches)
-FORWARD_CONFIGS = _configs([(16, 16, 128, 16), (32, 16, 64, 16), (64, 16, 64, 16), (64, 32, 32, 16),
-                            (128, 16, 32, 16), (32, 32, 64, 16), (64, 64, 32, 16)])
-INPUT_GRAD_CONFIGS = _configs([(16, 16, 16, 32), (32, 16, 16, 32), (64, 16, 16, 16), (64, 16, 16, 32),
-                               (128, 16, 16, 16), (32, 32, 16, 32), (64, 32, 16, 64)])
-WEIGHT_GRAD_CONFIGS = _configs([(32, 16, 64, 16), (64, 16, 64, 16), (32, 16, 128, 16), (64, 32, 64, 16),
-                                (128, 16, 32, 16), (64, 64, 64, 16)])
 
 
 @triton.jit
@@ -55,19 +45,22 @@ def _dot(a, b, acc, UPCAST: tl.constexpr, PRECISION: tl.constexpr):
     """``acc + a @ b``. ``UPCAST`` converts the operands to float32 first (only needed by the
     interpreter, whose bfloat16 ``tl.dot`` gives wrong results)."""
     if UPCAST:
-        return tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision="ieee")
+        return tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision="ieee", out_dtype=acc.dtype)
     else:
-        return tl.dot(a, b, acc, input_precision=PRECISION)
+        return tl.dot(a, b, acc, input_precision=PRECISION, out_dtype=acc.dtype)
 
 
 @triton.jit
-def _program(inner_blocks, channel_blocks, G):
-    """This program's ``(inner block, group, channel block, position)`` on the 1-d grid, where
-    the inner block varies fastest, then the channel block, the group, and the position."""
-    pid = tl.program_id(0).to(tl.int64)
+def _program(inner_blocks, channel_blocks, G, positions):
+    """This program's ``(inner block, group, channel block, position, valid)``: the inner block
+    varies fastest, then the channel block, the group, and the position. ``valid`` is false for
+    the excess programs of the last grid row, which return at once."""
+    pid = tl.program_id(0).to(tl.int64) + tl.program_id(1).to(tl.int64) * tl.num_programs(0)
+    total = (pid * 0 + inner_blocks) * channel_blocks * G * positions  # int64, even for constexpr sizes
+    valid = pid < total
     rest = pid // inner_blocks
     return (pid % inner_blocks, (rest % (channel_blocks * G)) // channel_blocks, rest % channel_blocks,
-            rest // (channel_blocks * G))
+            rest // (channel_blocks * G), valid)
 
 
 @triton.jit
@@ -101,11 +94,20 @@ def _patch_offsets(r, R, Cg, KH, KW, pd, ph, pw, SD, SH, SW, PD, PH, PW, DD, DH,
     return offsets, inside
 
 
-@_tuned(FORWARD_CONFIGS, key=["N", "Og", "Cg", "R", "G"])
+@triton.jit
+def _bank(bank_ptr, p, HAS_BANKS: tl.constexpr):
+    """The filter bank (int64) of output position ``p``: itself, or its entry in the bank index."""
+    if HAS_BANKS:
+        return tl.load(bank_ptr + p)
+    else:
+        return p
+
+
+@_tuned("forward")
 @triton.jit
 def forward_kernel(
     x_ptr, w_ptr, bank_ptr, y_ptr,
-    N, Cg, Og, G, R,
+    N, Cg, Og, G, R, P, N_BUCKET, P_BUCKET,
     ID, IH, IW, OH, OW, KH, KW,
     SD, SH, SW, PD, PH, PW, DD, DH, DW,
     sxn, sxc, sxd, sxh, sxw,
@@ -116,19 +118,18 @@ def forward_kernel(
 ):
     """``y[n, o, p] = sum_r w[bank(p), o, r] * patch(x)[n, p, r]``; programs: batch blocks x
     (group, output-channel blocks) x positions, batch fastest."""
-    bn, g, bo, p = _program(tl.cdiv(N, BLOCK_N), tl.cdiv(Og, BLOCK_O), G)
+    bn, g, bo, p, valid = _program(tl.cdiv(N, BLOCK_N), tl.cdiv(Og, BLOCK_O), G, P)
+    if not valid:
+        return
     pd, ph, pw = _position(p, OH, OW)
-    if HAS_BANKS:
-        bank = tl.load(bank_ptr + p)
-    else:
-        bank = p
+    bank = _bank(bank_ptr, p, HAS_BANKS)
 
     n = bn * BLOCK_N + tl.arange(0, BLOCK_N)
     o = g * Og + bo * BLOCK_O + tl.arange(0, BLOCK_O)
     n_ok = n < N
     o_ok = bo * BLOCK_O + tl.arange(0, BLOCK_O) < Og
     x_rows = x_ptr + n.to(tl.int64)[:, None] * sxn
-    w_cols = w_ptr + bank * (G * Og * R) + o.to(tl.int64)[None, :] * R
+    w_cols = w_ptr + bank * G * Og * R + o.to(tl.int64)[None, :] * R
     acc = tl.zeros((BLOCK_N, BLOCK_O), dtype=ACC)
     for r0 in range(0, R, BLOCK_R):
         r = r0 + tl.arange(0, BLOCK_R)
@@ -142,11 +143,11 @@ def forward_kernel(
     tl.store(y_ptr + y_offsets, acc.to(y_ptr.dtype.element_ty), mask=n_ok[:, None] & o_ok[None, :])
 
 
-@_tuned(INPUT_GRAD_CONFIGS, key=["N", "Og", "Cg", "R", "G"])
+@_tuned("input_grad")
 @triton.jit
 def input_grad_kernel(
     gy_ptr, w_ptr, bank_ptr, gx_ptr,
-    N, Cg, Og, G, R,
+    N, Cg, Og, G, R, P, N_BUCKET, P_BUCKET,
     ID, IH, IW, OD, OH, OW, KD, KH, KW,
     SD, SH, SW, PD, PH, PW, DD, DH, DW,
     sgn, sgc, sgd, sgh, sgw,
@@ -157,8 +158,10 @@ def input_grad_kernel(
 ):
     """``gx[n, c, i] = sum over (p, k) with p*s + k*d - pad = i of sum_o gy[n, o, p] * w[bank(p), o, k, c]``:
     a gather over the kernel offsets that reach input position ``i`` (no atomics). Programs:
-    batch blocks x (group, input-channel blocks) x input positions, batch fastest."""
-    bn, g, bc, i = _program(tl.cdiv(N, BLOCK_N), tl.cdiv(Cg, BLOCK_C), G)
+    batch blocks x (group, input-channel blocks) x input positions (``P`` here), batch fastest."""
+    bn, g, bc, i, valid = _program(tl.cdiv(N, BLOCK_N), tl.cdiv(Cg, BLOCK_C), G, P)
+    if not valid:
+        return
     i_d, i_h, i_w = _position(i, IH, IW)
 
     n = bn * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -180,15 +183,11 @@ def input_grad_kernel(
             pd = td // SD
             ph = th // SH
             pw = tw // SW
-            p = (pd * OH + ph) * OW + pw
-            if HAS_BANKS:
-                bank = tl.load(bank_ptr + p)
-            else:
-                bank = p
+            bank = _bank(bank_ptr, (pd * OH + ph) * OW + pw, HAS_BANKS)
             if KERNEL_MAJOR:
-                w_base = w_ptr + bank * (G * Og * R) + k * Cg + c.to(tl.int64)[None, :]
+                w_base = w_ptr + bank * G * Og * R + k * Cg + c.to(tl.int64)[None, :]
             else:
-                w_base = w_ptr + bank * (G * Og * R) + k + c.to(tl.int64)[None, :] * (KD * KH * KW)
+                w_base = w_ptr + bank * G * Og * R + k + c.to(tl.int64)[None, :] * (KD * KH * KW)
             gy_pos = gy_rows + pd * sgd + ph * sgh + pw * sgw
             for o0 in range(0, Og, BLOCK_O):
                 o = o0 + tl.arange(0, BLOCK_O)
@@ -203,11 +202,11 @@ def input_grad_kernel(
     tl.store(gx_ptr + gx_offsets, acc.to(gx_ptr.dtype.element_ty), mask=n_ok[:, None] & c_ok[None, :])
 
 
-@_tuned(WEIGHT_GRAD_CONFIGS, key=["N", "Og", "Cg", "R", "G"], reset_to_zero=["gw_ptr"])
+@_tuned("weight_grad", reset_to_zero=["gw_ptr"])
 @triton.jit
 def weight_grad_kernel(
     x_ptr, gy_ptr, bank_ptr, gw_ptr,
-    N, Cg, Og, G, R,
+    N, Cg, Og, G, R, P, N_BUCKET, P_BUCKET,
     ID, IH, IW, OH, OW, KH, KW,
     SD, SH, SW, PD, PH, PW, DD, DH, DW,
     sxn, sxc, sxd, sxh, sxw,
@@ -216,11 +215,14 @@ def weight_grad_kernel(
     ACC: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_O: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
-    """``gw[bank(p), o, r] (+)= sum_n gy[n, o, p] * patch(x)[n, p, r]``. Without banks each
+    """``gw[bank(p), o, r] (+)= sum_n gy[n, o, p] * patch(x)[n, p, r]``, computed transposed as
+    ``(R, N) @ (N, O)`` tiles (the reduction tile is the product's M dimension). Without banks each
     program owns its output tile (plain store); with banks the positions of one bank add into it
     atomically (``gw`` is then a zeroed accumulator in ``ACC``). Programs: reduction blocks x
     (group, output-channel blocks) x positions."""
-    br, g, bo, p = _program(tl.cdiv(R, BLOCK_R), tl.cdiv(Og, BLOCK_O), G)
+    br, g, bo, p, valid = _program(tl.cdiv(R, BLOCK_R), tl.cdiv(Og, BLOCK_O), G, P)
+    if not valid:
+        return
     pd, ph, pw = _position(p, OH, OW)
 
     r = br * BLOCK_R + tl.arange(0, BLOCK_R)
@@ -228,21 +230,18 @@ def weight_grad_kernel(
     o_ok = bo * BLOCK_O + tl.arange(0, BLOCK_O) < Og
     offsets, inside = _patch_offsets(r, R, Cg, KH, KW, pd, ph, pw, SD, SH, SW, PD, PH, PW, DD, DH, DW,
                                      ID, IH, IW, sxc, sxd, sxh, sxw, g * Cg, KERNEL_MAJOR)
-    gy_cols = gy_ptr + o.to(tl.int64)[:, None] * sgc + pd * sgd + ph * sgh + pw * sgw
-    acc = tl.zeros((BLOCK_O, BLOCK_R), dtype=ACC)
+    gy_cols = gy_ptr + o.to(tl.int64)[None, :] * sgc + pd * sgd + ph * sgh + pw * sgw
+    acc = tl.zeros((BLOCK_R, BLOCK_O), dtype=ACC)
     for n0 in range(0, N, BLOCK_N):
         n = n0 + tl.arange(0, BLOCK_N)
         n_ok = n < N
-        grads = tl.load(gy_cols + n.to(tl.int64)[None, :] * sgn, mask=o_ok[:, None] & n_ok[None, :], other=0.0)
-        patches = tl.load(x_ptr + n.to(tl.int64)[:, None] * sxn + offsets[None, :],
-                          mask=n_ok[:, None] & inside[None, :], other=0.0)
-        acc = _dot(grads, patches, acc, UPCAST, PRECISION)
-    if HAS_BANKS:
-        bank = tl.load(bank_ptr + p)
-    else:
-        bank = p
-    gw_offsets = bank * (G * Og * R) + o.to(tl.int64)[:, None] * R + r[None, :]
-    mask = o_ok[:, None] & (r < R)[None, :]
+        patches = tl.load(x_ptr + offsets[:, None] + n.to(tl.int64)[None, :] * sxn,
+                          mask=inside[:, None] & n_ok[None, :], other=0.0)
+        grads = tl.load(gy_cols + n.to(tl.int64)[:, None] * sgn, mask=n_ok[:, None] & o_ok[None, :], other=0.0)
+        acc = _dot(patches, grads, acc, UPCAST, PRECISION)
+    bank = _bank(bank_ptr, p, HAS_BANKS)
+    gw_offsets = bank * G * Og * R + o.to(tl.int64)[None, :] * R + r[:, None]
+    mask = (r < R)[:, None] & o_ok[None, :]
     if HAS_BANKS:
         tl.atomic_add(gw_ptr + gw_offsets, acc, mask=mask)
     else:

@@ -4,7 +4,8 @@ The output grid is processed in blocks of rows (of its first dimension). For eac
 patches are gathered from one strided view of the channels-last, zero-padded input into a bounded
 buffer ``(positions * groups, batch, kernel_volume * channels_per_group)``, and one batched matmul
 per block multiplies them with the block's filters. The full patch tensor (``F.unfold``) is never
-built: transient memory is bounded by ``BLOCK_ELEMENTS`` whatever the layer size.
+built: transient memory is bounded by the block budget (:mod:`unshared.backends.blocks`: cache-sized on a
+CPU, large on a GPU) whatever the layer size.
 
 The three bilinear operations of the layer are computed here; :mod:`unshared.backends.ops`
 makes them one differentiable operator (each one's derivatives are the other two):
@@ -13,8 +14,8 @@ makes them one differentiable operator (each one's derivatives are the other two
 - ``input_grad(gy, w)``: its adjoint in ``x`` (gradient w.r.t. the input);
 - ``weight_grad(x, gy)``: its adjoint in ``w`` (gradient w.r.t. the weight).
 
-With weight sharing (``banks``: the filter bank of each output position) each block of positions
-gathers its filters from the banks, and the weight gradient adds each block into the banks.
+With weight sharing (``geometry.banks``) each block of positions gathers its filters from the
+banks, and the weight gradient adds each block into the banks.
 Non-zero padding modes are applied by the caller (``F.pad``); here padding means zeros.
 Half-precision inputs are gathered into float32 buffers: products and sums happen in float32.
 """
@@ -25,16 +26,10 @@ import math
 
 import torch
 
-from .._utils import Geometry, empty_buffer, empty_weight, memory_format_of, weight_memory
-
-#: Upper bound on the elements of one gathered patch block (8 MiB in float32): small enough to
-#: stay in cache between the gather and the matmul that reads it. Measured at DeepFace L4, batch
-#: 64, weight gradient: 219 ms with 17 MiB blocks, 142 ms with 9 MiB, 194 ms with 4 MiB.
-#: The input gradient uses 8x larger blocks: each block costs one addition per kernel offset, and
-#: larger blocks amortise that per-operation overhead (at the same shape: 4455 additions and
-#: 390 ms with one output row per block, against 1100 additions and 300 ms with four).
-BLOCK_ELEMENTS = 1 << 21
-INPUT_GRAD_BLOCK_FACTOR = 8
+from .._utils import Geometry, empty_weight, flat_bank_index, memory_format_of, weight_memory
+from .blocks import block_plan, budget
+from .buffers import empty_buffer
+from .settings import current_settings
 
 
 def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -100,11 +95,6 @@ class _WeightBlocks:
         return block
 
 
-def _most_positions(g: Geometry, n: int) -> int:
-    """Positions in the largest block of :func:`_blocks` (at the default budget)."""
-    return max(p1 - p0 for _, _, p0, p1, _, _ in _blocks(g, n))
-
-
 def _padded_input(x: torch.Tensor, g: Geometry) -> torch.Tensor:
     """``x`` zero-padded, as an ``(N, C, *padded)`` view whose channel stride is 1."""
     if all(lo == hi == 0 for lo, hi in g.padding) and x.stride(1) == 1:
@@ -151,25 +141,6 @@ def _window_view(xp: torch.Tensor, g: Geometry, r0: int, r1: int, offset=None) -
     return xp.as_strided(size, strides, start)
 
 
-def _blocks(g: Geometry, n: int, factor: int = 1):
-    """Split the work into blocks whose patch buffer fits ``factor * BLOCK_ELEMENTS``: runs of
-    output rows (first output dimension) and, when a single row is too large, batch slices.
-    Yields ``(row0, row1, position0, position1, batch0, batch1)``; batch slices of one row run
-    consecutively."""
-    budget = factor * BLOCK_ELEMENTS
-    row_positions = math.prod(g.output_size[1:])
-    per_sample_row = max(row_positions * g.in_channels * g.kernel_volume, 1)
-    if per_sample_row * n <= budget:
-        rows, batch = max(1, min(g.output_size[0], budget // (per_sample_row * max(n, 1)))), n
-    else:
-        chunks = -(-n // max(1, budget // per_sample_row))
-        rows, batch = 1, -(-n // chunks)
-    for r0 in range(0, g.output_size[0], rows):
-        r1 = min(r0 + rows, g.output_size[0])
-        for n0 in range(0, n, batch):
-            yield r0, r1, r0 * row_positions, r1 * row_positions, n0, min(n0 + batch, n)
-
-
 def _gather(xp, g, r0, r1, buf):
     """Copy the patches of rows ``r0:r1`` of ``xp`` into ``buf`` as ``(positions*groups, N, R)``,
     ``R`` kernel-major."""
@@ -179,10 +150,18 @@ def _gather(xp, g, r0, r1, buf):
     return block.view(-1, xp.shape[0], g.kernel_volume * (g.in_channels // g.groups))
 
 
-def _patch_buffer(g: Geometry, n: int, dtype, device, factor: int = 1) -> torch.Tensor:
-    r0, r1, _, _, n0, n1 = next(_blocks(g, n, factor))
-    numel = (r1 - r0) * math.prod(g.output_size[1:]) * g.in_channels * g.kernel_volume * (n1 - n0)
-    return empty_buffer((numel,), dtype=dtype, device=device)
+def _plan(g: Geometry, n: int, device: torch.device, input_grad: bool = False):
+    """The blocks of this call, and the elements of the largest block's patch buffer."""
+    plan = block_plan(g, n, budget(device.type, current_settings(), input_grad))
+    row_elements = math.prod(g.output_size[1:]) * g.in_channels * g.kernel_volume
+    return plan, max((b.row1 - b.row0) * (b.batch1 - b.batch0) for b in plan) * row_elements
+
+
+def _weight_blocks(ws: torch.Tensor, g: Geometry, kernel_major: bool, n: int) -> _WeightBlocks:
+    """The filters by blocks, in pieces of at most the positions of one forward block (cache-sized)."""
+    plan, _ = _plan(g, n, ws.device)
+    piece = max(b.position1 - b.position0 for b in plan)
+    return _WeightBlocks(ws, g, kernel_major, flat_bank_index(g, ws.device), piece)
 
 
 def can_run(x: torch.Tensor, w: torch.Tensor, g: Geometry) -> str | None:
@@ -192,7 +171,7 @@ def can_run(x: torch.Tensor, w: torch.Tensor, g: Geometry) -> str | None:
 
 # ----------------------------------------------------------------------------- the three operations
 
-def forward(x: torch.Tensor, w: torch.Tensor, g: Geometry, banks: torch.Tensor | None = None) -> torch.Tensor:
+def forward(x: torch.Tensor, w: torch.Tensor, g: Geometry) -> torch.Tensor:
     """``(N, C, *input_size)``, public weight -> ``(N, O, *output_size)``."""
     n = x.shape[0]
     cdt = _compute_dtype(x.dtype)
@@ -203,9 +182,10 @@ def forward(x: torch.Tensor, w: torch.Tensor, g: Geometry, banks: torch.Tensor |
     ws, kernel_major = _weight_matrix(w, g)
     xp = _padded_input(x, g)
     out = empty_buffer((g.positions, g.groups, n, og), dtype=cdt, device=x.device)
-    buf = _patch_buffer(g, n, cdt, x.device)
-    weight_blocks = _WeightBlocks(ws, g, kernel_major, banks, _most_positions(g, n))
-    for r0, r1, p0, p1, n0, n1 in _blocks(g, n):
+    plan, buf_elements = _plan(g, n, x.device)
+    buf = empty_buffer((buf_elements,), dtype=cdt, device=x.device)
+    weight_blocks = _weight_blocks(ws, g, kernel_major, n)
+    for r0, r1, p0, p1, n0, n1 in plan:
         patches = _gather(xp[n0:n1], g, r0, r1, buf)
         ((_, _, wc),) = weight_blocks.pieces(p0, p1, cdt)  # blocks are at most one piece
         if n1 - n0 == n:
@@ -218,17 +198,13 @@ def forward(x: torch.Tensor, w: torch.Tensor, g: Geometry, banks: torch.Tensor |
     return result.copy_(y)
 
 
-#: From this batch size on, the input gradient keeps the batch innermost (see lc_input_grad).
-BATCH_INNER_FROM = 32
-
-
 def input_grad(gy: torch.Tensor, w: torch.Tensor, g: Geometry,
-               memory_format: torch.memory_format = torch.contiguous_format,
-               banks: torch.Tensor | None = None) -> torch.Tensor:
+               memory_format: torch.memory_format = torch.contiguous_format) -> torch.Tensor:
     """Adjoint in the input: ``(N, O, *output_size)`` -> ``(N, C, *input_size)``.
 
     Per block, one bmm gives every patch's gradient, then each kernel offset adds its slice into a
-    padded gradient buffer. Two orientations, chosen by batch size (measured at DeepFace L4):
+    padded gradient buffer. Two orientations, chosen by batch size (``batch_inner_from`` in
+    :mod:`unshared.backends.settings`; measured at DeepFace L4):
     small batches multiply ``(N, O) @ (O, R)`` and add into a ``(*padded, N, C)`` buffer (batch 8:
     52 ms against 115 ms); large batches multiply ``(R, O) @ (O, N)`` and add into
     ``(*padded, C, N)``, where both sides of every addition are contiguous ``C * N`` runs
@@ -240,7 +216,7 @@ def input_grad(gy: torch.Tensor, w: torch.Tensor, g: Geometry,
     if n == 0:
         return torch.empty((0, g.in_channels, *g.input_size), dtype=gy.dtype, device=gy.device,
                            memory_format=memory_format)
-    batch_inner = n >= BATCH_INNER_FROM
+    batch_inner = n >= current_settings().batch_inner_from
     ws, kernel_major = _weight_matrix(w, g)
     r = ws.shape[-1]
     gyp = _position_major(gy, g, cdt, batch_last=batch_inner)  # (P, G, Og, N) or (P, G, N, Og)
@@ -250,9 +226,10 @@ def input_grad(gy: torch.Tensor, w: torch.Tensor, g: Geometry,
     else:
         gxp = empty_buffer((*g.padded_size, n, g.in_channels), dtype=cdt, device=gy.device, zero=True)
         gxp_nc = gxp.movedim(-2, 0).movedim(-1, 1)
-    buf = _patch_buffer(g, n, cdt, gy.device, INPUT_GRAD_BLOCK_FACTOR)
-    weight_blocks = _WeightBlocks(ws, g, kernel_major, banks, _most_positions(g, n))
-    for r0, r1, p0, p1, n0, n1 in _blocks(g, n, INPUT_GRAD_BLOCK_FACTOR):
+    plan, buf_elements = _plan(g, n, gy.device, input_grad=True)
+    buf = empty_buffer((buf_elements,), dtype=cdt, device=gy.device)
+    weight_blocks = _weight_blocks(ws, g, kernel_major, n)
+    for r0, r1, p0, p1, n0, n1 in plan:
         nb = n1 - n0
         block = (r1 - r0, *g.output_size[1:], g.groups)
         grads = gyp[p0:p1, :, :, n0:n1].reshape(-1, og, nb) if batch_inner else \
@@ -277,8 +254,7 @@ def input_grad(gy: torch.Tensor, w: torch.Tensor, g: Geometry,
     return gx.copy_(gxp_nc[interior])
 
 
-def weight_grad(x: torch.Tensor, gy: torch.Tensor, g: Geometry, banks: torch.Tensor | None = None,
-                kernel_major: bool = True) -> torch.Tensor:
+def weight_grad(x: torch.Tensor, gy: torch.Tensor, g: Geometry, kernel_major: bool = True) -> torch.Tensor:
     """Adjoint in the weight: ``x``, ``(N, O, *output_size)`` -> public-shaped weight gradient,
     laid out kernel-major or channel-major (as the weight it is the gradient of).
 
@@ -290,7 +266,8 @@ def weight_grad(x: torch.Tensor, gy: torch.Tensor, g: Geometry, banks: torch.Ten
     og, cg = g.out_channels // g.groups, g.in_channels // g.groups
     public_shape = (*g.weight_leading, g.out_channels, cg, *g.kernel_size)
     gw = empty_weight(public_shape, g.ndim, kernel_major=kernel_major, dtype=x.dtype, device=x.device,
-                      buffer=True)
+                      allocate=empty_buffer)
+    banks = flat_bank_index(g, x.device)
     if n == 0 or banks is not None:
         gw.zero_()
     if n == 0:
@@ -298,12 +275,13 @@ def weight_grad(x: torch.Tensor, gy: torch.Tensor, g: Geometry, banks: torch.Ten
     gws, kernel_major = _weight_matrix(gw, g)  # a view
     gyp = _position_major(gy, g, cdt)
     xp = _padded_input(x, g)
-    buf = _patch_buffer(g, n, cdt, x.device)
+    plan, buf_elements = _plan(g, n, x.device)
+    buf = empty_buffer((buf_elements,), dtype=cdt, device=x.device)
     # the patches are kernel-major: write (and accumulate) straight into a kernel-major result
     direct = cdt == gw.dtype and banks is None and kernel_major
     # shared banks sum many positions: in float32 for half precision, cast once at the end
     bank_sums = gws if banks is None or cdt == gw.dtype else torch.zeros(gws.shape, dtype=cdt, device=x.device)
-    for r0, r1, p0, p1, n0, n1 in _blocks(g, n):
+    for r0, r1, p0, p1, n0, n1 in plan:
         patches = _gather(xp[n0:n1], g, r0, r1, buf)
         grads = gyp[p0:p1, :, n0:n1].reshape(-1, n1 - n0, og).transpose(1, 2)
         if direct:

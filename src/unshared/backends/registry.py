@@ -1,0 +1,17 @@
+"""The backends by name. Each module provides ``can_run(x, w, geometry) -> str | None`` (``None``
+when it can compute the call, else the reason) and ``forward(x, w, geometry)``; backends run as
+the custom operator (:mod:`.ops`) also provide ``input_grad`` and ``weight_grad``; those made of
+standard differentiable operators set ``STANDARD_OPERATORS = True``."""
+from __future__ import annotations
+
+from . import composite, conv, pytorch, triton
+
+BACKENDS = {"torch": pytorch, "triton": triton, "composite": composite, "conv": conv}
+
+__all__ = ["BACKENDS", "check_backend_name"]
+
+
+def check_backend_name(backend, name: str = "backend") -> str:
+    if backend != "auto" and backend not in BACKENDS:
+        raise ValueError(f"{name} must be 'auto' or one of {tuple(BACKENDS)}, got {name}={backend!r}")
+    return backend

@@ -1,0 +1,78 @@
+"""Tunable numbers of the backends, read at call time, changed with a context manager.
+
+The defaults were measured (the comments say where); override them for one block of code, for
+example to test a code path on small shapes or to try another block size::
+
+    from unshared.backends import settings
+    with settings(block_elements=1 << 16):
+        y = layer(x)
+
+Overrides live in a :class:`contextvars.ContextVar`: they apply to the calling thread (and its
+``asyncio`` tasks) only, so threads never see each other's settings, and nothing global is patched.
+"""
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import dataclasses
+from dataclasses import dataclass
+
+__all__ = ["Settings", "settings", "current_settings"]
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The backends' tunables (see :func:`settings`)."""
+
+    #: Elements of one gathered patch block of the PyTorch backend; ``None``: by device (see
+    #: :func:`unshared.backends.blocks.default_block_elements`).
+    block_elements: int | None = None
+    #: The PyTorch backend's input gradient uses blocks this many times larger: each block costs one
+    #: addition per kernel offset, and larger blocks amortise that overhead (DeepFace L4, batch 64,
+    #: 2-core CPU: 4455 additions and 390 ms with one output row per block, 1100 and 300 ms with four).
+    input_grad_block_factor: int = 8
+    #: From this batch size on, the PyTorch backend's input gradient keeps the batch innermost
+    #: (DeepFace L4, 2-core CPU: batch 8, 52 ms batch-outer against 115 ms; batch 64, 236 ms
+    #: batch-inner against 302 ms).
+    batch_inner_from: int = 32
+    #: CPU buffers at least this large are mapped with transparent huge pages; smaller ones are left
+    #: to malloc, which reuses freed heap memory without new page faults (a 30 MiB weight gradient:
+    #: 5.4 ms from the heap, 13.7 ms mapped).
+    huge_page_bytes: int = 64 << 20
+    #: With shared filter banks, ``backend="auto"`` runs one convolution per bank when banks hold
+    #: at least this many positions on average (fwd+bwd at DeepFace L4, batch 8, 2-core CPU,
+    #: 2026-11-22: 25 banks of 121 positions, 142 ms by convolutions against 190 ms by the locally
+    #: connected kernel; 121 banks of 25 positions, 505 ms against 213 ms).
+    min_positions_per_conv: int = 64
+
+    def __post_init__(self):
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            if value is None and field.name == "block_elements":
+                continue
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ValueError(f"settings: {field.name} must be a non-negative int, got {field.name}={value!r}")
+        for name in ("block_elements", "input_grad_block_factor"):
+            if getattr(self, name) == 0:
+                raise ValueError(f"settings: {name} must be positive, got {name}=0")
+
+
+_CURRENT: contextvars.ContextVar[Settings] = contextvars.ContextVar("unshared_settings", default=Settings())
+
+
+def current_settings() -> Settings:
+    """The settings in effect in this thread."""
+    return _CURRENT.get()
+
+
+@contextlib.contextmanager
+def settings(**overrides):
+    """Override some of :class:`Settings` inside a ``with`` block (this thread only).
+
+    Unknown names raise ``TypeError``; invalid values ``ValueError``.
+    """
+    token = _CURRENT.set(dataclasses.replace(_CURRENT.get(), **overrides))
+    try:
+        yield _CURRENT.get()
+    finally:
+        _CURRENT.reset(token)
