@@ -1,12 +1,9 @@
-"""Parameter arithmetic (checked against real modules on the meta device), the CLI, equivariance."""
-import subprocess
-import sys
-
+"""Parameter arithmetic (checked against real modules on the meta device), equivariance.
+The ``unshared params`` command is tested in test_cli.py."""
 import pytest
 import torch
 
 import unshared
-from unshared import cli
 from unshared.costs import layer_costs
 
 
@@ -58,40 +55,6 @@ def test_seed_figures_exactly():
     fc, lc, conv = layer_costs((3, 3), 1, 4, 2)
     assert (fc.parameters, conv.parameters) == (144, 16)
     assert layer_costs((3, 3), 1, 4, 3)[-1].parameters == 36
-
-
-def test_cli_params_prints_seed_figures(capsys):
-    assert cli.main(["params"]) == 0
-    out = capsys.readouterr().out
-    for figure in ("1,000,000,000,000", "100,000,000", "98,406,400", "6,400", "144", "source figure 36"):
-        assert figure in out
-    assert "MISMATCH" not in out
-
-
-def test_cli_params_for_a_layer(capsys):
-    cli.main(["params", "--input-size", "63x63", "--in-channels", "16", "--out-channels", "16",
-              "--kernel-size", "9", "--tile-size", "5", "--rank", "4"])
-    out = capsys.readouterr().out
-    assert "62,726,400" in out and "tiled" in out and "low-rank" in out and "20,736" in out
-
-
-@pytest.mark.parametrize("argv,message", [
-    (["params", "--input-size", "5", "--kernel-size", "9"], "kernel larger than the padded input"),
-    (["params", "--input-size", "abc"], "expected integers like 63"),
-    (["params", "--input-size", "8", "--in-channels", "3", "--groups", "2"], "in_channels must be divisible by groups"),
-    (["frobnicate"], "invalid choice"),
-    ([], "required"),
-])
-def test_cli_bad_arguments_exit_nonzero(argv, message, capsys):
-    with pytest.raises(SystemExit) as exit_info:
-        cli.main(argv)
-    assert exit_info.value.code == 2
-    assert message in capsys.readouterr().err
-
-
-def test_python_dash_m_runs():
-    result = subprocess.run([sys.executable, "-m", "unshared", "params"], capture_output=True, text=True)
-    assert result.returncode == 0 and "1,000,000,000,000" in result.stdout
 
 
 @pytest.mark.parametrize("stride,padding", [(1, 0), (1, "same"), (2, 1)])

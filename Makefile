@@ -1,0 +1,43 @@
+# Two commands from a fresh clone: `make demo` and `make test`. Both set up a virtual environment
+# in .venv first (PyTorch's pinned build, then this project, editable, with an extra); the stamp
+# files make the second run skip what is already installed, until pyproject.toml changes.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+TORCH := torch==2.13.0
+
+.PHONY: demo demo-quick test figures clean
+
+demo: $(VENV)/demo.stamp
+	$(BIN)/unshared demo
+
+demo-quick: $(VENV)/demo.stamp
+	$(BIN)/unshared demo --quick
+
+# The README's test command, in the virtual environment.
+test: $(VENV)/test.stamp
+	$(BIN)/python -m pytest -q
+
+# The README's demo table and figures: one recorded run of the full demo.
+figures: $(VENV)/demo.stamp
+	$(BIN)/unshared demo --output docs --no-progress
+
+# PyTorch goes in first, pinned: on a CPU-only machine its index resolves to the CPU build,
+# and the project's `torch>=2.4` is then already satisfied, so no CUDA wheels are pulled.
+$(VENV)/torch.stamp:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q $(TORCH)
+	touch $@
+
+$(VENV)/demo.stamp: pyproject.toml $(VENV)/torch.stamp
+	$(BIN)/python -m pip install -q -e ".[demo]"
+	touch $@
+
+# The test extra includes the demo extra, so it satisfies the demo too.
+$(VENV)/test.stamp: pyproject.toml $(VENV)/torch.stamp
+	$(BIN)/python -m pip install -q -e ".[test]"
+	touch $@ $(VENV)/demo.stamp
+
+clean:
+	rm -rf $(VENV) unshared-demo src/*.egg-info
