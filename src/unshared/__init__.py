@@ -1,7 +1,7 @@
 """unshared: locally connected layers (convolutions with unshared weights) for PyTorch."""
 from . import functional, interop, models
 from .analysis import translation_equivariance_error
-from .conversions import ConvConversion, from_conv, from_linear, to_conv, to_linear
+from .conversions import ConvConversion, from_conv, from_conv_transpose, from_linear, to_conv, to_linear
 from .costs import LayerCost, layer_costs
 from .lowrank import LowRankLocallyConnected1d, LowRankLocallyConnected2d, LowRankLocallyConnected3d
 from .modules import (
@@ -20,6 +20,14 @@ from .sharing import (
     TiledLocallyConnected2d,
     TiledLocallyConnected3d,
 )
+from .transposed import (
+    LazyLocallyConnectedTranspose1d,
+    LazyLocallyConnectedTranspose2d,
+    LazyLocallyConnectedTranspose3d,
+    LocallyConnectedTranspose1d,
+    LocallyConnectedTranspose2d,
+    LocallyConnectedTranspose3d,
+)
 from .tying import share_weights_, untie
 
 __version__ = "0.1.0"
@@ -30,7 +38,9 @@ __all__ = [
     "TiledLocallyConnected1d", "TiledLocallyConnected2d", "TiledLocallyConnected3d",
     "RegionLocallyConnected1d", "RegionLocallyConnected2d", "RegionLocallyConnected3d",
     "LowRankLocallyConnected1d", "LowRankLocallyConnected2d", "LowRankLocallyConnected3d",
-    "from_conv", "to_conv", "to_linear", "from_linear", "ConvConversion", "untie", "share_weights_",
+    "LocallyConnectedTranspose1d", "LocallyConnectedTranspose2d", "LocallyConnectedTranspose3d",
+    "LazyLocallyConnectedTranspose1d", "LazyLocallyConnectedTranspose2d", "LazyLocallyConnectedTranspose3d",
+    "from_conv", "from_conv_transpose", "to_conv", "to_linear", "from_linear", "ConvConversion", "untie", "share_weights_",
     "layer_costs", "LayerCost", "translation_equivariance_error",
     "functional", "interop", "models", "__version__",
 ]

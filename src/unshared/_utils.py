@@ -98,6 +98,12 @@ def output_size(input_size, kernel_size, stride, padding, dilation) -> tuple[int
     return tuple(out)
 
 
+def transposed_output_size(input_size, kernel_size, stride, padding, output_padding, dilation) -> tuple[int, ...]:
+    """``(i - 1) * s - 2 * p + d * (k - 1) + output_padding + 1`` per dimension (``nn.ConvTranspose``)."""
+    return tuple((i - 1) * s - 2 * p + d * (k - 1) + op + 1
+                 for i, k, s, p, op, d in zip(input_size, kernel_size, stride, padding, output_padding, dilation))
+
+
 def check_padding_mode(padding_mode: str) -> str:
     if padding_mode not in PADDING_MODES:
         raise ValueError(f"padding_mode must be one of {PADDING_MODES}, got padding_mode={padding_mode!r}")
@@ -111,6 +117,33 @@ def check_groups(in_channels: int, out_channels: int, groups: int) -> None:
         raise ValueError(f"in_channels must be divisible by groups, got {in_channels=}, {groups=}")
     if out_channels % groups:
         raise ValueError(f"out_channels must be divisible by groups, got {out_channels=}, {groups=}")
+
+
+def check_channels(name: str, in_channels, out_channels, lazy: bool = False) -> None:
+    """Channel counts are positive ints (a lazy layer's ``in_channels`` is 0 until its first input)."""
+    for arg, value in (("in_channels", in_channels), ("out_channels", out_channels)):
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise TypeError(f"{name}: {arg} must be an int, got {value!r}")
+        if value <= 0 and not (lazy and arg == "in_channels"):
+            raise ValueError(f"{name}: {arg} must be positive, got {arg}={value}")
+
+
+def check_layer_input(name: str, input, nd: int, in_channels: int, input_size) -> None:
+    """A layer's own sizes, named when the input does not fit (the functional form checks the rest)."""
+    if isinstance(input, torch.Tensor) and input.dim() in (nd + 1, nd + 2):
+        spatial, channels = tuple(input.shape[-nd:]), input.shape[-nd - 1]
+        if channels != in_channels:
+            raise ValueError(f"{name}: expected {in_channels} input channels, got {channels} in input of shape "
+                             f"{tuple(input.shape)}")
+        if spatial != input_size:
+            raise ValueError(f"{name}: built for input_size={input_size}, got input of spatial size {spatial}")
+
+
+def dimension_names(nd: int) -> dict[str, str]:
+    """Docstring fragments: ``dims`` (``H_in, W_in``), ``odims`` and ``kdims`` for ``nd`` dimensions."""
+    letters = ["D", "H", "W"][3 - nd:]
+    return dict(dims=", ".join(f"{l}_in" for l in letters), odims=", ".join(f"{l}_out" for l in letters),
+                kdims=", ".join(f"k{l}" for l in letters))
 
 
 def fan_in(in_channels: int, groups: int, kernel_size) -> int:

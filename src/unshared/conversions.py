@@ -17,8 +17,9 @@ from torch.nn.modules.lazy import LazyModuleMixin
 
 from . import _utils as U
 from .modules import LOCALLY_CONNECTED, LocallyConnectedNd
+from .transposed import LOCALLY_CONNECTED_TRANSPOSE
 
-__all__ = ["from_conv", "to_conv", "to_linear", "from_linear", "ConvConversion"]
+__all__ = ["from_conv", "from_conv_transpose", "to_conv", "to_linear", "from_linear", "ConvConversion"]
 
 #: Largest dense matrix (elements) that :func:`to_linear` builds unless told otherwise.
 MAX_DENSE_ELEMENTS = 1 << 26
@@ -43,10 +44,30 @@ def from_conv(conv: nn.Module, input_size, *, shared_bias: bool = False) -> Loca
         raise TypeError(f"from_conv expects nn.Conv1d/2d/3d, got {type(conv).__name__}")
     w = conv.weight
     layer = LOCALLY_CONNECTED[nd](conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
-                       conv.dilation, conv.groups, conv.bias is not None, conv.padding_mode,
-                       device=w.device, dtype=w.dtype, input_size=input_size, shared_bias=shared_bias)
+                                  conv.dilation, conv.groups, conv.bias is not None, conv.padding_mode,
+                                  device=w.device, dtype=w.dtype, input_size=input_size, shared_bias=shared_bias)
+    return _copy_shared(layer, conv)
+
+
+def from_conv_transpose(conv: nn.Module, input_size, *, shared_bias: bool = False):
+    """The ``LocallyConnectedTranspose{1,2,3}d`` that computes exactly what the ``nn.ConvTranspose``
+    ``conv`` computes on inputs of ``input_size`` (the output size it would give is fixed then):
+    every input position's filters (and the bias) start as copies of the conv's."""
+    nd = next((n for n, cls in U.CONV_TRANSPOSE_MODULES.items() if type(conv) is cls), None)
+    if nd is None:
+        raise TypeError(f"from_conv_transpose expects nn.ConvTranspose1d/2d/3d, got {type(conv).__name__}")
+    w = conv.weight
+    layer = LOCALLY_CONNECTED_TRANSPOSE[nd](
+        conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, conv.output_padding,
+        conv.groups, conv.bias is not None, conv.dilation, conv.padding_mode, device=w.device, dtype=w.dtype,
+        input_size=input_size, shared_bias=shared_bias)
+    return _copy_shared(layer, conv)
+
+
+def _copy_shared(layer, conv):
+    """Copy the conv's one filter bank (and bias) to every position of ``layer``."""
     with torch.no_grad():
-        layer.weight.copy_(w.expand_as(layer.weight))
+        layer.weight.copy_(conv.weight.expand_as(layer.weight))
         if conv.bias is not None:
             layer.bias.copy_(conv.bias.view(-1, *(1,) * (layer.bias.dim() - 1)).expand_as(layer.bias))
     return layer

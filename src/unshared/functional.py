@@ -14,7 +14,8 @@ from . import _utils as U
 from .backends import BACKENDS, check_backend_name, choose_backend, ops
 
 __all__ = ["locally_connected", "locally_connected1d", "locally_connected2d", "locally_connected3d",
-           "low_rank_locally_connected"]
+           "locally_connected_transpose", "locally_connected_transpose1d", "locally_connected_transpose2d",
+           "locally_connected_transpose3d", "low_rank_locally_connected"]
 
 _WEIGHT_LAYOUT = "*output_size, out_channels, in_channels // groups, *kernel_size"
 
@@ -107,6 +108,108 @@ def low_rank_locally_connected(input: Tensor, basis: Tensor, combining_weights: 
     return _finish(y, bias, call.unbatched)
 
 
+def _transpose(nd: int, input, weight, bias, stride, padding, output_padding, groups, dilation, backend,
+               name: str) -> Tensor:
+    input, weight, bias = C.autocast(input, weight, bias)
+    C.check_tensors(name, nd, input, {"weight": weight, "bias": bias}, 2 * nd + 2,
+                    "*input_size, in_channels, out_channels // groups, *kernel_size")
+    grid, in_channels = tuple(weight.shape[:nd]), weight.shape[nd]
+    kernel_size = tuple(weight.shape[nd + 2:])
+    stride = U.positive(U.ntuple(stride, nd, "stride"), "stride")
+    dilation = U.positive(U.ntuple(dilation, nd, "dilation"), "dilation")
+    padding = U.ntuple(padding, nd, "padding")
+    output_padding = U.ntuple(output_padding, nd, "output_padding")
+    if any(p < 0 for p in padding) or any(p < 0 for p in output_padding):
+        raise ValueError(f"{name}: padding and output_padding must be non-negative, got {padding=}, {output_padding=}")
+    if any(op >= max(s, d) for op, s, d in zip(output_padding, stride, dilation)):
+        raise ValueError(f"{name}: output_padding must be smaller than stride or dilation, got "
+                         f"{output_padding=}, {stride=}, {dilation=}")
+    out_size = U.transposed_output_size(grid, kernel_size, stride, padding, output_padding, dilation)
+    if any(o <= 0 for o in out_size):
+        raise ValueError(f"{name}: the output size {out_size} is not positive ({padding=} too large)")
+    unbatched = input.dim() == nd + 1
+    x = input.unsqueeze(0) if unbatched else input
+    if tuple(x.shape[2:]) != grid:
+        raise ValueError(f"{name}: weight was made for input size {grid}, got input of spatial size "
+                         f"{tuple(x.shape[2:])}")
+    if x.shape[1] != in_channels:
+        raise ValueError(f"{name}: expected input with {in_channels} channels (the weight's), got {x.shape[1]} "
+                         f"channels in input of shape {tuple(input.shape)}")
+    if not isinstance(groups, int) or isinstance(groups, bool) or groups <= 0:
+        raise ValueError(f"{name}: groups must be a positive int, got groups={groups!r}")
+    out_channels = weight.shape[nd + 1] * groups
+    U.check_groups(in_channels, out_channels, groups)
+    C.check_bias(name, bias, out_channels, out_size)
+    # the adjoint of the locally connected layer from the output back to this input grid
+    g = U.Geometry(out_size, grid, kernel_size, stride, tuple((p, p) for p in padding), dilation, groups,
+                   out_channels, in_channels)
+    y = ops.locally_connected_transpose(x, weight, g, choose_backend(x, weight, g, backend))
+    return _finish(y, bias, unbatched)
+
+
+def locally_connected_transpose(input: Tensor, weight: Tensor, bias: Tensor | None = None, stride=1, padding=0,
+                                output_padding=0, groups: int = 1, dilation=1, *, backend: str = "auto") -> Tensor:
+    """:func:`locally_connected_transpose1d`, ``2d`` or ``3d`` by the weight's dimensions
+    (``2 * nd + 2``: ``(*input_size, C_in, C_out // groups, *kernel_size)``)."""
+    if not isinstance(weight, Tensor):
+        raise TypeError(f"locally_connected_transpose: weight must be a Tensor, got {type(weight).__name__}")
+    if weight.dim() not in (4, 6, 8):
+        raise ValueError("locally_connected_transpose: weight must have 4, 6 or 8 dimensions (*input_size, "
+                         f"in_channels, out_channels // groups, *kernel_size), got shape {tuple(weight.shape)}")
+    nd = (weight.dim() - 2) // 2
+    return _transpose(nd, input, weight, bias, stride, padding, output_padding, groups, dilation, backend,
+                      f"locally_connected_transpose{nd}d")
+
+
+_TRANSPOSE_DOC = """Locally connected transposed {nd}d layer: ``conv_transpose{nd}d`` with a separate filter
+    bank at every input position; exactly the adjoint (input gradient) of :func:`locally_connected{nd}d`
+    with the same weight.
+
+    ``out[n, o', q] = bias[o', q] + sum over (p, k) with p*stride + k*dilation - padding = q of
+    sum_c input[n, c, p] * weight[p, c, o' mod (C_out/groups), k]`` (``c`` in ``o'``'s group).
+
+    Args:
+        input: ``(N, C_in, {dims})`` or unbatched ``(C_in, {dims})``; its grid is the weight's.
+        weight: ``({dims}, C_in, C_out // groups, {kdims})``: ``weight[p]`` is the
+            ``nn.ConvTranspose{nd}d`` weight applied at input position ``p``.
+        bias: ``(C_out, {odims})`` (per output position), ``(C_out,)`` (shared) or ``None``.
+        stride, padding, output_padding, groups, dilation: as ``torch.nn.functional.conv_transpose{nd}d``
+            (in its order). ``output_padding`` must be smaller than stride or dilation.
+        backend: as :func:`locally_connected{nd}d` (the transposed layer runs on the input-gradient
+            operation of every backend).
+
+    Returns:
+        ``(N, C_out, {odims})``, ``out_i = (in_i - 1) * stride_i - 2 * padding_i +
+        dilation_i * (kernel_i - 1) + output_padding_i + 1``.
+
+    Example::
+
+        >>> import torch
+        >>> from unshared import functional as UF
+        >>> x = torch.randn(2, 4, {example_in})
+        >>> w = torch.randn({example_in}, 4, 3, {example_k})
+        >>> UF.locally_connected_transpose{nd}d(x, w, stride=2).shape
+        torch.Size([2, 3, {example_out}])
+    """
+
+
+def _make_transpose(nd: int, example_in: str, example_k: str, example_out: str):
+    def fn(input: Tensor, weight: Tensor, bias: Tensor | None = None, stride=1, padding=0, output_padding=0,
+           groups: int = 1, dilation=1, *, backend: str = "auto") -> Tensor:
+        return _transpose(nd, input, weight, bias, stride, padding, output_padding, groups, dilation, backend,
+                          f"locally_connected_transpose{nd}d")
+
+    fn.__name__ = fn.__qualname__ = f"locally_connected_transpose{nd}d"
+    fn.__doc__ = _TRANSPOSE_DOC.format(nd=nd, **U.dimension_names(nd), example_in=example_in, example_k=example_k,
+                                       example_out=example_out)
+    return fn
+
+
+locally_connected_transpose1d = _make_transpose(1, "5", "3", "11")
+locally_connected_transpose2d = _make_transpose(2, "4, 5", "3, 3", "9, 11")
+locally_connected_transpose3d = _make_transpose(3, "2, 3, 2", "2, 2, 2", "4, 6, 4")
+
+
 _DOC = """Locally connected {nd}d layer: a convolution with a separate filter bank per output position.
 
     ``out[n, o, p] = bias[o, p] + sum_{{c, k}} weight[p, o, c, k] * input_padded[n, g*C/G + c, p*stride + k*dilation]``
@@ -157,12 +260,9 @@ def _make(nd: int, example_in: str, example_w: str, example_out: str):
         return _locally_connected(nd, input, weight, bias, stride, padding, dilation, groups, padding_mode,
                                   backend, banks, f"locally_connected{nd}d")
 
-    letters = ["D", "H", "W"][3 - nd:]
     fn.__name__ = fn.__qualname__ = f"locally_connected{nd}d"
-    fn.__doc__ = _DOC.format(
-        nd=nd, dims=", ".join(f"{l}_in" for l in letters), odims=", ".join(f"{l}_out" for l in letters),
-        kdims=", ".join(f"k{l}" for l in letters), example_in=example_in, example_w=example_w,
-        example_out=example_out)
+    fn.__doc__ = _DOC.format(nd=nd, **U.dimension_names(nd), example_in=example_in, example_w=example_w,
+                             example_out=example_out)
     return fn
 
 

@@ -104,8 +104,8 @@ class _LowRankNd(LocallyConnectedNd):
 
 
 def _doc(nd: int) -> str:
-    letters = ["D", "H", "W"][3 - nd:]
-    dims, odims = ", ".join(f"{l}_in" for l in letters), ", ".join(f"{l}_out" for l in letters)
+    names = U.dimension_names(nd)
+    dims, odims = names["dims"], names["odims"]
     size, xsize = {1: ("12", "12"), 2: ("(12, 12)", "12, 12"), 3: ("(6, 6, 6)", "6, 6, 6")}[nd]
     return f"""Low-rank locally connected {nd}d layer (Elsayed et al., ICML 2020): ``rank`` basis filter
     banks, combined with spatially varying weights at every output position.

@@ -16,7 +16,7 @@ from . import functional as UF
 from .backends import check_backend_name
 
 __all__ = [
-    "LOCALLY_CONNECTED", "LocallyConnectedNd", "LocallyConnected1d", "LocallyConnected2d", "LocallyConnected3d",
+    "LOCALLY_CONNECTED", "LocallyConnectedNd", "LazyInitialization", "LocallyConnected1d", "LocallyConnected2d", "LocallyConnected3d",
     "LazyLocallyConnected1d", "LazyLocallyConnected2d", "LazyLocallyConnected3d",
 ]
 
@@ -37,11 +37,7 @@ class LocallyConnectedNd(nn.Module):
         super().__init__()
         nd, name = self._nd, type(self).__name__
         lazy = isinstance(self, LazyModuleMixin)
-        for arg, value in (("in_channels", in_channels), ("out_channels", out_channels)):
-            if not isinstance(value, int) or isinstance(value, bool):
-                raise TypeError(f"{name}: {arg} must be an int, got {value!r}")
-            if value <= 0 and not (lazy and arg == "in_channels"):
-                raise ValueError(f"{name}: {arg} must be positive, got {arg}={value}")
+        U.check_channels(name, in_channels, out_channels, lazy)
         # a lazy layer checks out_channels now (in_channels is not known yet: any multiple works)
         U.check_groups(in_channels if not lazy else groups if isinstance(groups, int) else 1,
                        out_channels, groups)
@@ -124,16 +120,7 @@ class LocallyConnectedNd(nn.Module):
 
     # -- computation ----------------------------------------------------------------------------
     def _check_input(self, input: Tensor) -> None:
-        """Name the layer's own sizes when the input does not fit (the functional form checks the rest)."""
-        nd = self._nd
-        if isinstance(input, Tensor) and input.dim() in (nd + 1, nd + 2):
-            spatial, channels = tuple(input.shape[-nd:]), input.shape[-nd - 1]
-            if channels != self.in_channels:
-                raise ValueError(f"{type(self).__name__}: expected {self.in_channels} input channels, "
-                                 f"got {channels} in input of shape {tuple(input.shape)}")
-            if spatial != self.input_size:
-                raise ValueError(f"{type(self).__name__}: built for input_size={self.input_size}, "
-                                 f"got input of spatial size {spatial}")
+        U.check_layer_input(type(self).__name__, input, self._nd, self.in_channels, self.input_size)
 
     def forward(self, input: Tensor) -> Tensor:
         self._check_input(input)
@@ -160,15 +147,9 @@ class LocallyConnectedNd(nn.Module):
         return s.format(**self.__dict__)
 
 
-class _LazyLocallyConnectedMixin(LazyModuleMixin):
-    """Infers ``in_channels`` and ``input_size`` from the first input."""
-
-    def __init__(self, out_channels: int, kernel_size, stride=1, padding=0, dilation=1,
-                 groups: int = 1, bias: bool = True, padding_mode: str = "zeros", device=None,
-                 dtype=None, *, shared_bias: bool = False, backend: str = "auto") -> None:
-        super().__init__(0, out_channels, kernel_size, stride, padding, dilation, groups, bias,
-                         padding_mode, device, dtype, input_size=None, shared_bias=shared_bias,
-                         backend=backend)
+class LazyInitialization(LazyModuleMixin):
+    """Lazy layers of the family: ``in_channels`` and ``input_size`` from the first input, then
+    the layer's own ``_set_input_size``, ``_weight_shape``, ``_bias_shape`` and ``reset_parameters``."""
 
     def reset_parameters(self) -> None:
         if not self.has_uninitialized_params() and self.in_channels != 0:
@@ -193,10 +174,20 @@ class _LazyLocallyConnectedMixin(LazyModuleMixin):
             self.reset_parameters()
 
 
+class _LazyLocallyConnectedMixin(LazyInitialization):
+    """Takes ``nn.LazyConvNd``'s arguments."""
+
+    def __init__(self, out_channels: int, kernel_size, stride=1, padding=0, dilation=1,
+                 groups: int = 1, bias: bool = True, padding_mode: str = "zeros", device=None,
+                 dtype=None, *, shared_bias: bool = False, backend: str = "auto") -> None:
+        super().__init__(0, out_channels, kernel_size, stride, padding, dilation, groups, bias,
+                         padding_mode, device, dtype, input_size=None, shared_bias=shared_bias,
+                         backend=backend)
+
+
 def _module_doc(nd: int) -> str:
-    letters = ["D", "H", "W"][3 - nd:]
-    dims = ", ".join(f"{l}_in" for l in letters)
-    odims = ", ".join(f"{l}_out" for l in letters)
+    names = U.dimension_names(nd)
+    dims, odims = names["dims"], names["odims"]
     size = {1: "32", 2: "32, 32", 3: "8, 8, 8"}[nd]
     return f"""Locally connected {nd}d layer: ``nn.Conv{nd}d`` with a separate filter bank per output position.
 

@@ -143,8 +143,8 @@ def _region_of(i: int, size: int, parts: int) -> int:
 
 
 def _doc(kind: str, nd: int) -> str:
-    letters = ["D", "H", "W"][3 - nd:]
-    dims, odims = ", ".join(f"{l}_in" for l in letters), ", ".join(f"{l}_out" for l in letters)
+    names = U.dimension_names(nd)
+    dims, odims = names["dims"], names["odims"]
     size, xsize = {1: ("12", "12"), 2: ("(12, 12)", "12, 12"), 3: ("(6, 6, 6)", "6, 6, 6")}[nd]
     if kind == "Tiled":
         arg, value, summary = "tile_size", 2, (

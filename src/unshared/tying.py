@@ -19,6 +19,7 @@ from . import _utils as U
 from . import lowrank, sharing
 from .conversions import from_conv
 from .modules import LOCALLY_CONNECTED
+from .transposed import LOCALLY_CONNECTED_TRANSPOSE
 
 __all__ = ["untie", "share_weights_", "SHAREABLE"]
 
@@ -26,9 +27,9 @@ _CONV_TYPES = tuple(U.CONV_MODULES.values())
 
 #: Layers :func:`share_weights_` accepts: the leading ``_nd`` dimensions of their ``weight`` index
 #: output positions (or filter banks), and a ``bias`` of ``_nd + 1`` dimensions ends with the same
-#: kind of grid. A new layer kind with this layout (the transposed layers, whose weight leads with
-#: the input positions) is registered by adding its classes here.
-SHAREABLE: tuple[type, ...] = (*LOCALLY_CONNECTED.values(), *(
+#: kind of grid (for the transposed layers: input positions, and the output grid for the bias). A
+#: new layer kind with this layout is registered by adding its classes here.
+SHAREABLE: tuple[type, ...] = (*LOCALLY_CONNECTED.values(), *LOCALLY_CONNECTED_TRANSPOSE.values(), *(
     getattr(sharing, f"{kind}LocallyConnected{nd}d") for kind in ("Tiled", "Region") for nd in (1, 2, 3)))
 _LOW_RANK = tuple(getattr(lowrank, f"LowRankLocallyConnected{nd}d") for nd in (1, 2, 3))
 

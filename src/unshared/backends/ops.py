@@ -18,7 +18,7 @@ from .._utils import Geometry, empty_weight, is_kernel_major, memory_format_of
 from . import func, selection
 from .registry import BACKENDS
 
-__all__ = ["locally_connected"]
+__all__ = ["locally_connected", "locally_connected_transpose"]
 
 
 def locally_connected(x: Tensor, weight: Tensor, geometry: Geometry, backend: str) -> Tensor:
@@ -29,6 +29,20 @@ def locally_connected(x: Tensor, weight: Tensor, geometry: Geometry, backend: st
     if func.transforms_active():  # torch.func cannot differentiate the operator itself
         return func.Forward.apply(x, weight, geometry.encode(), backend)
     return torch.ops.unshared.forward(x, weight, geometry.encode(), backend)
+
+
+def locally_connected_transpose(x: Tensor, weight: Tensor, geometry: Geometry, backend: str) -> Tensor:
+    """The adjoint of :func:`locally_connected` in its input: ``(N, O, *output_size)`` ->
+    ``(N, C, *input_size)`` of ``geometry`` (the transposed layer's forward)."""
+    module = BACKENDS.get(backend)
+    channels_last = memory_format_of(x) != torch.contiguous_format
+    if getattr(module, "STANDARD_OPERATORS", False):
+        if not hasattr(module, "input_grad"):
+            raise ValueError(f"backend={backend!r} cannot compute a transposed layer")
+        return module.input_grad(x, weight, geometry, _input_grad_format(channels_last, x.dim()))
+    if func.transforms_active():
+        return func.InputGrad.apply(x, weight, geometry.encode(), backend, channels_last)
+    return torch.ops.unshared.input_grad(x, weight, geometry.encode(), backend, channels_last)
 
 
 def _input_grad_format(channels_last: bool, dim: int) -> torch.memory_format:

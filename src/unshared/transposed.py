@@ -1,0 +1,203 @@
+"""Locally connected transposed layers: ``nn.ConvTranspose`` with a separate filter bank at every
+input position, eager and lazy.
+
+The layer is exactly the adjoint (input gradient) of the locally connected layer with the same
+weight, so it runs on that layer's input-gradient operation, on every backend (no kernels of its
+own), and its gradients are the other two operations. With one filter everywhere it equals
+``nn.ConvTranspose``.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+from torch.nn.modules.lazy import LazyModuleMixin
+from torch.nn.parameter import UninitializedParameter
+
+from . import _utils as U
+from . import functional as UF
+from .backends import check_backend_name
+from .modules import LazyInitialization
+
+__all__ = ["LOCALLY_CONNECTED_TRANSPOSE", "LocallyConnectedTranspose1d", "LocallyConnectedTranspose2d",
+           "LocallyConnectedTranspose3d", "LazyLocallyConnectedTranspose1d", "LazyLocallyConnectedTranspose2d",
+           "LazyLocallyConnectedTranspose3d"]
+
+
+class _LocallyConnectedTransposeNd(nn.Module):
+    """Arguments, parameters, initialisation and checks of ``LocallyConnectedTranspose{1,2,3}d``."""
+
+    _nd: int
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, output_padding=0,
+                 groups: int = 1, bias: bool = True, dilation=1, padding_mode: str = "zeros", device=None,
+                 dtype=None, *, input_size, shared_bias: bool = False, backend: str = "auto") -> None:
+        super().__init__()
+        nd, name = self._nd, type(self).__name__
+        lazy = isinstance(self, LazyModuleMixin)
+        U.check_channels(name, in_channels, out_channels, lazy)
+        U.check_groups(in_channels if not lazy else groups if isinstance(groups, int) else 1, out_channels, groups)
+        if padding_mode != "zeros":
+            raise ValueError(f'{name}: only padding_mode="zeros" is supported (as for nn.ConvTranspose), '
+                             f"got padding_mode={padding_mode!r}")
+        self.in_channels, self.out_channels, self.groups = in_channels, out_channels, groups
+        self.kernel_size = U.positive(U.ntuple(kernel_size, nd, "kernel_size"), "kernel_size")
+        self.stride = U.positive(U.ntuple(stride, nd, "stride"), "stride")
+        self.dilation = U.positive(U.ntuple(dilation, nd, "dilation"), "dilation")
+        self.padding = U.ntuple(padding, nd, "padding")
+        self.output_padding = U.ntuple(output_padding, nd, "output_padding")
+        if any(p < 0 for p in self.padding + self.output_padding):
+            raise ValueError(f"{name}: padding and output_padding must be non-negative, got "
+                             f"padding={self.padding}, output_padding={self.output_padding}")
+        if any(op >= max(s, d) for op, s, d in zip(self.output_padding, self.stride, self.dilation)):
+            raise ValueError(f"{name}: output_padding must be smaller than stride or dilation, got "
+                             f"output_padding={self.output_padding}, stride={self.stride}, dilation={self.dilation}")
+        self.padding_mode, self.shared_bias = padding_mode, bool(shared_bias)
+        self.backend = check_backend_name(backend)
+        self.input_size: tuple[int, ...] | None = None
+        self.output_size: tuple[int, ...] | None = None
+        factory_kwargs = {"device": device, "dtype": dtype}
+        if lazy:
+            self.weight = UninitializedParameter(**factory_kwargs)
+            self.bias = UninitializedParameter(**factory_kwargs) if bias else None
+            return
+        if input_size is None:
+            raise ValueError(f"{name}: input_size is required (the weights depend on it); use Lazy{name} "
+                             f"to infer it from the first input")
+        self._set_input_size(input_size)
+        self.weight = nn.Parameter(U.empty_weight(self._weight_shape(), nd, kernel_major=True, **factory_kwargs))
+        self.bias = nn.Parameter(torch.empty(self._bias_shape(), **factory_kwargs)) if bias else None
+        self.reset_parameters()
+
+    def _set_input_size(self, input_size) -> None:
+        name = type(self).__name__
+        self.input_size = U.positive(U.ntuple(input_size, self._nd, "input_size"), "input_size")
+        self.output_size = U.transposed_output_size(self.input_size, self.kernel_size, self.stride, self.padding,
+                                                    self.output_padding, self.dilation)
+        if any(o <= 0 for o in self.output_size):
+            raise ValueError(f"{name}: output size {self.output_size} is not positive (padding={self.padding} "
+                             f"too large for input_size={self.input_size})")
+
+    def _weight_shape(self) -> tuple[int, ...]:
+        return (*self.input_size, self.in_channels, self.out_channels // self.groups, *self.kernel_size)
+
+    def _bias_shape(self) -> tuple[int, ...]:
+        return (self.out_channels,) if self.shared_bias else (self.out_channels, *self.output_size)
+
+    def reset_parameters(self) -> None:
+        """``nn.ConvTranspose``'s init with the per-position fan-in ``out_channels / groups *
+        prod(kernel_size)``: ``U(-b, b)``, ``b = 1 / sqrt(fan_in)`` for weight and bias."""
+        fan_in = U.fan_in(self.out_channels, self.groups, self.kernel_size)
+        bound = nn.init.calculate_gain("leaky_relu", math.sqrt(5)) * math.sqrt(3.0 / fan_in)
+        nn.init.uniform_(self.weight, -bound, bound)
+        if self.bias is not None:
+            nn.init.uniform_(self.bias, -1.0 / math.sqrt(fan_in), 1.0 / math.sqrt(fan_in))
+
+    def _check_input(self, input: Tensor) -> None:
+        U.check_layer_input(type(self).__name__, input, self._nd, self.in_channels, self.input_size)
+
+    def forward(self, input: Tensor) -> Tensor:
+        self._check_input(input)
+        return UF.locally_connected_transpose(input, self.weight, self.bias, self.stride, self.padding,
+                                              self.output_padding, self.groups, self.dilation, backend=self.backend)
+
+    def extra_repr(self) -> str:
+        s = "{in_channels}, {out_channels}, kernel_size={kernel_size}, stride={stride}"
+        for arg, default in (("padding", 0), ("output_padding", 0), ("dilation", 1)):
+            if getattr(self, arg) != (default,) * self._nd:
+                s += f", {arg}={{{arg}}}"
+        if self.groups != 1:
+            s += ", groups={groups}"
+        if self.bias is None:
+            s += ", bias=False"
+        s += ", input_size={input_size}"
+        if self.shared_bias:
+            s += ", shared_bias=True"
+        if self.backend != "auto":
+            s += ", backend={backend}"
+        return s.format(**self.__dict__)
+
+
+class _LazyTransposeMixin(LazyInitialization):
+    """Takes ``nn.LazyConvTransposeNd``'s arguments."""
+
+    def __init__(self, out_channels: int, kernel_size, stride=1, padding=0, output_padding=0, groups: int = 1,
+                 bias: bool = True, dilation=1, padding_mode: str = "zeros", device=None, dtype=None, *,
+                 shared_bias: bool = False, backend: str = "auto") -> None:
+        super().__init__(0, out_channels, kernel_size, stride, padding, output_padding, groups, bias, dilation,
+                         padding_mode, device, dtype, input_size=None, shared_bias=shared_bias, backend=backend)
+
+
+def _doc(nd: int) -> str:
+    names = U.dimension_names(nd)
+    dims, odims = names["dims"], names["odims"]
+    size, xsize, osize = {1: ("5", "5", "11"), 2: ("(4, 5)", "4, 5", "9, 11"), 3: ("(2, 3, 2)", "2, 3, 2", "5, 7, 5")}[nd]
+    return f"""Locally connected transposed {nd}d layer: ``nn.ConvTranspose{nd}d`` with a separate filter
+    bank at every input position, the adjoint of ``LocallyConnected{nd}d``.
+
+    Args:
+        in_channels, out_channels, kernel_size, stride, padding, output_padding, groups, bias,
+        dilation, padding_mode, device, dtype: as ``nn.ConvTranspose{nd}d`` (in its order;
+            ``padding_mode`` must be ``"zeros"``, as there).
+        input_size: spatial size ``({dims})`` of the inputs, int or tuple (required, keyword-only).
+        shared_bias: one bias per output channel instead of one per channel and output position.
+        backend: ``"auto"`` or a backend name (see ``unshared.backends``). Default: ``"auto"``.
+
+    Shape:
+        - Input: ``(N, C_in, {dims})`` or ``(C_in, {dims})``.
+        - Output: ``(N, C_out, {odims})``, ``out_i = (in_i - 1) * stride_i - 2 * padding_i +
+          dilation_i * (kernel_size_i - 1) + output_padding_i + 1``.
+
+    Attributes:
+        weight: ``({dims}, C_in, C_out // groups, *kernel_size)``: ``weight[p]`` is the
+            ``nn.ConvTranspose{nd}d`` weight applied at input position ``p``; initialised as
+            ``nn.ConvTranspose{nd}d`` with the per-position fan-in ``C_out / groups * prod(kernel_size)``.
+        bias: ``(C_out, {odims})``, or ``(C_out,)`` with ``shared_bias=True``.
+        output_size: the output grid.
+
+    Example::
+
+        >>> import torch, unshared
+        >>> layer = unshared.LocallyConnectedTranspose{nd}d(4, 3, 3, stride=2, input_size={size})
+        >>> layer(torch.randn(2, 4, {xsize})).shape
+        torch.Size([2, 3, {osize}])
+    """
+
+
+class LocallyConnectedTranspose1d(_LocallyConnectedTransposeNd):
+    __doc__ = _doc(1)
+    _nd = 1
+
+
+class LocallyConnectedTranspose2d(_LocallyConnectedTransposeNd):
+    __doc__ = _doc(2)
+    _nd = 2
+
+
+class LocallyConnectedTranspose3d(_LocallyConnectedTransposeNd):
+    __doc__ = _doc(3)
+    _nd = 3
+
+
+class LazyLocallyConnectedTranspose1d(_LazyTransposeMixin, LocallyConnectedTranspose1d):
+    """``LocallyConnectedTranspose1d`` that infers ``in_channels`` and ``input_size`` from its first input."""
+
+    cls_to_become = LocallyConnectedTranspose1d
+
+
+class LazyLocallyConnectedTranspose2d(_LazyTransposeMixin, LocallyConnectedTranspose2d):
+    """``LocallyConnectedTranspose2d`` that infers ``in_channels`` and ``input_size`` from its first input."""
+
+    cls_to_become = LocallyConnectedTranspose2d
+
+
+class LazyLocallyConnectedTranspose3d(_LazyTransposeMixin, LocallyConnectedTranspose3d):
+    """``LocallyConnectedTranspose3d`` that infers ``in_channels`` and ``input_size`` from its first input."""
+
+    cls_to_become = LocallyConnectedTranspose3d
+
+
+#: The transposed layer class of each spatial dimensionality.
+LOCALLY_CONNECTED_TRANSPOSE = {1: LocallyConnectedTranspose1d, 2: LocallyConnectedTranspose2d,
+                               3: LocallyConnectedTranspose3d}
