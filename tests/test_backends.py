@@ -219,3 +219,34 @@ def test_threads_computing_one_layer_agree_with_serial_results():
         t.join()
     for got, want in zip(results, expected):
         torch.testing.assert_close(got, want)
+
+
+def test_auto_falls_back_to_the_pytorch_backend_when_a_kernel_fails(monkeypatch):
+    # measuring off: auto means Triton; a Triton that fails at launch is replaced by the PyTorch
+    # backend, with one warning, and remembered for the key
+    from unshared.backends import registry
+
+    class Broken:
+        def can_run(self, x, w, g):
+            return None
+
+        def forward(self, x, w, g):
+            raise RuntimeError("ptxas failed")
+
+    monkeypatch.setitem(registry.BACKENDS, "triton", Broken())
+    selection._warned.discard("triton")
+    x, w = torch.randn(2, 2, 5, dtype=torch.float64), torch.randn(3, 4, 2, 3, dtype=torch.float64)
+    g = geometry()
+    try:
+        selection.measuring(False)
+        with pytest.warns(RuntimeWarning, match="does not use the triton backend, which failed: RuntimeError: ptxas"):
+            y = torch.ops.unshared.forward(x, w, g.encode(), "auto")
+        torch.testing.assert_close(y, BACKENDS["torch"].forward(x, w, g))
+        assert selection.choices() and set(selection.choices().values()) == {"torch"}
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            torch.ops.unshared.forward(x, w, g.encode(), "auto")  # remembered: no second failure
+        with pytest.raises(RuntimeError, match="ptxas failed"):  # an explicit backend raises
+            torch.ops.unshared.forward(x, w, g.encode(), "triton")
+    finally:
+        selection.measuring(True)

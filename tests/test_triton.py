@@ -22,7 +22,10 @@ from conftest import EXAMPLES_SCALE  # noqa: E402
 from reference import locally_connected_reference  # noqa: E402
 from test_functional import FN, check_against_reference  # noqa: E402
 from unshared.backends import choose_backend  # noqa: E402
+import triton  # noqa: E402
+import triton.language as tl  # noqa: E402
 from unshared.backends.triton import configs as triton_configs  # noqa: E402
+from unshared.backends.triton import kernels as triton_kernels  # noqa: E402
 from unshared.backends.triton import launch as triton_backend  # noqa: E402
 
 CUDA = torch.cuda.is_available()
@@ -210,3 +213,40 @@ def test_a_call_too_large_for_a_cuda_grid_is_refused_with_the_reason():
     x = torch.empty(1, 64, 1, 1, 1, device=DEVICE).expand(1 << 20, -1, -1, -1, -1)  # only its sizes matter
     reason = triton_backend.can_run(x, None, g)
     assert reason is not None and "more than a CUDA grid holds" in reason
+
+
+@triton.jit
+def _bank_offset_probe(out_ptr, bank, G, Og, R):
+    tl.store(out_ptr, triton_kernels._bank_offset(tl.full((), bank, tl.int64), G, Og, R))
+
+
+def test_bank_offsets_are_int64_past_two_to_the_31():
+    # the weight offset of a bank is bank * G * Og * R; as an int32 product (G * Og * R first) it
+    # wraps past 2^31 elements. The helper the kernels use, in a kernel of its own:
+    out = torch.zeros(1, dtype=torch.int64, device=DEVICE)
+    _bank_offset_probe[(1,)](out, 3, 2, 1 << 15, 1 << 16)
+    assert out.item() == 3 * 2 * (1 << 15) * (1 << 16)  # 3 * 2^32: past int32
+
+
+def test_autotuning_key_buckets_the_batch_and_positions():
+    key = triton_configs.AUTOTUNE_KEY
+    assert "N" not in key and "P" not in key  # an exact size would re-tune on every new batch size
+    assert {"N_BUCKET", "P_BUCKET", "HAS_BANKS", "KERNEL_MAJOR", "PRECISION"} <= set(key)
+    g = unshared._utils.Geometry((9,), (7,), (3,), (1,), ((0, 0),), (1,), 1, 2, 4)
+    for n, bucket in ((33, 64), (64, 64), (65, 128)):
+        args = triton_backend._geometry_args(g, n, g.positions)
+        assert args["N"] == n and args["N_BUCKET"] == bucket and args["P_BUCKET"] == 8
+
+
+def test_one_module_reads_triton_interpret():
+    from pathlib import Path
+    src = Path(unshared.__file__).parent
+    readers = [p.relative_to(src).as_posix() for p in src.rglob("*.py") if "TRITON_INTERPRET\")" in p.read_text()
+               or "TRITON_INTERPRET')" in p.read_text()]
+    assert readers == ["backends/triton/configs.py"]
+
+
+def test_bank_index_is_built_once_per_device():
+    g = unshared._utils.Geometry((6,), (4,), (3,), (1,), ((0, 0),), (1,), 1, 2, 4, (2,), ((0, 1, 0, 1),))
+    first = unshared._utils.flat_bank_index(g, DEVICE)
+    assert first.tolist() == [0, 1, 0, 1] and unshared._utils.flat_bank_index(g, DEVICE) is first

@@ -51,8 +51,20 @@ def _input_grad_format(channels_last: bool, dim: int) -> torch.memory_format:
     return torch.channels_last if dim == 4 else torch.channels_last_3d
 
 
-def _backend(name: str, sample: Tensor, weight: Tensor, g: Geometry, stage: str) -> str:
-    return selection.resolve(sample, weight, g, stage) if name == "auto" else name
+def _run(name: str, stage: str, sample: Tensor, weight: Tensor, g: Geometry, operation: str, *args):
+    """``BACKENDS[name].operation(*args)``; with ``"auto"`` the measured (or preferred) backend, and
+    when that one fails (a kernel that does not compile or launch) the PyTorch backend, with one
+    warning and the choice remembered."""
+    if name != "auto":
+        return getattr(BACKENDS[name], operation)(*args)
+    chosen = selection.resolve(sample, weight, g, stage)
+    try:
+        return getattr(BACKENDS[chosen], operation)(*args)
+    except Exception as error:
+        if chosen == "torch":
+            raise
+        fallback = selection.failed(sample, weight, g, stage, chosen, error)
+        return getattr(BACKENDS[fallback], operation)(*args)
 
 
 # ----------------------------------------------------------------------------- the ops
@@ -60,7 +72,7 @@ def _backend(name: str, sample: Tensor, weight: Tensor, g: Geometry, stage: str)
 @torch.library.custom_op("unshared::forward", mutates_args=())
 def _forward(x: Tensor, weight: Tensor, geometry: list[int], backend: str) -> Tensor:
     g = Geometry.decode(geometry)
-    return BACKENDS[_backend(backend, x, weight, g, "forward")].forward(x, weight, g)
+    return _run(backend, "forward", x, weight, g, "forward", x, weight, g)
 
 
 @torch.library.custom_op("unshared::input_grad", mutates_args=())
@@ -68,18 +80,16 @@ def _input_grad(grad_output: Tensor, weight: Tensor, geometry: list[int], backen
                 channels_last: bool) -> Tensor:
     g = Geometry.decode(geometry)
     fmt = _input_grad_format(channels_last, grad_output.dim())
-    name = _backend(backend, grad_output, weight, g, "backward")
-    return BACKENDS[name].input_grad(grad_output, weight, g, fmt)
+    return _run(backend, "backward", grad_output, weight, g, "input_grad", grad_output, weight, g, fmt)
 
 
 @torch.library.custom_op("unshared::weight_grad", mutates_args=())
 def _weight_grad(x: Tensor, grad_output: Tensor, geometry: list[int], backend: str,
                  kernel_major: bool) -> Tensor:
     g = Geometry.decode(geometry)
-    name = _backend(backend, grad_output, empty_weight((*g.weight_leading, g.out_channels,
-                    g.in_channels // g.groups, *g.kernel_size), g.ndim, kernel_major=kernel_major,
-                    device="meta"), g, "backward")
-    return BACKENDS[name].weight_grad(x, grad_output, g, kernel_major)
+    layout = empty_weight((*g.weight_leading, g.out_channels, g.in_channels // g.groups, *g.kernel_size), g.ndim,
+                          kernel_major=kernel_major, device="meta")  # the weight's layout, for the choice
+    return _run(backend, "backward", grad_output, layout, g, "weight_grad", x, grad_output, g, kernel_major)
 
 
 # ----------------------------------------------------------------------------- shapes (fake/meta)

@@ -27,7 +27,7 @@ import torch
 
 from .._utils import Geometry, empty_weight, is_kernel_major, memory_format_of
 
-__all__ = ["fastest", "resolve", "measuring", "clear_choices", "choices", "CANDIDATES"]
+__all__ = ["fastest", "resolve", "failed", "measuring", "clear_choices", "choices", "CANDIDATES"]
 
 #: What ``auto`` chooses between on CUDA, in order of preference when nothing is measured.
 CANDIDATES = ("triton", "torch")
@@ -80,6 +80,11 @@ def fastest(times: Mapping[str, float | BaseException]) -> tuple[str, dict[str, 
     return min(timed, key=lambda name: (timed[name], list(times).index(name))), failures
 
 
+def _key(sample: torch.Tensor, weight: torch.Tensor, g: Geometry, stage: str) -> tuple:
+    return (tuple(g.encode()), sample.dtype, _bucket(sample.shape[0]), is_kernel_major(weight), str(sample.device),
+            stage)
+
+
 def _bucket(n: int) -> int:
     return 1 << max(0, (n - 1).bit_length())
 
@@ -126,16 +131,16 @@ def resolve(sample: torch.Tensor, weight: torch.Tensor, g: Geometry, stage: str,
                 if name in backends and backends[name].can_run(sample, weight, g) is None]
     if not runnable:
         raise ValueError("no backend can compute this call")
-    device = sample.device
+    device, key = sample.device, _key(sample, weight, g, stage)
+    with _lock:
+        known = _choices.get(key)
+    if known is not None:  # measured, or fallen back after a failure
+        return known
     capturing = device.type == "cuda" and torch.cuda.is_current_stream_capturing()
     if len(runnable) == 1 or not measuring() or capturing:
         return runnable[0]
     n, dtype, kernel_major = sample.shape[0], sample.dtype, is_kernel_major(weight)
     channels_last = memory_format_of(sample) != torch.contiguous_format
-    key = (tuple(g.encode()), dtype, _bucket(n), kernel_major, str(device), stage)
-    with _lock:
-        if key in _choices:
-            return _choices[key]
     times: dict[str, float | BaseException] = {}
     for name in runnable:
         try:
@@ -152,3 +157,17 @@ def resolve(sample: torch.Tensor, weight: torch.Tensor, g: Geometry, stage: str,
     with _lock:
         _choices[key] = name
     return name
+
+
+def failed(sample: torch.Tensor, weight: torch.Tensor, g: Geometry, stage: str, name: str,
+           error: BaseException) -> str:
+    """``name`` failed on a call that ``auto`` gave it: warn once, remember the PyTorch backend for
+    this key, and return it."""
+    if name not in _warned:
+        _warned.add(name)
+        warnings.warn(f"unshared: backend='auto' does not use the {name} backend, which failed: "
+                      f"{type(error).__name__}: {error}; using torch (backend={name!r} raises the error)",
+                      RuntimeWarning, stacklevel=3)
+    with _lock:
+        _choices[_key(sample, weight, g, stage)] = "torch"
+    return "torch"

@@ -106,6 +106,13 @@ def _patch_offsets(r, R, Cg, KH, KW, pd, ph, pw, SD, SH, SW, PD, PH, PW, DD, DH,
 
 
 @triton.jit
+def _bank_offset(bank, G, Og, R):
+    """Element offset of filter bank ``bank`` (int64) in the ``(banks, G * Og, R)`` weight: int64
+    throughout (``G * Og * R`` first would be an int32 product, wrong past 2^31 elements)."""
+    return bank.to(tl.int64) * G * Og * R
+
+
+@triton.jit
 def _bank(bank_ptr, p, HAS_BANKS: tl.constexpr):
     """The filter bank (int64) of output position ``p``: itself, or its entry in the bank index."""
     if HAS_BANKS:
@@ -140,7 +147,7 @@ def forward_kernel(
     n_ok = n < N
     o_ok = bo * BLOCK_O + tl.arange(0, BLOCK_O) < Og
     x_rows = x_ptr + _wide(n, INDEX64)[:, None] * sxn
-    w_cols = (w_ptr + bank * G * Og * R) + _wide(o, INDEX64)[None, :] * R
+    w_cols = (w_ptr + _bank_offset(bank, G, Og, R)) + _wide(o, INDEX64)[None, :] * R
     acc = tl.zeros((BLOCK_N, BLOCK_O), dtype=ACC)
     for r0 in range(0, R, BLOCK_R):
         r = r0 + tl.arange(0, BLOCK_R)
@@ -196,9 +203,9 @@ def input_grad_kernel(
             pw = tw // SW
             bank = _bank(bank_ptr, (pd * OH + ph) * OW + pw, HAS_BANKS)
             if KERNEL_MAJOR:
-                w_base = (w_ptr + bank * G * Og * R + k * Cg) + _wide(c, INDEX64)[None, :]
+                w_base = (w_ptr + _bank_offset(bank, G, Og, R) + k * Cg) + _wide(c, INDEX64)[None, :]
             else:
-                w_base = (w_ptr + bank * G * Og * R + k) + _wide(c, INDEX64)[None, :] * (KD * KH * KW)
+                w_base = (w_ptr + _bank_offset(bank, G, Og, R) + k) + _wide(c, INDEX64)[None, :] * (KD * KH * KW)
             gy_pos = gy_rows + (pd.to(tl.int64) * sgd + ph.to(tl.int64) * sgh + pw.to(tl.int64) * sgw)
             for o0 in range(0, Og, BLOCK_O):
                 o = o0 + tl.arange(0, BLOCK_O)
@@ -252,7 +259,7 @@ def weight_grad_kernel(
         grads = tl.load(gy_cols + _wide(n, INDEX64)[:, None] * sgn, mask=n_ok[:, None] & o_ok[None, :], other=0.0)
         acc = _dot(patches, grads, acc, UPCAST, PRECISION)
     bank = _bank(bank_ptr, p, HAS_BANKS)
-    gw_at = gw_ptr + bank * G * Og * R
+    gw_at = gw_ptr + _bank_offset(bank, G, Og, R)
     gw_offsets = _wide(o, INDEX64)[None, :] * R + r[:, None]
     mask = (r < R)[:, None] & o_ok[None, :]
     if HAS_BANKS:
