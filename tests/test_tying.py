@@ -222,7 +222,7 @@ def test_share_weights_refuses_other_modules_and_bad_strength():
     low = unshared.LowRankLocallyConnected2d(2, 2, 3, input_size=6, rank=3)
     with pytest.raises(TypeError, match="LowRankLocallyConnected2d is not supported: its weight holds 3 basis"):
         unshared.share_weights_(low)
-    with pytest.raises(TypeError, match="expects a locally connected, tiled or region layer, got Conv2d"):
+    with pytest.raises(TypeError, match="expects a locally connected \\(or transposed\\), tiled or region layer, got Conv2d"):
         unshared.share_weights_(nn.Conv2d(1, 1, 1))
     layer = unshared.LocallyConnected1d(1, 1, 1, input_size=3)
     for bad in (-0.1, 1.5, float("nan"), True, "1"):
@@ -233,11 +233,11 @@ def test_share_weights_refuses_other_modules_and_bad_strength():
 
 
 def test_share_weights_works_for_any_registered_position_leading_layer(monkeypatch):
-    """The rule is generic: leading ``_nd`` weight dimensions are positions (as the transposed layers' will be)."""
+    """The rule is generic: the leading ``nd`` weight dimensions are positions (``nd`` from ``kernel_size``)."""
     from unshared import tying
 
     class PositionsFirst(nn.Module):
-        _nd = 2
+        kernel_size = (3, 3)
 
         def __init__(self):
             super().__init__()

@@ -30,7 +30,7 @@ def _check_local(layer, name: str) -> int:
         raise TypeError(f"{name} expects a LocallyConnected1d/2d/3d layer, got {type(layer).__name__}")
     if isinstance(layer, LazyModuleMixin) and layer.has_uninitialized_params():
         raise ValueError(f"{name}: the lazy layer is not initialised yet; run one forward first")
-    return layer._nd
+    return len(layer.kernel_size)
 
 
 def from_conv(conv: nn.Module, input_size, *, shared_bias: bool = False) -> LocallyConnectedNd:
@@ -128,7 +128,7 @@ def _dense_index(layer: LocallyConnectedNd) -> tuple[Tensor, Tensor]:
     a tap that reads zero padding (other padding modes map it into the input, where several taps
     may meet).
     """
-    nd, mode = layer._nd, layer.padding_mode
+    nd, mode = len(layer.kernel_size), layer.padding_mode
     pads = U.normalize_padding(layer.padding, layer.kernel_size, layer.stride, layer.dilation)
     position = torch.zeros((), dtype=torch.long)   # flat output position, shaped (*output_size, *1)
     source = torch.zeros((), dtype=torch.long)     # flat input position of each tap, (*output_size, *kernel)

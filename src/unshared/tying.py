@@ -25,8 +25,8 @@ __all__ = ["untie", "share_weights_", "SHAREABLE"]
 
 _CONV_TYPES = tuple(U.CONV_MODULES.values())
 
-#: Layers :func:`share_weights_` accepts: the leading ``_nd`` dimensions of their ``weight`` index
-#: output positions (or filter banks), and a ``bias`` of ``_nd + 1`` dimensions ends with the same
+#: Layers :func:`share_weights_` accepts: the leading ``nd`` dimensions of their ``weight`` index
+#: output positions (or filter banks), and a ``bias`` of ``nd + 1`` dimensions ends with the same
 #: kind of grid (for the transposed layers: input positions, and the output grid for the bias). A
 #: new layer kind with this layout is registered by adding its classes here.
 SHAREABLE: tuple[type, ...] = (*LOCALLY_CONNECTED.values(), *LOCALLY_CONNECTED_TRANSPOSE.values(), *(
@@ -180,12 +180,12 @@ def share_weights_(layer: nn.Module, strength: float = 1.0) -> nn.Module:
         raise TypeError(f"share_weights_: {name} is not supported: its weight holds {layer.rank} basis "
                         f"filter banks mixed per position by combining weights, not one bank per position")
     if not isinstance(layer, SHAREABLE):
-        raise TypeError(f"share_weights_ expects a locally connected, tiled or region layer, got {name}")
+        raise TypeError(f"share_weights_ expects a locally connected (or transposed), tiled or region layer, got {name}")
     if isinstance(strength, bool) or not isinstance(strength, numbers.Real) or not 0 <= strength <= 1:
         raise ValueError(f"share_weights_: strength must be a number in [0, 1], got strength={strength!r}")
     if isinstance(layer, LazyModuleMixin) and layer.has_uninitialized_params():
         raise ValueError(f"share_weights_: the lazy {name} is not initialised yet; run one forward first")
-    nd = layer._nd
+    nd = len(layer.kernel_size)
     targets = [(layer.weight, tuple(range(nd)))]
     if layer.bias is not None and layer.bias.dim() == nd + 1:
         targets.append((layer.bias, tuple(range(1, nd + 1))))
