@@ -1,0 +1,16 @@
+/* The kernels for x86-64 with AVX2 and FMA: 256-bit vectors, 16 registers. */
+#include "unshared_cpu.h"
+
+#ifdef LC_X86
+#define LC_ISA avx2
+#define LC_TARGET "avx2,fma"
+#define LC_VB 32
+#define FWD_NB 4   /* 8 accumulators */
+#define FWD_OB 2
+#define WG_OB 4    /* 8 accumulators */
+#define WG_RV 2
+#define IG_CB1 8   /* 8 accumulators at 1, 2 or 4 batch vectors */
+#define IG_CB2 4
+#define IG_CB4 2
+#include "isa.h"
+#endif
