@@ -2,6 +2,13 @@
 #include "unshared_cpu.h"
 
 #ifdef LC_X86
+#include <immintrin.h>
+/* non-temporal stores of whole aligned vectors (the weight gradient) */
+#define LC_NT_F32(p, v) _mm512_stream_ps((p), (__m512)(v))
+#define LC_NT_F64(p, v) _mm512_stream_pd((p), (__m512d)(v))
+#define LC_NT_F32_HALF(p, v) _mm256_stream_ps((p), (__m256)(v))
+#define LC_NT_F64_HALF(p, v) _mm256_stream_pd((p), (__m256d)(v))
+#define LC_FENCE() _mm_sfence()
 #define LC_ISA avx512
 #define LC_TARGET "avx512f,avx512vl,avx2,fma"
 #define LC_VB 64

@@ -134,44 +134,103 @@ static void lc_job_init(lc_job *j, const lc_call *c)
     j->merged = c->groups == 1 && c->dil[2] == 1 && c->xs[4] == c->cg;
 }
 
+/* Rows (n, d, h) of x copied into j->c.x's channels-last buffer, whole vectors of w at a time. */
+#define LC_TO_CHANNELS_LAST(name, E)                                                               \
+    static int name(const lc_job *j, int64_t begin, int64_t end, void *scratch)                    \
+    {                                                                                              \
+        (void)scratch;                                                                             \
+        const lc_call *c = &j->c;                                                                  \
+        const E *src = (const E *)j->source;                                                       \
+        E *dst = (E *)c->x;                                                                        \
+        int64_t C = c->groups * c->cg, W = c->in[2];                                               \
+        for (int64_t row = begin; row < end; row++) {                                              \
+            int64_t h = row % c->in[1], d = row / c->in[1] % c->in[0], n = row / (c->in[1] * c->in[0]); \
+            const E *s = src + n * j->ss[0] + d * j->ss[2] + h * j->ss[3];                         \
+            E *t = dst + row * W * C;                                                              \
+            for (int64_t w0 = 0; w0 < W; w0 += 16)                                                 \
+                for (int64_t ch = 0; ch < C; ch++)                                                 \
+                    for (int64_t w = w0; w < lc_min(w0 + 16, W); w++)                              \
+                        t[w * C + ch] = s[ch * j->ss[1] + w * j->ss[4]];                           \
+        }                                                                                          \
+        return 0;                                                                                  \
+    }
+LC_TO_CHANNELS_LAST(lc_to_channels_last32, uint32_t)
+LC_TO_CHANNELS_LAST(lc_to_channels_last64, uint64_t)
+
+/* Gives job->c.x a channel stride of 1: x itself, or a channels-last copy in *block (to free). */
+static int lc_channel_inner(lc_job *j, int dtype, int threads, void **block)
+{
+    lc_call *c = &j->c;
+    *block = NULL;
+    if (c->xs[1] == 1) return LC_OK;
+    int64_t C = c->groups * c->cg, rows = c->n * c->in[0] * c->in[1];
+    size_t item = dtype == LC_FLOAT32 ? 4 : 8;
+    *block = malloc((size_t)(rows * c->in[2] * C) * item);
+    if (!*block) return LC_NO_MEMORY;
+    j->source = c->x;
+    memcpy(j->ss, c->xs, sizeof(j->ss));
+    c->x = *block;
+    c->xs[4] = C;
+    c->xs[3] = C * c->in[2];
+    c->xs[2] = c->xs[3] * c->in[1];
+    c->xs[0] = c->xs[2] * c->in[0];
+    c->xs[1] = 1;
+    j->merged = c->groups == 1 && c->dil[2] == 1;
+    return lc_run(j, item == 4 ? lc_to_channels_last32 : lc_to_channels_last64, rows, 0, threads);
+}
+
 LC_EXPORT int unshared_forward(const lc_call *c, int dtype, int isa, int threads)
 {
     const lc_kernels *k = kernels_for(isa, dtype);
-    if (!k || lc_check(c) || c->xs[1] != 1) return LC_BAD_ARGUMENT;
+    if (!k || lc_check(c)) return LC_BAD_ARGUMENT;
     lc_job j;
+    void *block;
     lc_job_init(&j, c);
-    return lc_run(&j, k->forward, j.P, k->patch_scratch(&j), threads);
+    int status = lc_channel_inner(&j, dtype, threads, &block);
+    if (status == LC_OK) status = lc_run(&j, k->forward, j.P, k->patch_scratch(&j), threads);
+    free(block);
+    return status;
 }
 
-LC_EXPORT int unshared_weight_grad(const lc_call *c, int dtype, int isa, int threads)
+/* Shared banks: each bank is summed by one thread, over its positions (a counting sort). */
+static int lc_weight_grad(lc_job *j, const lc_kernels *k, int threads)
 {
-    const lc_kernels *k = kernels_for(isa, dtype);
-    if (!k || lc_check(c) || c->xs[1] != 1) return LC_BAD_ARGUMENT;
-    lc_job j;
-    lc_job_init(&j, c);
-    if (!c->bank) return lc_run(&j, k->weight_grad, j.P, k->patch_scratch(&j), threads);
-    /* shared banks: each bank is summed by one thread, over its positions (counting sort) */
-    int64_t *start = calloc((size_t)c->banks + 1, sizeof(int64_t)), *order = malloc((size_t)j.P * sizeof(int64_t));
+    const lc_call *c = &j->c;
+    if (!c->bank) return lc_run(j, k->weight_grad, j->P, k->patch_scratch(j), threads);
+    int64_t *start = calloc((size_t)c->banks + 1, sizeof(int64_t)), *order = malloc((size_t)j->P * sizeof(int64_t));
     int64_t *fill = malloc((size_t)c->banks * sizeof(int64_t));
     int status = LC_NO_MEMORY;
     if (start && order && fill) {
         status = LC_OK;
-        for (int64_t p = 0; p < j.P; p++) {
+        for (int64_t p = 0; p < j->P; p++) {
             if (c->bank[p] < 0 || c->bank[p] >= c->banks) status = LC_BAD_ARGUMENT;
             else start[c->bank[p] + 1]++;
         }
         for (int64_t b = 0; b < c->banks; b++) start[b + 1] += start[b];
         memcpy(fill, start, (size_t)c->banks * sizeof(int64_t));
         if (status == LC_OK) {
-            for (int64_t p = 0; p < j.P; p++) order[fill[c->bank[p]]++] = p;
-            j.order = order;
-            j.start = start;
-            status = lc_run(&j, k->weight_grad, c->banks, k->patch_scratch(&j), threads);
+            for (int64_t p = 0; p < j->P; p++) order[fill[c->bank[p]]++] = p;
+            j->order = order;
+            j->start = start;
+            status = lc_run(j, k->weight_grad, c->banks, k->patch_scratch(j), threads);
         }
     }
     free(start);
     free(order);
     free(fill);
+    return status;
+}
+
+LC_EXPORT int unshared_weight_grad(const lc_call *c, int dtype, int isa, int threads)
+{
+    const lc_kernels *k = kernels_for(isa, dtype);
+    if (!k || lc_check(c)) return LC_BAD_ARGUMENT;
+    lc_job j;
+    void *block;
+    lc_job_init(&j, c);
+    int status = lc_channel_inner(&j, dtype, threads, &block);
+    if (status == LC_OK) status = lc_weight_grad(&j, k, threads);
+    free(block);
     return status;
 }
 
@@ -189,7 +248,7 @@ LC_EXPORT int unshared_input_grad(const lc_call *c, int dtype, int isa, int thre
     j.gyt = block + (64 - (uintptr_t)block % 64) % 64;  /* vector loads from whole cache lines */
     int status = lc_run(&j, k->transpose_gy, j.P, 0, threads);
     if (status == LC_OK)
-        status = lc_run(&j, k->input_grad, c->in[0] * c->in[1], (size_t)j.K * sizeof(lc_pair), threads);
+        status = lc_run(&j, k->input_grad, c->in[0] * c->in[1], 2 * (size_t)j.K * sizeof(lc_pair), threads);
     free(block);
     return status;
 }

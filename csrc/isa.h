@@ -14,32 +14,48 @@
 #define VB (LC_VB / 2)
 #define NAME(s) LC_NAME3(s, LC_ISA, h32)
 #define LC_HALF NULL
+#ifdef LC_NT_F32_HALF
+#define LC_NT_STORE LC_NT_F32_HALF
+#endif
 #include "kernels.h"
 #undef VB
 #undef NAME
 #undef LC_HALF
+#undef LC_NT_STORE
 #define VB LC_VB
 #define NAME(s) LC_NAME3(s, LC_ISA, f32)
 #define LC_HALF (&LC_NAME3(kernels, LC_ISA, h32))
+#ifdef LC_NT_F32
+#define LC_NT_STORE LC_NT_F32
+#endif
 #include "kernels.h"
 #undef T
 #undef VB
 #undef NAME
 #undef LC_HALF
+#undef LC_NT_STORE
 
 #define T double
 #define VB (LC_VB / 2)
 #define NAME(s) LC_NAME3(s, LC_ISA, h64)
 #define LC_HALF NULL
+#ifdef LC_NT_F64_HALF
+#define LC_NT_STORE LC_NT_F64_HALF
+#endif
 #include "kernels.h"
 #undef VB
 #undef NAME
 #undef LC_HALF
+#undef LC_NT_STORE
 #define VB LC_VB
 #define NAME(s) LC_NAME3(s, LC_ISA, f64)
 #define LC_HALF (&LC_NAME3(kernels, LC_ISA, h64))
+#ifdef LC_NT_F64
+#define LC_NT_STORE LC_NT_F64
+#endif
 #include "kernels.h"
 #undef T
 #undef VB
 #undef NAME
 #undef LC_HALF
+#undef LC_NT_STORE

@@ -26,7 +26,22 @@ typedef T NAME(vec) __attribute__((vector_size(VB), aligned(sizeof(T)), may_alia
 
 INLINE V NAME(load)(const T *p) { return *(const V *)p; }
 INLINE void NAME(store)(T *p, V v) { *(V *)p = v; }
-INLINE V NAME(bcast)(T s) { V v = {0}; return v + s; }
+/* s - 0 is exactly s (not so s + 0, for s = -0): compilers make it one broadcast, often folded
+ * into the multiply-add as a broadcast load. */
+INLINE V NAME(bcast)(T s) { return s - (V){0}; }
+
+/* A store that bypasses the caches (LC_NT_STORE, when the ISA has one and p is aligned), for
+ * results written once and not read again soon (the weight gradient); else a plain store. */
+INLINE void NAME(store_once)(T *p, V v)
+{
+#ifdef LC_NT_STORE
+    if ((uintptr_t)p % VB == 0) {
+        LC_NT_STORE(p, v);
+        return;
+    }
+#endif
+    NAME(store)(p, v);
+}
 
 INLINE V NAME(load_part)(const T *p, int64_t len)
 {
@@ -149,7 +164,8 @@ STATIC int NAME(forward)(const lc_job *jb, int64_t begin, int64_t end, void *scr
 
 /* Chunks c0..c1 (all full or all partial) of rows dst[0 : nvalid_o] (row stride R). */
 INLINE void NAME(wg_tile)(T *dst, int64_t R, const T *const gyr[WG_OB], int64_t gys, const T *xg, int64_t xs,
-                          int64_t n, const lc_seg *ch, int64_t c0, int64_t c1, int64_t nvalid_o, const int partial)
+                          int64_t n, const lc_seg *ch, int64_t c0, int64_t c1, int64_t nvalid_o, const int partial,
+                          int once)
 {
     for (int64_t cb = c0; cb < c1; cb += WG_RV) {
         int64_t xo[WG_RV], len[WG_RV];
@@ -176,13 +192,15 @@ INLINE void NAME(wg_tile)(T *dst, int64_t R, const T *const gyr[WG_OB], int64_t 
                 if (j >= nvalid_o || r >= c1 - cb) continue;
                 T *d = dst + j * R + ch[cb + r].w;
                 if (partial) NAME(store_part)(d, acc[j][r], ch[cb + r].len);
+                else if (once) NAME(store_once)(d, acc[j][r]);
                 else NAME(store)(d, acc[j][r]);
             }
     }
 }
 
-/* The gradient of position p's filters into dst (O, R), kernel-major. */
-STATIC void NAME(wg_position)(const lc_job *jb, int64_t p, T *dst, lc_seg *seg, lc_seg *ch)
+/* The gradient of position p's filters into dst (O, R), kernel-major; `once`: dst is the result
+ * (not a buffer read again). */
+STATIC void NAME(wg_position)(const lc_job *jb, int64_t p, T *dst, lc_seg *seg, lc_seg *ch, int once)
 {
     const lc_call *c = &jb->c;
     const T *x = (const T *)c->x, *gy = (const T *)c->y;
@@ -198,8 +216,8 @@ STATIC void NAME(wg_position)(const lc_job *jb, int64_t p, T *dst, lc_seg *seg, 
             for (int j = 0; j < WG_OB; j++) gyr[j] = gy + (g * og + lc_min(o0 + j, og - 1)) * c->ys[1] + yoff;
             T *d = dst + (g * og + o0) * jb->R;
             int64_t valid = lc_min(WG_OB, og - o0);
-            NAME(wg_tile)(d, jb->R, gyr, c->ys[0], x + g * c->cg, c->xs[0], c->n, ch, 0, nfull, valid, 0);
-            NAME(wg_tile)(d, jb->R, gyr, c->ys[0], x + g * c->cg, c->xs[0], c->n, ch, nfull, nall, valid, 1);
+            NAME(wg_tile)(d, jb->R, gyr, c->ys[0], x + g * c->cg, c->xs[0], c->n, ch, 0, nfull, valid, 0, once);
+            NAME(wg_tile)(d, jb->R, gyr, c->ys[0], x + g * c->cg, c->xs[0], c->n, ch, nfull, nall, valid, 1, once);
         }
 }
 
@@ -214,18 +232,21 @@ STATIC int NAME(weight_grad)(const lc_job *jb, int64_t begin, int64_t end, void 
     for (int64_t item = begin; item < end; item++) {
         T *dst = gw + item * OR;
         if (!c->bank && c->kernel_major) {
-            NAME(wg_position)(jb, item, dst, seg, ch);
+            NAME(wg_position)(jb, item, dst, seg, ch, 1);
         } else if (!c->bank) {
-            NAME(wg_position)(jb, item, tile, seg, ch);
+            NAME(wg_position)(jb, item, tile, seg, ch, 0);
             NAME(from_kernel_major)(tile, dst, jb->O, c->cg, jb->K, 0, 0);
         } else {
             for (int64_t e = 0; e < OR; e++) dst[e] = 0;
             for (int64_t q = jb->start[item]; q < jb->start[item + 1]; q++) {
-                NAME(wg_position)(jb, jb->order[q], tile, seg, ch);
+                NAME(wg_position)(jb, jb->order[q], tile, seg, ch, 0);
                 NAME(from_kernel_major)(tile, dst, jb->O, c->cg, jb->K, (int)c->kernel_major, 1);
             }
         }
     }
+#ifdef LC_FENCE
+    LC_FENCE();  /* the streamed stores are visible before the threads are joined */
+#endif
     return 0;
 }
 
@@ -252,9 +273,12 @@ STATIC int NAME(transpose_gy)(const lc_job *jb, int64_t begin, int64_t end, void
 
 /* One tile: channels c0.. of group g (CB of them; `direct`: kernel-major and all CB inside the
  * group, so that the filter offsets are constants), samples n0..n0 + NV * VL, input position at
- * gxoff; accumulated over every (position, kernel offset) pair and output channel. */
-INLINE void NAME(ig_tile)(const lc_job *jb, const lc_pair *pairs, int64_t npairs, int64_t g, int64_t c0,
-                          int64_t n0, int64_t gxoff, const int NV, const int CB, const int direct)
+ * gxoff; accumulated over every (position, kernel offset) pair and output channel. The filters of
+ * the next input position's pairs (`next`, when direct) are prefetched as it goes: each is read
+ * once, from scattered cache lines that no hardware prefetcher foresees. */
+INLINE void NAME(ig_tile)(const lc_job *jb, const lc_pair *pairs, int64_t npairs, const lc_pair *next,
+                          int64_t nnext, int64_t g, int64_t c0, int64_t n0, int64_t gxoff, const int NV,
+                          const int CB, const int direct)
 {
     const lc_call *c = &jb->c;
     const T *gyt = (const T *)jb->gyt, *w = (const T *)c->w;
@@ -267,7 +291,12 @@ INLINE void NAME(ig_tile)(const lc_job *jb, const lc_pair *pairs, int64_t npairs
     for (int64_t q = 0; q < npairs; q++) {
         const T *gp = gyt + pairs[q].gy + g * og * npad + n0;
         const T *wq = w + pairs[q].w + g * og * R + c0 * cs;
+        const T *pf = direct && q < nnext ? w + next[q].w + g * og * R + c0 : NULL;
         for (int64_t o = 0; o < og; o++, gp += npad, wq += R) {
+            if (pf) {
+                __builtin_prefetch(pf + o * R);
+                __builtin_prefetch(pf + o * R + CB - 1);
+            }
             V gv[4];
             for (int v = 0; v < NV; v++) gv[v] = NAME(load)(gp + v * VL);
             for (int j = 0; j < CB; j++) {
@@ -288,42 +317,50 @@ INLINE void NAME(ig_tile)(const lc_job *jb, const lc_pair *pairs, int64_t npairs
     }
 }
 
-INLINE void NAME(ig_channels)(const lc_job *jb, const lc_pair *pairs, int64_t npairs, int64_t g, int64_t n0,
-                              int64_t gxoff, const int NV, const int CB)
+INLINE void NAME(ig_channels)(const lc_job *jb, const lc_pair *pairs, int64_t npairs, const lc_pair *next,
+                              int64_t nnext, int64_t g, int64_t n0, int64_t gxoff, const int NV, const int CB)
 {
     const int64_t cg = jb->c.cg;
     for (int64_t c0 = 0; c0 < cg; c0 += CB) {
         if (jb->c.kernel_major && cg >= CB)  /* the last tile overlaps the one before it */
-            NAME(ig_tile)(jb, pairs, npairs, g, lc_min(c0, cg - CB), n0, gxoff, NV, CB, 1);
+            NAME(ig_tile)(jb, pairs, npairs, next, nnext, g, lc_min(c0, cg - CB), n0, gxoff, NV, CB, 1);
         else
-            NAME(ig_tile)(jb, pairs, npairs, g, c0, n0, gxoff, NV, CB, 0);
+            NAME(ig_tile)(jb, pairs, npairs, next, nnext, g, c0, n0, gxoff, NV, CB, 0);
     }
 }
 
-/* Items: rows of input positions (d, h), each over its w. Scratch: the pairs. */
+/* Items: rows of input positions (d, h), each over its w. Scratch: the pairs of two positions. */
 STATIC int NAME(input_grad)(const lc_job *jb, int64_t begin, int64_t end, void *scratch)
 {
     const lc_call *c = &jb->c;
-    lc_pair *pairs = (lc_pair *)scratch;
+    lc_pair *pairs = (lc_pair *)scratch, *next = pairs + jb->K;
     for (int64_t row = begin; row < end; row++) {
         int64_t i3[3] = {row / c->in[1], row % c->in[1], 0};
-        for (i3[2] = 0; i3[2] < c->in[2]; i3[2]++) {
-            int64_t npairs = lc_pairs(jb, i3, pairs);
-            int64_t gxoff = i3[0] * c->xs[2] + i3[1] * c->xs[3] + i3[2] * c->xs[4];
+        int64_t npairs = lc_pairs(jb, i3, pairs);
+        for (; i3[2] < c->in[2]; i3[2]++) {
+            int64_t gxoff = i3[0] * c->xs[2] + i3[1] * c->xs[3] + i3[2] * c->xs[4], nnext = 0;
+            if (i3[2] + 1 < c->in[2]) {
+                int64_t i4[3] = {i3[0], i3[1], i3[2] + 1};
+                nnext = lc_pairs(jb, i4, next);
+            }
             for (int64_t g = 0; g < c->groups; g++)
                 for (int64_t n0 = 0; n0 < c->n;) {
-                    int64_t vectors = (jb->npad - n0) / VL;
+                    int64_t vectors = (jb->npad - n0) / VL, pf = n0 ? 0 : nnext;
                     if (vectors >= 4) {
-                        NAME(ig_channels)(jb, pairs, npairs, g, n0, gxoff, 4, IG_CB4);
+                        NAME(ig_channels)(jb, pairs, npairs, next, pf, g, n0, gxoff, 4, IG_CB4);
                         n0 += 4 * VL;
                     } else if (vectors >= 2) {
-                        NAME(ig_channels)(jb, pairs, npairs, g, n0, gxoff, 2, IG_CB2);
+                        NAME(ig_channels)(jb, pairs, npairs, next, pf, g, n0, gxoff, 2, IG_CB2);
                         n0 += 2 * VL;
                     } else {
-                        NAME(ig_channels)(jb, pairs, npairs, g, n0, gxoff, 1, IG_CB1);
+                        NAME(ig_channels)(jb, pairs, npairs, next, pf, g, n0, gxoff, 1, IG_CB1);
                         n0 += VL;
                     }
                 }
+            lc_pair *done = pairs;  /* the next position's pairs become the current ones */
+            pairs = next;
+            next = done;
+            npairs = nnext;
         }
     }
     return 0;

@@ -39,6 +39,8 @@ typedef struct {
     int64_t npad;                     /* input grad: batch of gyt, padded to the vector lanes */
     void *gyt;                        /* input grad: (P, O, npad) output gradient, batch inner */
     const int64_t *order, *start;     /* weight grad with banks: positions by bank (CSR) */
+    const void *source;               /* x given with another channel stride, and its strides */
+    int64_t ss[5];
 } lc_job;
 
 typedef int (*lc_range_fn)(const lc_job *job, int64_t begin, int64_t end, void *scratch);

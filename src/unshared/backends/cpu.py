@@ -13,8 +13,8 @@ no patch buffer) and keep register tiles sized for the thin matrices of locally 
 The instruction set is chosen at run time (AVX-512, AVX2+FMA, or portable vector code); force one
 with :func:`use_isa` or ``UNSHARED_CPU_ISA=avx512|avx2|portable``. Threads: ``torch.get_num_threads()``
 per call (POSIX threads started and joined by the call; no OpenMP). float32 and float64;
-float16/bfloat16 are left to the PyTorch backend (``can_run`` says so). Non-channel-last inputs
-are copied channels-last first (one copy of the input, small next to the weight).
+float16/bfloat16 are left to the PyTorch backend (``can_run`` says so). Inputs whose channel
+stride is not 1 are copied channels-last by the kernels first (small next to the weight).
 """
 from __future__ import annotations
 
@@ -145,13 +145,6 @@ def _strides(t: torch.Tensor) -> list[int]:
     return [t.stride(0), 1 if t.shape[1] == 1 else t.stride(1), *_spatial3(t.stride()[2:], 0)]
 
 
-def _channel_inner(x: torch.Tensor) -> torch.Tensor:
-    """``x`` with channel stride 1 (channels-last), copied only when it is not already."""
-    if x.shape[1] == 1 or x.stride(1) == 1:
-        return x
-    return x.movedim(1, -1).contiguous().movedim(-1, 1)
-
-
 def _launch(op: str, g: Geometry, n: int, x: torch.Tensor, y: torch.Tensor, w: torch.Tensor,
             kernel_major: bool) -> None:
     """Run ``unshared_<op>`` on ``x`` (input or its gradient), ``y`` (output or its gradient) and
@@ -196,7 +189,7 @@ def forward(x: torch.Tensor, w: torch.Tensor, g: Geometry) -> torch.Tensor:
     if n == 0:
         return y
     memory, kernel_major = weight_memory(w)
-    _launch("forward", g, n, _channel_inner(x), y, memory, kernel_major)
+    _launch("forward", g, n, x, y, memory, kernel_major)
     return y
 
 
@@ -224,5 +217,5 @@ def weight_grad(x: torch.Tensor, gy: torch.Tensor, g: Geometry, kernel_major: bo
     if n == 0 or math.prod(shape) == 0:
         return gw.zero_()
     memory, kernel_major = weight_memory(gw)  # a view of gw
-    _launch("weight_grad", g, n, _channel_inner(x), gy, memory, kernel_major)
+    _launch("weight_grad", g, n, x, gy, memory, kernel_major)
     return gw
