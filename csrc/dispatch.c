@@ -179,19 +179,6 @@ static int lc_channel_inner(lc_job *j, int dtype, int threads, void **block)
     return lc_run(j, item == 4 ? lc_to_channels_last32 : lc_to_channels_last64, rows, 0, threads);
 }
 
-LC_EXPORT int unshared_forward(const lc_call *c, int dtype, int isa, int threads)
-{
-    const lc_kernels *k = kernels_for(isa, dtype);
-    if (!k || lc_check(c)) return LC_BAD_ARGUMENT;
-    lc_job j;
-    void *block;
-    lc_job_init(&j, c);
-    int status = lc_channel_inner(&j, dtype, threads, &block);
-    if (status == LC_OK) status = lc_run(&j, k->forward, j.P, k->patch_scratch(&j), threads);
-    free(block);
-    return status;
-}
-
 /* Shared banks: each bank is summed by one thread, over its positions (a counting sort). */
 static int lc_weight_grad(lc_job *j, const lc_kernels *k, int threads)
 {
@@ -221,7 +208,8 @@ static int lc_weight_grad(lc_job *j, const lc_kernels *k, int threads)
     return status;
 }
 
-LC_EXPORT int unshared_weight_grad(const lc_call *c, int dtype, int isa, int threads)
+/* forward or weight grad: both read x's patches with channel stride 1 */
+static int lc_patch_op(const lc_call *c, int dtype, int isa, int threads, int weight_grad)
 {
     const lc_kernels *k = kernels_for(isa, dtype);
     if (!k || lc_check(c)) return LC_BAD_ARGUMENT;
@@ -229,9 +217,21 @@ LC_EXPORT int unshared_weight_grad(const lc_call *c, int dtype, int isa, int thr
     void *block;
     lc_job_init(&j, c);
     int status = lc_channel_inner(&j, dtype, threads, &block);
-    if (status == LC_OK) status = lc_weight_grad(&j, k, threads);
+    if (status == LC_OK)
+        status = weight_grad ? lc_weight_grad(&j, k, threads)
+                             : lc_run(&j, k->forward, j.P, k->patch_scratch(&j), threads);
     free(block);
     return status;
+}
+
+LC_EXPORT int unshared_forward(const lc_call *c, int dtype, int isa, int threads)
+{
+    return lc_patch_op(c, dtype, isa, threads, 0);
+}
+
+LC_EXPORT int unshared_weight_grad(const lc_call *c, int dtype, int isa, int threads)
+{
+    return lc_patch_op(c, dtype, isa, threads, 1);
 }
 
 LC_EXPORT int unshared_input_grad(const lc_call *c, int dtype, int isa, int threads)
