@@ -55,10 +55,22 @@ INLINE void NAME(store_part)(T *p, V v, int64_t len)
     for (int64_t i = 0; i < len; i++) p[i] = v[i];
 }
 
+/* The sum of the lanes: 16-byte pieces added as vectors, then their lanes. */
 INLINE T NAME(hsum)(V v)
 {
+#if VB > 16
+    typedef T Q __attribute__((vector_size(16), aligned(sizeof(T)), may_alias));
+    Q acc, part;
+    memcpy(&acc, &v, 16);
+    for (int b = 16; b < VB; b += 16) {
+        memcpy(&part, (const char *)&v + b, 16);
+        acc += part;
+    }
+#else
+    V acc = v;
+#endif
     T s = 0;
-    for (int64_t i = 0; i < VL; i++) s += v[i];
+    for (int i = 0; i < (int)(sizeof(acc) / sizeof(T)); i++) s += acc[i];
     return s;
 }
 

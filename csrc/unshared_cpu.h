@@ -9,6 +9,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 
 enum { LC_FLOAT32 = 0, LC_FLOAT64 = 1 };
 enum { LC_PORTABLE = 0, LC_AVX2 = 1, LC_AVX512 = 2, LC_ISAS = 3 };
