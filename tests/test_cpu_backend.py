@@ -139,6 +139,27 @@ def test_batch_zero_and_layouts_of_the_results():
 
 
 @requires_kernels
+def test_gradients_of_a_sum_read_the_broadcast_output_gradient():
+    # y.sum().backward() hands the kernels an expanded grad_output (every stride 0)
+    layer = unshared.LocallyConnected2d(5, 7, 3, 2, 1, input_size=(9, 8), dtype=torch.float64, backend="cpu")
+    x = torch.randn(6, 5, 9, 8, dtype=torch.float64, requires_grad=True)
+    got = torch.autograd.grad(layer(x).sum(), (x, layer.weight))
+    y = UF.locally_connected2d(x, layer.weight, layer.bias, 2, 1, backend="torch")
+    for a, b in zip(got, torch.autograd.grad(y.sum(), (x, layer.weight))):
+        torch.testing.assert_close(a, b)
+
+
+@pytest.mark.skipif(not BUILT or not os.path.exists("/proc/self/maps"), reason="needs the kernels and Linux")
+def test_no_second_openmp_runtime_is_loaded():
+    # the kernels use their own threads: the only OpenMP runtime in the process stays PyTorch's
+    UF.locally_connected1d(torch.randn(2, 3, 9), torch.randn(7, 4, 3, 3), backend="cpu")
+    maps = open("/proc/self/maps").read()
+    assert str(cpu.library_path()) in maps
+    runtimes = {line.split()[-1] for line in maps.splitlines() if "gomp" in line or "libomp" in line or "iomp" in line}
+    assert len(runtimes) <= 1, runtimes
+
+
+@requires_kernels
 def test_threads_and_serial_give_the_same_results():
     # several Python threads call one layer at once (the kernels start their own threads too)
     torch.manual_seed(0)

@@ -39,8 +39,9 @@ ISAS = ("portable", "avx2", "avx512")
 ABI_VERSION = 1  # must match LC_ABI_VERSION in csrc/dispatch.c
 _DTYPES = {torch.float32: 0, torch.float64: 1}
 _STATUS = {1: MemoryError, 2: RuntimeError}
-#: Calls with fewer multiply-adds than this run on the calling thread alone (threads cost ~50 us).
-SERIAL_BELOW = 1 << 18
+#: Calls with fewer multiply-adds than this (~20 us of work) run on the calling thread alone:
+#: starting and joining a thread costs tens of microseconds.
+SERIAL_BELOW = 1 << 20
 _ISA: contextvars.ContextVar[str | None] = contextvars.ContextVar("unshared_cpu_isa", default=None)
 
 _i64 = ctypes.c_int64
