@@ -96,7 +96,7 @@ static int lc_run(const lc_job *job, lc_range_fn fn, int64_t total, size_t scrat
 {
     if (total <= 0) return LC_OK;
     int64_t t = lc_max(1, lc_min(threads, total));
-    lc_pool pool = {job, fn, total, lc_max(1, total / (4 * t)), scratch, 0, 0};
+    lc_pool pool = {job, fn, total, lc_max(1, total / (8 * t)), scratch, 0, 0};
 #ifdef _WIN32
     t = 1;
 #else
