@@ -75,9 +75,10 @@ def _load() -> tuple[ctypes.CDLL | None, str | None]:
         lib = ctypes.CDLL(str(path))
     except OSError as error:
         return None, f"the compiled CPU kernels at {path} could not be loaded: {error}"
-    if lib.unshared_abi_version() != ABI_VERSION:
-        return None, (f"the compiled CPU kernels at {path} were built from other sources (ABI "
-                      f"{lib.unshared_abi_version()}, expected {ABI_VERSION}): reinstall unshared")
+    abi = lib.unshared_abi_version() if hasattr(lib, "unshared_abi_version") else None
+    if abi != ABI_VERSION:
+        return None, (f"the compiled CPU kernels at {path} were built from other sources (ABI {abi}, "
+                      f"expected {ABI_VERSION}): reinstall unshared")
     for name in ("unshared_forward", "unshared_input_grad", "unshared_weight_grad"):
         getattr(lib, name).argtypes = [ctypes.POINTER(_Call), ctypes.c_int, ctypes.c_int, ctypes.c_int]
     lib.unshared_isa_supported.argtypes = [ctypes.c_int]
