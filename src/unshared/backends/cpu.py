@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import ctypes
+import functools
 import importlib.machinery
 import math
 import os
@@ -28,7 +29,7 @@ from pathlib import Path
 
 import torch
 
-from .._utils import Geometry, empty_weight, flat_bank_index, memory_format_of, weight_memory
+from .._utils import Geometry, empty_weight, memory_format_of, weight_memory
 from .buffers import empty_buffer
 
 __all__ = ["can_run", "forward", "input_grad", "weight_grad", "use_isa", "available_isas", "current_isa",
@@ -147,6 +148,17 @@ def _strides(t: torch.Tensor) -> list[int]:
     return [t.stride(0), 1 if t.shape[1] == 1 else t.stride(1), *_spatial3(t.stride()[2:], 0)]
 
 
+@functools.lru_cache(maxsize=64)
+def _bank_array(banks: tuple[tuple[int, ...], ...], weight_grid: tuple[int, ...]) -> ctypes.Array:
+    """The flat (row-major) bank of every output position, as plain int64 memory. (Not the cached
+    tensor of :func:`unshared._utils.flat_bank_index`: that one may have been made while a tracer
+    ran, as a fake tensor without data.)"""
+    flat = [0]
+    for coords, size in zip(banks, weight_grid):
+        flat = [f * size + c for f in flat for c in coords]
+    return (_i64 * len(flat))(*flat)
+
+
 def _launch(op: str, g: Geometry, n: int, x: torch.Tensor, y: torch.Tensor, w: torch.Tensor,
             kernel_major: bool) -> None:
     """Run ``unshared_<op>`` on ``x`` (input or its gradient), ``y`` (output or its gradient) and
@@ -154,14 +166,14 @@ def _launch(op: str, g: Geometry, n: int, x: torch.Tensor, y: torch.Tensor, w: t
     lib = _LIB
     if lib is None:
         raise RuntimeError(_REASON)
-    banks = flat_bank_index(g, "cpu")
+    banks = None if g.banks is None else _bank_array(g.banks, g.weight_grid)
     pad = [lo for lo, _ in g.padding]
     call = _Call(n, g.groups, g.in_channels // g.groups, g.out_channels // g.groups,
                  (_i64 * 3)(*_spatial3(g.input_size, 1)), (_i64 * 3)(*_spatial3(g.output_size, 1)),
                  (_i64 * 3)(*_spatial3(g.kernel_size, 1)), (_i64 * 3)(*_spatial3(g.stride, 1)),
                  (_i64 * 3)(*_spatial3(pad, 0)), (_i64 * 3)(*_spatial3(g.dilation, 1)),
                  x.data_ptr(), (_i64 * 5)(*_strides(x)), y.data_ptr(), (_i64 * 5)(*_strides(y)),
-                 w.data_ptr(), int(kernel_major), None if banks is None else banks.data_ptr(), g.bank_count)
+                 w.data_ptr(), int(kernel_major), None if banks is None else ctypes.addressof(banks), g.bank_count)
     work = n * g.positions * g.out_channels * g.in_channels // g.groups * g.kernel_volume
     threads = 1 if work < SERIAL_BELOW else torch.get_num_threads()
     status = getattr(lib, f"unshared_{op}")(ctypes.byref(call), _DTYPES[x.dtype], ISAS.index(current_isa()),
