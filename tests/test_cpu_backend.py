@@ -93,6 +93,17 @@ def test_instruction_set_is_chosen_and_forced():
 
 
 @requires_kernels
+def test_instruction_set_from_the_environment(monkeypatch):
+    monkeypatch.setenv("UNSHARED_CPU_ISA", "portable")
+    assert cpu.current_isa() == "portable"
+    x, w = torch.randn(2, 3, 9, dtype=torch.float64), torch.randn(7, 4, 3, 3, dtype=torch.float64)
+    torch.testing.assert_close(UF.locally_connected1d(x, w, backend="cpu"), locally_connected_reference(x, w))
+    monkeypatch.setenv("UNSHARED_CPU_ISA", "neon")
+    with pytest.raises(ValueError, match=r"cannot use isa='neon' here: this CPU runs \('portable'"):
+        UF.locally_connected1d(x, w, backend="cpu")
+
+
+@requires_kernels
 @pytest.mark.parametrize("cfg", [
     Config(2, 2, 2, (2, 3), (1, 2), 1, (1, 1), 1, "zeros", (3, 5), 2, "position", "noncontiguous"),
     Config(2, 4, 4, (2, 2), (2, 2), 1, (1, 1), 2, "circular", (3, 3), 2, "shared", "channels_last", True),
