@@ -12,7 +12,8 @@
 #define LC_ISA avx2
 #define LC_TARGET "avx2,fma"
 #define LC_VB 32
-#define FWD_NB 4   /* 8 accumulators */
+#define FWD_NB 6   /* 12 accumulators */
+#define FWD_NB_SMALL 4  /* for batches such as 8 */
 #define FWD_OB 2
 #define WG_OB 4    /* 8 accumulators */
 #define WG_RV 2

@@ -12,7 +12,8 @@
 #define LC_ISA avx512
 #define LC_TARGET "avx512f,avx512vl,avx2,fma"
 #define LC_VB 64
-#define FWD_NB 4   /* 16 accumulators: 8 loads per 16 FMAs */
+#define FWD_NB 6   /* 24 accumulators: 10 loads per 24 FMAs */
+#define FWD_NB_SMALL 4  /* for batches such as 8 */
 #define FWD_OB 4
 #define WG_OB 4    /* 24 accumulators: 10 loads per 24 FMAs */
 #define WG_RV 6

@@ -4,7 +4,8 @@
 
 #define LC_ISA portable
 #define LC_VB 16
-#define FWD_NB 4
+#define FWD_NB 6
+#define FWD_NB_SMALL 4  /* for batches such as 8 */
 #define FWD_OB 2
 #define WG_OB 4
 #define WG_RV 2

@@ -134,6 +134,15 @@ static void lc_job_init(lc_job *j, const lc_call *c)
     j->merged = c->groups == 1 && c->dil[2] == 1 && c->xs[4] == c->cg;
 }
 
+/* A malloc'd block of at least `bytes` starting on a cache line (64 B), so that vector loads
+ * never straddle two lines; *raw is what to free. */
+static void *lc_alloc_lines(size_t bytes, void **raw)
+{
+    char *block = malloc(bytes + 64);
+    *raw = block;
+    return block ? block + (64 - (uintptr_t)block % 64) % 64 : NULL;
+}
+
 /* Rows (n, d, h) of x copied into j->c.x's channels-last buffer, whole vectors of w at a time. */
 #define LC_TO_CHANNELS_LAST(name, E)                                                               \
     static int name(const lc_job *j, int64_t begin, int64_t end, void *scratch)                    \
@@ -165,11 +174,11 @@ static int lc_channel_inner(lc_job *j, int dtype, int threads, void **block)
     if (c->xs[1] == 1) return LC_OK;
     int64_t C = c->groups * c->cg, rows = c->n * c->in[0] * c->in[1];
     size_t item = dtype == LC_FLOAT32 ? 4 : 8;
-    *block = malloc((size_t)(rows * c->in[2] * C) * item);
-    if (!*block) return LC_NO_MEMORY;
+    void *copy = lc_alloc_lines((size_t)(rows * c->in[2] * C) * item, block);
+    if (!copy) return LC_NO_MEMORY;
     j->source = c->x;
     memcpy(j->ss, c->xs, sizeof(j->ss));
-    c->x = *block;
+    c->x = copy;
     c->xs[4] = C;
     c->xs[3] = C * c->in[2];
     c->xs[2] = c->xs[3] * c->in[1];
@@ -243,9 +252,9 @@ LC_EXPORT int unshared_input_grad(const lc_call *c, int dtype, int isa, int thre
     lc_job_init(&j, c);
     j.npad = (c->n + k->lanes - 1) / k->lanes * k->lanes;
     size_t item = dtype == LC_FLOAT32 ? sizeof(float) : sizeof(double);
-    char *block = malloc((size_t)(j.P * j.O * j.npad) * item + 64);
-    if (!block) return LC_NO_MEMORY;
-    j.gyt = block + (64 - (uintptr_t)block % 64) % 64;  /* vector loads from whole cache lines */
+    void *block;
+    j.gyt = lc_alloc_lines((size_t)(j.P * j.O * j.npad) * item, &block);
+    if (!j.gyt) return LC_NO_MEMORY;
     int status = lc_run(&j, k->transpose_gy, j.P, 0, threads);
     if (status == LC_OK)
         status = lc_run(&j, k->input_grad, c->in[0] * c->in[1], 2 * (size_t)j.K * sizeof(lc_pair), threads);
