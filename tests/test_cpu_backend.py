@@ -30,14 +30,14 @@ def test_kernels_are_built_in_ci():
 
 
 @requires_kernels
-@settings(max_examples=500 * EXAMPLES_SCALE)
+@settings(max_examples=1000 * EXAMPLES_SCALE)
 @given(cfg=configs())
 def test_float64_matches_reference(cfg):
     check_against_reference(cfg, torch.float64, seed=20, backend="cpu")
 
 
 @requires_kernels
-@settings(max_examples=200 * EXAMPLES_SCALE)
+@settings(max_examples=300 * EXAMPLES_SCALE)
 @given(cfg=configs(max_batch=2))
 def test_float32_matches_reference(cfg):
     check_against_reference(cfg, torch.float32, seed=21, backend="cpu")
@@ -70,7 +70,7 @@ def test_every_instruction_set_matches_reference(isa, cfg):
 
 @requires_kernels
 @pytest.mark.parametrize("isa", ISAS)
-@settings(max_examples=60 * EXAMPLES_SCALE)
+@settings(max_examples=150 * EXAMPLES_SCALE)
 @given(cfg=configs())
 def test_every_instruction_set_on_random_configurations(isa, cfg):
     with cpu.use_isa(isa):
