@@ -6,6 +6,7 @@ import threading
 import pytest
 import torch
 from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch.autograd import gradcheck, gradgradcheck
 
 import unshared
@@ -66,6 +67,31 @@ def test_every_instruction_set_matches_reference(isa, cfg):
     with cpu.use_isa(isa):
         check_against_reference(cfg, torch.float64, seed=22, backend="cpu")
         check_against_reference(cfg, torch.float32, seed=23, backend="cpu")
+
+
+@st.composite
+def wide_configs(draw):
+    """2d layers with channels past the vector width (the random configurations stay narrower)."""
+    groups = draw(st.sampled_from([1, 1, 2]))
+    cg, og = draw(st.sampled_from([7, 16, 17, 32])), draw(st.integers(1, 18))
+    kernel = (draw(st.integers(1, 4)), draw(st.integers(1, 4)))
+    stride = (draw(st.integers(1, 2)), draw(st.integers(1, 2)))
+    dilation = (draw(st.integers(1, 2)), draw(st.integers(1, 2)))
+    padding = (draw(st.integers(0, 2)), draw(st.integers(0, 2)))
+    size = tuple(max(d * (k - 1) + 1 - 2 * p, 1) + draw(st.integers(0, 4))
+                 for k, d, p in zip(kernel, dilation, padding))
+    return Config(2, groups * cg, groups * og, kernel, stride, padding, dilation, groups, "zeros", size,
+                  draw(st.integers(1, 40)), draw(st.sampled_from(["position", None])),
+                  draw(st.sampled_from(["contiguous", "noncontiguous", "channels_last"])), draw(st.booleans()))
+
+
+@requires_kernels
+@pytest.mark.parametrize("isa", ISAS)
+@settings(max_examples=60 * EXAMPLES_SCALE)
+@given(cfg=wide_configs())
+def test_every_instruction_set_on_wide_random_configurations(isa, cfg):
+    with cpu.use_isa(isa):
+        check_against_reference(cfg, torch.float64, seed=25, backend="cpu")
 
 
 @requires_kernels
