@@ -87,17 +87,8 @@ def wide_configs(draw):
 
 @requires_kernels
 @pytest.mark.parametrize("isa", ISAS)
-@settings(max_examples=60 * EXAMPLES_SCALE)
-@given(cfg=wide_configs())
-def test_every_instruction_set_on_wide_random_configurations(isa, cfg):
-    with cpu.use_isa(isa):
-        check_against_reference(cfg, torch.float64, seed=25, backend="cpu")
-
-
-@requires_kernels
-@pytest.mark.parametrize("isa", ISAS)
-@settings(max_examples=150 * EXAMPLES_SCALE)
-@given(cfg=configs())
+@settings(max_examples=200 * EXAMPLES_SCALE)
+@given(cfg=st.one_of(configs(), wide_configs()))
 def test_every_instruction_set_on_random_configurations(isa, cfg):
     with cpu.use_isa(isa):
         check_against_reference(cfg, torch.float64, seed=24, backend="cpu")
