@@ -36,25 +36,19 @@ INLINE V NAME(bcast)(T s) { return s - (V){0}; }
 INLINE void NAME(store_once)(T *p, V v)
 {
 #ifdef LC_NT_STORE
-    if ((uintptr_t)p % VB == 0) {
-        LC_NT_STORE(p, v);
-        return;
-    }
+    if ((uintptr_t)p % VB == 0) return (void)LC_NT_STORE(p, v);
 #endif
     NAME(store)(p, v);
 }
 
+/* The first len < VL lanes (zeros past them), and their store. */
 INLINE V NAME(load_part)(const T *p, int64_t len)
 {
     V v = {0};
     for (int64_t i = 0; i < len; i++) v[i] = p[i];
     return v;
 }
-
-INLINE void NAME(store_part)(T *p, V v, int64_t len)
-{
-    for (int64_t i = 0; i < len; i++) p[i] = v[i];
-}
+INLINE void NAME(store_part)(T *p, V v, int64_t len) { for (int64_t i = 0; i < len; i++) p[i] = v[i]; }
 
 /* The sum of the lanes: 16-byte pieces added as vectors, then their lanes. */
 INLINE T NAME(hsum)(V v)
