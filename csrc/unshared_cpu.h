@@ -56,7 +56,7 @@ typedef struct lc_kernels {
 } lc_kernels;
 
 extern const lc_kernels kernels_portable_f32, kernels_portable_f64;
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__)) && !defined(LC_PORTABLE_ONLY)
 #define LC_X86 1
 extern const lc_kernels kernels_avx2_f32, kernels_avx2_f64, kernels_avx512_f32, kernels_avx512_f64;
 #endif

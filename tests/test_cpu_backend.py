@@ -1,7 +1,10 @@
 """The compiled CPU backend (``backend="cpu"``, csrc/) against the float64 reference: every
 instruction-set path, both weight layouts, banks, threads, torch.compile, and its absence."""
 import os
+import shutil
+import subprocess
 import threading
+from pathlib import Path
 
 import pytest
 import torch
@@ -92,6 +95,22 @@ def wide_configs(draw):
 def test_every_instruction_set_on_random_configurations(isa, cfg):
     with cpu.use_isa(isa):
         check_against_reference(cfg, torch.float64, seed=24, backend="cpu")
+
+
+@pytest.mark.skipif(shutil.which("cc") is None, reason="needs a C compiler")
+def test_portable_only_build_as_on_other_cpus(tmp_path, monkeypatch):
+    # what other CPUs (aarch64) build: no x86 kernels; compiled here with LC_PORTABLE_ONLY
+    csrc = Path(__file__).resolve().parents[1] / "csrc"
+    library = tmp_path / "portable_only.so"
+    subprocess.run(["cc", "-O2", "-std=gnu11", "-fPIC", "-shared", "-DLC_PORTABLE_ONLY", "-o", str(library),
+                    *map(str, sorted(csrc.glob("*.c"))), "-pthread"], check=True)
+    monkeypatch.setattr(cpu, "library_path", lambda: library)
+    lib, reason = cpu._load()
+    assert reason is None
+    monkeypatch.setattr(cpu, "_LIB", lib)
+    assert cpu.available_isas() == ("portable",)
+    check_against_reference(MEDIUM[1], torch.float64, seed=26, backend="cpu")
+    check_against_reference(MEDIUM[3], torch.float32, seed=27, backend="cpu")
 
 
 @requires_kernels
