@@ -32,7 +32,7 @@ from harness.measure import log, measure  # noqa: E402
 from harness.providers import (BACKENDS, PROVIDERS, check_against_reference, check_same_output, jax,  # noqa: E402
                                jax_device, output_tolerance, uses_triton)
 from harness.report import Row, cases_table, header, results_table, targets_table  # noqa: E402
-from unshared.backends import triton  # noqa: E402
+from unshared.backends import cpu, triton  # noqa: E402
 
 import unshared  # noqa: E402
 
@@ -89,7 +89,7 @@ def parse_args(argv=None):
     parser.add_argument("--providers", help=f"comma-separated subset of {','.join(PROVIDERS)}; the first "
                         f"is the reference of the speed-up column (default: cpu "
                         f"{','.join(CpuDevice.default_providers)}; cuda {','.join(CudaDevice.default_providers)}; "
-                        f"jax only when importable)")
+                        f"jax only when importable, unshared-cpu only when its kernels are built)")
     parser.add_argument("--dtype", help=f"comma-separated subset of {','.join(DTYPES)} (default: cpu "
                         f"{','.join(CpuDevice.default_dtypes)}; cuda {','.join(CudaDevice.default_dtypes)})")
     parser.add_argument("--tf32", action="store_true", help="cuda: allow TF32 for float32 matmuls "
@@ -119,8 +119,9 @@ def parse_args(argv=None):
                          f"torch.cuda.is_available() is False (torch {torch.__version__}, {build})")
     if args.providers:
         args.providers = _split(parser, args.providers, PROVIDERS, "provider")
-    else:  # jax only where it has a backend for the device
-        args.providers = [p for p in device.default_providers if p != "jax" or jax_device(args.device)]
+    else:  # jax only where it has a backend for the device; the compiled kernels only when built
+        args.providers = [p for p in device.default_providers
+                          if (p != "jax" or jax_device(args.device)) and (p != "unshared-cpu" or cpu.available_isas())]
     return args
 
 
@@ -130,6 +131,8 @@ def prepare_backends(args) -> None:
     if "jax" in args.providers and jax_device(args.device) is None:
         why = "`import jax` failed" if jax is None else f"JAX has no {args.device} backend"
         raise SystemExit(f"error: provider jax: {why}")
+    if "unshared-cpu" in args.providers and not cpu.available_isas():
+        raise SystemExit(f"error: provider unshared-cpu: {cpu._REASON}")
     if args.device == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = args.tf32
     if not uses_triton(args.providers):

@@ -25,3 +25,8 @@ settings.register_profile(
 )
 settings.load_profile("unshared")
 EXAMPLES_SCALE = _scale
+
+from unshared.backends import cpu as _cpu  # noqa: E402  (after TRITON_INTERPRET is set)
+
+#: What ``backend="auto"`` picks for float32/float64 CPU tensors: the compiled kernels when built.
+CPU_AUTO = "cpu" if _cpu.available_isas() else "torch"

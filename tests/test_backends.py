@@ -13,6 +13,7 @@ from unshared import _utils as U
 from unshared.backends import BACKENDS, choose_backend, selection, settings
 from unshared.backends.blocks import CPU_BLOCK_ELEMENTS, GPU_BLOCK_ELEMENTS, block_plan, budget
 from unshared.backends.settings import Settings, current_settings
+from conftest import CPU_AUTO
 
 
 def geometry(n_out=(3,), banks=None, grid=None):
@@ -107,7 +108,7 @@ def test_measuring_off_means_the_first_candidate():
 
 def test_auto_on_the_cpu_never_measures():
     x, w = torch.randn(2, 2, 5), torch.randn(3, 4, 2, 3)
-    assert choose_backend(x, w, geometry()) == "torch"
+    assert choose_backend(x, w, geometry()) == CPU_AUTO
     UF.locally_connected1d(x, w)
     assert selection.choices() == {}
 
@@ -147,7 +148,7 @@ def test_explicit_backend_wins_for_every_layer_kind():
 def test_banks_run_as_convolutions_only_with_many_positions_per_bank():
     g = geometry((12,), banks=((0, 1) * 6,), grid=(2,))
     x, w = torch.randn(1, 2, 14), torch.randn(2, 4, 2, 3)
-    assert choose_backend(x, w, g) == "torch"                   # 6 positions per bank < 64
+    assert choose_backend(x, w, g) == CPU_AUTO                  # 6 positions per bank < 64
     with settings(min_positions_per_conv=6):
         assert choose_backend(x, w, g) == "conv"
     uneven = geometry((3,), banks=((0, 1, 0),), grid=(2,))      # bank 1 alone, bank 0 at 0 and 2: fine

@@ -6,6 +6,7 @@ from torch import nn
 import unshared
 import unshared.functional as UF
 from configs import Config
+from conftest import CPU_AUTO
 from unshared.backends import ops
 
 _HAS_TRITON = ops.BACKENDS["triton"].TRITON_INSTALLED
@@ -80,10 +81,12 @@ def test_triton_backend_compiles_fullgraph():
         torch.testing.assert_close(a, b)
 
 
+@pytest.mark.parametrize("backend", ["torch", pytest.param("cpu", marks=pytest.mark.skipif(
+    CPU_AUTO != "cpu", reason="the compiled CPU kernels are not built"))])
 @pytest.mark.parametrize("kernel_major", [False, True])
 @pytest.mark.parametrize("channels_last", [False, True])
 @pytest.mark.parametrize("banks", [False, True])
-def test_opcheck(channels_last, banks, kernel_major):
+def test_opcheck(channels_last, banks, kernel_major, backend):
     # schema, fake (meta) implementations, autograd registration and layouts of the three ops
     g = unshared._utils.Geometry((4, 5), (3, 2), (2, 2), (1, 2), ((0, 0), (0, 0)), (1, 1), 2, 4, 6,
                                  (1, 2) if banks else None, ((0, 0, 0), (0, 1)) if banks else None)
@@ -95,9 +98,9 @@ def test_opcheck(channels_last, banks, kernel_major):
                                      dtype=torch.float64)
     w = w.normal_().requires_grad_()
     gy = torch.randn(3, 6, 3, 2, dtype=torch.float64, requires_grad=True)
-    torch.library.opcheck(torch.ops.unshared.forward, (x, w, geometry, "torch"))
-    torch.library.opcheck(torch.ops.unshared.input_grad, (gy, w, geometry, "torch", channels_last))
-    torch.library.opcheck(torch.ops.unshared.weight_grad, (x, gy, geometry, "torch", kernel_major))
+    torch.library.opcheck(torch.ops.unshared.forward, (x, w, geometry, backend))
+    torch.library.opcheck(torch.ops.unshared.input_grad, (gy, w, geometry, backend, channels_last))
+    torch.library.opcheck(torch.ops.unshared.weight_grad, (x, gy, geometry, backend, kernel_major))
 
 
 def test_meta_tensors_get_shapes_without_computing():

@@ -41,16 +41,30 @@ def check_against_reference(cfg: Config, dtype, seed: int, backend: str = "auto"
         torch.testing.assert_close(ours.grad.double(), ref.grad, rtol=rtol, atol=atol * 4, msg=name)
 
 
+def check_banks_against_reference(layer, x: torch.Tensor, padding: int) -> None:
+    """A partial-sharing layer's output and its input and bank gradients against the reference
+    with the banks expanded to positions (each bank's gradient sums its positions')."""
+    y = layer(x)
+    ref = locally_connected_reference(x, layer.expanded_weight(), layer.expanded_bias(), padding=padding)
+    torch.testing.assert_close(y, ref)
+    gy = torch.randn_like(y)
+    got = torch.autograd.grad(y, (x, layer.weight), gy)
+    want = torch.autograd.grad(ref, (x, layer.weight), gy)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b)
+
+
 @settings(max_examples=1000 * EXAMPLES_SCALE)
 @given(cfg=configs())
 def test_float64_forward_and_gradients_match_reference(cfg):
-    check_against_reference(cfg, torch.float64, seed=0)
+    # the PyTorch backend (auto picks the compiled one on the CPU: tests/test_cpu_backend.py)
+    check_against_reference(cfg, torch.float64, seed=0, backend="torch")
 
 
 @settings(max_examples=300 * EXAMPLES_SCALE)
 @given(cfg=configs(max_batch=2))
 def test_float32_matches_reference(cfg):
-    check_against_reference(cfg, torch.float32, seed=1)
+    check_against_reference(cfg, torch.float32, seed=1, backend="torch")
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
@@ -101,10 +115,10 @@ def test_large_layer_is_split_into_blocks():
     # a tiny block budget forces one output row per block: results must not change
     cfg = Config(2, 3, 2, (3, 3), (1, 2), 1, (2, 1), 1, "zeros", (9, 8), 3, "position", "contiguous")
     x, w, b = cfg.tensors(requires_grad=True)
-    expected = UF.locally_connected2d(x, w, b, **cfg.kwargs())
+    expected = UF.locally_connected2d(x, w, b, **cfg.kwargs(), backend="torch")
     gx, gw = torch.autograd.grad(expected.sum(), (x, w))
     with backend_settings(block_elements=1):
-        y = UF.locally_connected2d(x, w, b, **cfg.kwargs())
+        y = UF.locally_connected2d(x, w, b, **cfg.kwargs(), backend="torch")
         grads = torch.autograd.grad(y.sum(), (x, w))
     torch.testing.assert_close(y, expected)
     for ours, ref in zip(grads, (gx, gw)):
@@ -119,9 +133,9 @@ def test_input_gradient_orientations_and_blocks(batch_inner_from, block_elements
     # the batch-innermost orientation normally starts at batch 32, and blocks split rows and batch
     # only on large layers: force each variant on small shapes
     with backend_settings(batch_inner_from=batch_inner_from, block_elements=block_elements):
-        check_against_reference(cfg, torch.float64, seed=3)
+        check_against_reference(cfg, torch.float64, seed=3, backend="torch")
         if block_elements:  # half precision accumulates the batch slices of the weight gradient in float32
-            check_against_reference(cfg, torch.bfloat16, seed=4)
+            check_against_reference(cfg, torch.bfloat16, seed=4, backend="torch")
 
 
 @settings(max_examples=200 * EXAMPLES_SCALE)

@@ -5,6 +5,7 @@ from torch.autograd import gradcheck, gradgradcheck
 
 import unshared.functional as UF
 from configs import Config
+from conftest import CPU_AUTO
 
 FN = {1: UF.locally_connected1d, 2: UF.locally_connected2d, 3: UF.locally_connected3d}
 
@@ -32,7 +33,8 @@ CASES = [pytest.param(Config(**kw), id=f"{nd}d-{name}") for nd in (1, 2, 3) for 
 
 
 # the Triton backend runs the same checks in test_triton.py (slow under its interpreter)
-BACKENDS = ["torch", "composite"]
+BACKENDS = ["torch", "composite", pytest.param("cpu", marks=pytest.mark.skipif(
+    CPU_AUTO != "cpu", reason="the compiled CPU kernels are not built"))]
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

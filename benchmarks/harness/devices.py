@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Callable
 
 import torch
+from unshared.backends import cpu as cpu_kernels
 
 from .cases import DEEPFACE, MiB, Case, itemsize
 from .measure import Clock, cuda_peak_transient_bytes, measure, rss_peak_transient_bytes
@@ -115,7 +116,7 @@ class CpuDevice(Device):
     kind, title, torch_device = "cpu", "CPU", torch.device("cpu")
     default_cases = ("L4-8", "L4-64", "L5-8", "L5-64", "L6-8", "L6-64", "cifar-128")
     quick_cases = ("L5-8", "L6-8")
-    default_providers = ("unshared", "unfold+einsum", "jax")
+    default_providers = ("unshared-cpu", "unshared-torch", "unfold+einsum", "jax")
     default_dtypes = ("float32",)
     matmul_size, copy_mib, ms_decimals = 2048, 256, 2
     run_defaults = {"quick": dict(budget=0.3, min_reps=3, max_reps=10, warmup=2, system_reps=3),
@@ -125,8 +126,10 @@ class CpuDevice(Device):
         return rss_peak_transient_bytes(fn)
 
     def describe(self, busy: float | None) -> list[str]:
+        kernels = cpu_kernels.current_isa() if cpu_kernels.available_isas() else "not built"
         return [f"- machine: {cpu_model()}, {os.cpu_count()} cores, torch.get_num_threads() = "
-                f"{torch.get_num_threads()}, {platform.system()} {platform.machine()}; {_busy_text(busy)}"]
+                f"{torch.get_num_threads()}, {platform.system()} {platform.machine()}; {_busy_text(busy)}; "
+                f"unshared's compiled CPU kernels: {kernels}"]
 
     def memory_note(self) -> str:
         return ("the process's resident-set high-water mark (`VmHWM`, reset through "

@@ -4,6 +4,7 @@
 backend        what computes                                                          devices
 =============  =====================================================================  ============
 ``torch``      block implicit GEMM on strided views, batched matmuls (:mod:`.pytorch`)  any
+``cpu``        compiled C kernels (``csrc/``, built at install; :mod:`.cpu`)            CPU
 ``triton``     fused Triton kernels (:mod:`.triton`)                                   CUDA
 ``composite``  standard differentiable operators, for exporters (:mod:`.composite`)   any
 ``conv``       PyTorch's convolutions, per shared filter bank or low-rank basis       any
@@ -45,7 +46,8 @@ def choose_backend(x: torch.Tensor, w: torch.Tensor, geometry, backend: str = "a
     per bank on average run as convolutions (``conv``); while ``torch.onnx.export`` traces, the
     composite backend (ONNX has no custom operators); CUDA tensors: the faster of Triton and the
     PyTorch backend, measured once per shape (Triton alone when measuring is off, the PyTorch
-    backend when Triton cannot run); otherwise the PyTorch backend.
+    backend when Triton cannot run); CPU tensors: the compiled kernels (``cpu``) when they can run
+    (built, float32/float64); otherwise the PyTorch backend.
     """
     check_backend_name(backend)
     if backend != "auto":
@@ -60,4 +62,6 @@ def choose_backend(x: torch.Tensor, w: torch.Tensor, geometry, backend: str = "a
         return "composite"
     if x.device.type == "cuda" and BACKENDS["triton"].can_run(x, w, geometry) is None:
         return "auto" if measuring() else "triton"
+    if x.device.type == "cpu" and BACKENDS["cpu"].can_run(x, w, geometry) is None:
+        return "cpu"
     return "torch"

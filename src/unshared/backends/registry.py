@@ -4,9 +4,9 @@ the custom operator (:mod:`.ops`) also provide ``input_grad`` and ``weight_grad`
 standard differentiable operators set ``STANDARD_OPERATORS = True``."""
 from __future__ import annotations
 
-from . import composite, conv, pytorch, triton
+from . import composite, conv, cpu, pytorch, triton
 
-BACKENDS = {"torch": pytorch, "triton": triton, "composite": composite, "conv": conv}
+BACKENDS = {"torch": pytorch, "cpu": cpu, "triton": triton, "composite": composite, "conv": conv}
 
 __all__ = ["BACKENDS", "check_backend_name"]
 

@@ -1,0 +1,24 @@
+/* The kernels for x86-64 with AVX-512 (F and VL) and FMA: 512-bit vectors, 32 registers. */
+#include "unshared_cpu.h"
+
+#ifdef LC_X86
+#include <immintrin.h>
+/* non-temporal stores of whole aligned vectors (the weight gradient) */
+#define LC_NT_F32(p, v) _mm512_stream_ps((p), (__m512)(v))
+#define LC_NT_F64(p, v) _mm512_stream_pd((p), (__m512d)(v))
+#define LC_NT_F32_HALF(p, v) _mm256_stream_ps((p), (__m256)(v))
+#define LC_NT_F64_HALF(p, v) _mm256_stream_pd((p), (__m256d)(v))
+#define LC_FENCE() _mm_sfence()
+#define LC_ISA avx512
+#define LC_TARGET "avx512f,avx512vl,avx2,fma"
+#define LC_VB 64
+#define FWD_NB 6   /* 24 accumulators: 10 loads per 24 FMAs */
+#define FWD_NB_SMALL 4  /* for batches such as 8 */
+#define FWD_OB 4
+#define WG_OB 4    /* 24 accumulators: 10 loads per 24 FMAs */
+#define WG_RV 6
+#define IG_CB1 16  /* 16 accumulators at 1, 2 or 4 batch vectors */
+#define IG_CB2 8
+#define IG_CB4 4
+#include "isa.h"
+#endif

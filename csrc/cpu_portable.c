@@ -1,0 +1,15 @@
+/* The portable kernels: 128-bit vectors of the compiler's vector extensions (SSE2 on x86-64,
+ * NEON on aarch64, scalar code where the target has no vectors). */
+#include "unshared_cpu.h"
+
+#define LC_ISA portable
+#define LC_VB 16
+#define FWD_NB 6
+#define FWD_NB_SMALL 4  /* for batches such as 8 */
+#define FWD_OB 2
+#define WG_OB 4
+#define WG_RV 2
+#define IG_CB1 8
+#define IG_CB2 4
+#define IG_CB4 2
+#include "isa.h"

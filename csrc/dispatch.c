@@ -1,0 +1,263 @@
+/* Entry points of the compiled CPU kernels: instruction-set dispatch, per-call threads.
+ *
+ * Nothing here is global or mutable: each call gets its threads (pthreads, joined before it
+ * returns), its own work counter and its own buffers, so several threads may call at once.
+ * No OpenMP: PyTorch's CPU wheels bring their own OpenMP runtime, and two in one process clash.
+ */
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "unshared_cpu.h"
+
+#ifdef _WIN32
+#define LC_EXPORT __declspec(dllexport)
+#else
+#include <pthread.h>
+#define LC_EXPORT __attribute__((visibility("default")))
+#endif
+
+/* Bumped whenever lc_call or an entry point changes: the Python side checks it. */
+#define LC_ABI_VERSION 1
+
+LC_EXPORT int unshared_abi_version(void) { return LC_ABI_VERSION; }
+
+LC_EXPORT int unshared_isa_supported(int isa)
+{
+    switch (isa) {
+    case LC_PORTABLE:
+        return 1;
+#ifdef LC_X86
+    case LC_AVX2:
+        return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    case LC_AVX512:
+        return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
+               __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+#endif
+    default:
+        return 0;
+    }
+}
+
+static const lc_kernels *kernels_for(int isa, int dtype)
+{
+    if (dtype != LC_FLOAT32 && dtype != LC_FLOAT64) return NULL;
+    if (!unshared_isa_supported(isa)) return NULL;
+    int f32 = dtype == LC_FLOAT32;
+    switch (isa) {
+#ifdef LC_X86
+    case LC_AVX512:
+        return f32 ? &kernels_avx512_f32 : &kernels_avx512_f64;
+    case LC_AVX2:
+        return f32 ? &kernels_avx2_f32 : &kernels_avx2_f64;
+#endif
+    default:
+        return f32 ? &kernels_portable_f32 : &kernels_portable_f64;
+    }
+}
+
+/* ------------------------------------------------------------------------- threads */
+
+typedef struct {
+    const lc_job *job;
+    lc_range_fn fn;
+    int64_t total, chunk;
+    size_t scratch;
+    atomic_llong next;
+    atomic_int error;
+} lc_pool;
+
+/* Takes chunks of items until none is left (chunks are contiguous: neighbouring positions share
+ * input rows in cache); each item is computed by one thread in a fixed order: results do not
+ * depend on the scheduling. */
+static void *lc_worker(void *arg)
+{
+    lc_pool *pool = (lc_pool *)arg;
+    void *scratch = pool->scratch ? malloc(pool->scratch) : NULL;
+    if (pool->scratch && !scratch) {
+        atomic_store(&pool->error, LC_NO_MEMORY);
+        return NULL;
+    }
+    for (;;) {
+        int64_t begin = atomic_fetch_add(&pool->next, pool->chunk);
+        if (begin >= pool->total || atomic_load(&pool->error)) break;
+        int status = pool->fn(pool->job, begin, lc_min(begin + pool->chunk, pool->total), scratch);
+        if (status) {
+            atomic_store(&pool->error, status);
+            break;
+        }
+    }
+    free(scratch);
+    return NULL;
+}
+
+/* fn over items 0..total on up to `threads` threads (the caller is one of them). */
+static int lc_run(const lc_job *job, lc_range_fn fn, int64_t total, size_t scratch, int threads)
+{
+    if (total <= 0) return LC_OK;
+    int64_t t = lc_max(1, lc_min(threads, total));
+    lc_pool pool = {job, fn, total, lc_max(1, total / (8 * t)), scratch, 0, 0};
+#ifdef _WIN32
+    t = 1;
+#else
+    pthread_t ids[256];
+    int started = 0;
+    t = lc_min(t, 256);
+    while (started < t - 1 && pthread_create(&ids[started], NULL, lc_worker, &pool) == 0) started++;
+#endif
+    lc_worker(&pool);
+#ifndef _WIN32
+    for (int i = 0; i < started; i++) pthread_join(ids[i], NULL);
+#endif
+    return atomic_load(&pool.error);
+}
+
+/* ------------------------------------------------------------------------- the calls */
+
+static int lc_check(const lc_call *c)
+{
+    if (c->n <= 0 || c->groups <= 0 || c->cg <= 0 || c->og <= 0 || c->banks <= 0) return LC_BAD_ARGUMENT;
+    for (int d = 0; d < 3; d++)
+        if (c->in[d] <= 0 || c->out[d] <= 0 || c->k[d] <= 0 || c->s[d] <= 0 || c->dil[d] <= 0 || c->pad[d] < 0)
+            return LC_BAD_ARGUMENT;
+    return LC_OK;
+}
+
+static void lc_job_init(lc_job *j, const lc_call *c)
+{
+    memset(j, 0, sizeof(*j));
+    j->c = *c;
+    j->K = c->k[0] * c->k[1] * c->k[2];
+    j->R = j->K * c->cg;
+    j->P = c->out[0] * c->out[1] * c->out[2];
+    j->O = c->og * c->groups;
+    j->merged = c->groups == 1 && c->dil[2] == 1 && c->xs[4] == c->cg;
+}
+
+/* A malloc'd block of at least `bytes` starting on a cache line (64 B), so that vector loads
+ * never straddle two lines; *raw is what to free. */
+static void *lc_alloc_lines(size_t bytes, void **raw)
+{
+    char *block = malloc(bytes + 64);
+    *raw = block;
+    return block ? block + (64 - (uintptr_t)block % 64) % 64 : NULL;
+}
+
+/* Rows (n, d, h) of x copied into j->c.x's channels-last buffer, whole vectors of w at a time. */
+#define LC_TO_CHANNELS_LAST(name, E)                                                               \
+    static int name(const lc_job *j, int64_t begin, int64_t end, void *scratch)                    \
+    {                                                                                              \
+        (void)scratch;                                                                             \
+        const lc_call *c = &j->c;                                                                  \
+        const E *src = (const E *)j->source;                                                       \
+        E *dst = (E *)c->x;                                                                        \
+        int64_t C = c->groups * c->cg, W = c->in[2];                                               \
+        for (int64_t row = begin; row < end; row++) {                                              \
+            int64_t h = row % c->in[1], d = row / c->in[1] % c->in[0], n = row / (c->in[1] * c->in[0]); \
+            const E *s = src + n * j->ss[0] + d * j->ss[2] + h * j->ss[3];                         \
+            E *t = dst + row * W * C;                                                              \
+            for (int64_t w0 = 0; w0 < W; w0 += 16)                                                 \
+                for (int64_t ch = 0; ch < C; ch++)                                                 \
+                    for (int64_t w = w0; w < lc_min(w0 + 16, W); w++)                              \
+                        t[w * C + ch] = s[ch * j->ss[1] + w * j->ss[4]];                           \
+        }                                                                                          \
+        return 0;                                                                                  \
+    }
+LC_TO_CHANNELS_LAST(lc_to_channels_last32, uint32_t)
+LC_TO_CHANNELS_LAST(lc_to_channels_last64, uint64_t)
+
+/* Gives job->c.x a channel stride of 1: x itself, or a channels-last copy in *block (to free). */
+static int lc_channel_inner(lc_job *j, int dtype, int threads, void **block)
+{
+    lc_call *c = &j->c;
+    *block = NULL;
+    if (c->xs[1] == 1) return LC_OK;
+    int64_t C = c->groups * c->cg, rows = c->n * c->in[0] * c->in[1];
+    size_t item = dtype == LC_FLOAT32 ? 4 : 8;
+    void *copy = lc_alloc_lines((size_t)(rows * c->in[2] * C) * item, block);
+    if (!copy) return LC_NO_MEMORY;
+    j->source = c->x;
+    memcpy(j->ss, c->xs, sizeof(j->ss));
+    c->x = copy;
+    c->xs[4] = C;
+    c->xs[3] = C * c->in[2];
+    c->xs[2] = c->xs[3] * c->in[1];
+    c->xs[0] = c->xs[2] * c->in[0];
+    c->xs[1] = 1;
+    j->merged = c->groups == 1 && c->dil[2] == 1;
+    return lc_run(j, item == 4 ? lc_to_channels_last32 : lc_to_channels_last64, rows, 0, threads);
+}
+
+/* Shared banks: each bank is summed by one thread, over its positions (a counting sort). */
+static int lc_weight_grad(lc_job *j, const lc_kernels *k, int threads)
+{
+    const lc_call *c = &j->c;
+    if (!c->bank) return lc_run(j, k->weight_grad, j->P, k->patch_scratch(j), threads);
+    int64_t *start = calloc((size_t)c->banks + 1, sizeof(int64_t)), *order = malloc((size_t)j->P * sizeof(int64_t));
+    int64_t *fill = malloc((size_t)c->banks * sizeof(int64_t));
+    int status = LC_NO_MEMORY;
+    if (start && order && fill) {
+        status = LC_OK;
+        for (int64_t p = 0; p < j->P; p++) {
+            if (c->bank[p] < 0 || c->bank[p] >= c->banks) status = LC_BAD_ARGUMENT;
+            else start[c->bank[p] + 1]++;
+        }
+        for (int64_t b = 0; b < c->banks; b++) start[b + 1] += start[b];
+        memcpy(fill, start, (size_t)c->banks * sizeof(int64_t));
+        if (status == LC_OK) {
+            for (int64_t p = 0; p < j->P; p++) order[fill[c->bank[p]]++] = p;
+            j->order = order;
+            j->start = start;
+            status = lc_run(j, k->weight_grad, c->banks, k->patch_scratch(j), threads);
+        }
+    }
+    free(start);
+    free(order);
+    free(fill);
+    return status;
+}
+
+/* forward or weight grad: both read x's patches with channel stride 1 */
+static int lc_patch_op(const lc_call *c, int dtype, int isa, int threads, int weight_grad)
+{
+    const lc_kernels *k = kernels_for(isa, dtype);
+    if (!k || lc_check(c)) return LC_BAD_ARGUMENT;
+    lc_job j;
+    void *block;
+    lc_job_init(&j, c);
+    int status = lc_channel_inner(&j, dtype, threads, &block);
+    if (status == LC_OK)
+        status = weight_grad ? lc_weight_grad(&j, k, threads)
+                             : lc_run(&j, k->forward, j.P, k->patch_scratch(&j), threads);
+    free(block);
+    return status;
+}
+
+LC_EXPORT int unshared_forward(const lc_call *c, int dtype, int isa, int threads)
+{
+    return lc_patch_op(c, dtype, isa, threads, 0);
+}
+
+LC_EXPORT int unshared_weight_grad(const lc_call *c, int dtype, int isa, int threads)
+{
+    return lc_patch_op(c, dtype, isa, threads, 1);
+}
+
+LC_EXPORT int unshared_input_grad(const lc_call *c, int dtype, int isa, int threads)
+{
+    const lc_kernels *k = kernels_for(isa, dtype);
+    if (!k || lc_check(c)) return LC_BAD_ARGUMENT;
+    if (k->half && c->n <= k->half->lanes) k = k->half;
+    lc_job j;
+    lc_job_init(&j, c);
+    j.npad = (c->n + k->lanes - 1) / k->lanes * k->lanes;
+    size_t item = dtype == LC_FLOAT32 ? sizeof(float) : sizeof(double);
+    void *block;
+    j.gyt = lc_alloc_lines((size_t)(j.P * j.O * j.npad) * item, &block);
+    if (!j.gyt) return LC_NO_MEMORY;
+    int status = lc_run(&j, k->transpose_gy, j.P, 0, threads);
+    if (status == LC_OK)
+        status = lc_run(&j, k->input_grad, c->in[0] * c->in[1], 2 * (size_t)j.K * sizeof(lc_pair), threads);
+    free(block);
+    return status;
+}

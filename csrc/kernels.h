@@ -1,0 +1,398 @@
+/* The three operations of a locally connected layer, written once over a vector type.
+ *
+ * Included by each ISA's translation unit once per (scalar type, vector width), with
+ *   T          float or double
+ *   VB         bytes of one vector (GCC/Clang vector extensions)
+ *   NAME(s)    the name of symbol s in this instantiation
+ *   LC_ATTR    the function attributes (the target instruction set)
+ *   FWD_NB, FWD_NB_SMALL, FWD_OB, WG_OB, WG_RV, IG_CB1, IG_CB2, IG_CB4    register tiles (below)
+ *
+ * forward:      y[n, o, p] = sum_r w[p, o, r] x[n, patch(p, r)]: per position, dot products along
+ *               the patch's runs (contiguous in a channels-last x and in a kernel-major w), an
+ *               FWD_NB x FWD_OB tile of (sample, output channel) accumulators (FWD_NB_SMALL
+ *               samples where FWD_NB would pad the batch much more).
+ * weight grad:  gw[p, o, r] = sum_n gy[n, o, p] x[n, patch(p, r)]: outer products, a WG_OB x WG_RV
+ *               tile of (output channel, patch vector) accumulators summed over the batch.
+ * input grad:   gx[n, c, i] = sum_{(p, k) reaching i} sum_o w[p, o, (k, c)] gy[n, o, p]: a gather
+ *               over the positions whose patch holds i (no scatter, no atomics); vectors along
+ *               the batch of gyt (P, O, npad), a tile of IG_CB<nv> channels x nv vectors.
+ * Remainder tiles repeat the last valid row or column and store only the valid ones.
+ */
+
+typedef T NAME(vec) __attribute__((vector_size(VB), aligned(sizeof(T)), may_alias));
+#define V NAME(vec)
+#define VL ((int64_t)(VB / sizeof(T)))
+#define INLINE static inline __attribute__((always_inline)) LC_ATTR
+#define STATIC static LC_ATTR
+
+INLINE V NAME(load)(const T *p) { return *(const V *)p; }
+INLINE void NAME(store)(T *p, V v) { *(V *)p = v; }
+/* s - 0 is exactly s (not so s + 0, for s = -0): compilers make it one broadcast, often folded
+ * into the multiply-add as a broadcast load. */
+INLINE V NAME(bcast)(T s) { return s - (V){0}; }
+
+/* A store that bypasses the caches (LC_NT_STORE, when the ISA has one and p is aligned), for
+ * results written once and not read again soon (the weight gradient); else a plain store. */
+INLINE void NAME(store_once)(T *p, V v)
+{
+#ifdef LC_NT_STORE
+    if ((uintptr_t)p % VB == 0) return (void)LC_NT_STORE(p, v);
+#endif
+    NAME(store)(p, v);
+}
+
+/* The first len < VL lanes (zeros past them), and their store. */
+INLINE V NAME(load_part)(const T *p, int64_t len)
+{
+    V v = {0};
+    for (int64_t i = 0; i < len; i++) v[i] = p[i];
+    return v;
+}
+INLINE void NAME(store_part)(T *p, V v, int64_t len) { for (int64_t i = 0; i < len; i++) p[i] = v[i]; }
+
+/* The sum of the lanes: 16-byte pieces added as vectors, then their lanes. */
+INLINE T NAME(hsum)(V v)
+{
+#if VB > 16
+    typedef T Q __attribute__((vector_size(16), aligned(sizeof(T)), may_alias));
+    Q acc, part;
+    memcpy(&acc, &v, 16);
+    for (int b = 16; b < VB; b += 16) {
+        memcpy(&part, (const char *)&v + b, 16);
+        acc += part;
+    }
+#else
+    V acc = v;
+#endif
+    T s = 0;
+    for (int i = 0; i < (int)(sizeof(acc) / sizeof(T)); i++) s += acc[i];
+    return s;
+}
+
+/* Runs split into vector chunks: the full ones first (*nfull of them), then the partial tails. */
+STATIC int64_t NAME(chunks)(const lc_seg *seg, int64_t nseg, lc_seg *ch, int64_t *nfull)
+{
+    int64_t n = 0;
+    for (int64_t s = 0; s < nseg; s++)
+        for (int64_t off = 0; off + VL <= seg[s].len; off += VL)
+            ch[n++] = (lc_seg){seg[s].x + off, seg[s].w + off, VL};
+    *nfull = n;
+    for (int64_t s = 0; s < nseg; s++) {
+        int64_t rest = seg[s].len % VL;
+        if (rest) ch[n++] = (lc_seg){seg[s].x + seg[s].len - rest, seg[s].w + seg[s].len - rest, rest};
+    }
+    return n;
+}
+
+/* Per-thread scratch of forward and weight grad: runs, chunks, one position's (O, R) filters. */
+STATIC size_t NAME(patch_scratch)(const lc_job *j)
+{
+    return (size_t)(j->K + 1 + j->R / VL + j->K + 1) * sizeof(lc_seg) + (size_t)(j->O * j->R) * sizeof(T);
+}
+
+/* (O, Cg, K) -> (O, K, Cg): one position's channel-major filters, kernel-major. */
+STATIC void NAME(to_kernel_major)(const T *src, T *dst, int64_t O, int64_t cg, int64_t K)
+{
+    for (int64_t o = 0; o < O; o++, src += cg * K, dst += cg * K)
+        for (int64_t c = 0; c < cg; c++)
+            for (int64_t k = 0; k < K; k++) dst[k * cg + c] = src[c * K + k];
+}
+
+/* dst (O, R) of either layout = (or +=) src (O, R) kernel-major. */
+STATIC void NAME(from_kernel_major)(const T *src, T *dst, int64_t O, int64_t cg, int64_t K, int kernel_major,
+                                    int add)
+{
+    int64_t R = cg * K;
+    for (int64_t o = 0; o < O; o++, src += R, dst += R)
+        for (int64_t k = 0; k < K; k++)
+            for (int64_t c = 0; c < cg; c++) {
+                T *d = dst + (kernel_major ? k * cg + c : c * K + k);
+                *d = add ? *d + src[k * cg + c] : src[k * cg + c];
+            }
+}
+
+/* ------------------------------------------------------------------------------- forward */
+
+/* `first`: the first pass over these filters, which come from memory: prefetched 1 KiB ahead. */
+INLINE void NAME(fwd_acc)(V acc[FWD_NB][FWD_OB], const T *const xr[FWD_NB], const T *const wr[FWD_OB],
+                          const lc_seg *ch, int64_t c0, int64_t c1, const int partial, const int first, const int NB)
+{
+    for (int64_t c = c0; c < c1; c++) {
+        V wv[FWD_OB];
+        for (int j = 0; j < FWD_OB; j++) {
+            if (first && !partial) __builtin_prefetch(wr[j] + ch[c].w + 1024 / sizeof(T));
+            wv[j] = partial ? NAME(load_part)(wr[j] + ch[c].w, ch[c].len) : NAME(load)(wr[j] + ch[c].w);
+        }
+        for (int i = 0; i < NB; i++) {
+            V xv = partial ? NAME(load_part)(xr[i] + ch[c].x, ch[c].len) : NAME(load)(xr[i] + ch[c].x);
+            for (int j = 0; j < FWD_OB; j++) acc[i][j] += xv * wv[j];
+        }
+    }
+}
+
+/* Positions begin..end with tiles of NB samples. */
+INLINE int NAME(forward_tiles)(const lc_job *jb, int64_t begin, int64_t end, void *scratch, const int NB)
+{
+    const lc_call *c = &jb->c;
+    const T *x = (const T *)c->x, *w = (const T *)c->w;
+    T *y = (T *)c->y;
+    const int64_t R = jb->R, O = jb->O, og = c->og, cg = c->cg, n = c->n;
+    lc_seg *seg = (lc_seg *)scratch, *ch = seg + jb->K + 1;
+    T *stage = (T *)(ch + jb->R / VL + jb->K + 1);
+    for (int64_t p = begin; p < end; p++) {
+        int64_t o3[3], covered, nfull;
+        lc_unravel(p, c->out, o3);
+        int64_t nall = NAME(chunks)(seg, lc_segments(jb, o3, seg, &covered), ch, &nfull);
+        const T *wp = w + (c->bank ? c->bank[p] : p) * O * R;
+        if (!c->kernel_major) {
+            NAME(to_kernel_major)(wp, stage, O, cg, jb->K);
+            wp = stage;
+        }
+        int64_t yoff = o3[0] * c->ys[2] + o3[1] * c->ys[3] + o3[2] * c->ys[4];
+        for (int64_t g = 0; g < c->groups; g++)
+            for (int64_t o0 = 0; o0 < og; o0 += FWD_OB) {
+                const T *wr[FWD_OB];
+                for (int j = 0; j < FWD_OB; j++) wr[j] = wp + (g * og + lc_min(o0 + j, og - 1)) * R;
+                for (int64_t n0 = 0; n0 < n; n0 += NB) {
+                    const T *xr[FWD_NB];
+                    for (int i = 0; i < NB; i++) xr[i] = x + lc_min(n0 + i, n - 1) * c->xs[0] + g * cg;
+                    V acc[FWD_NB][FWD_OB];
+                    for (int i = 0; i < NB; i++)
+                        for (int j = 0; j < FWD_OB; j++) acc[i][j] = NAME(bcast)(0);
+                    if (n0 == 0) NAME(fwd_acc)(acc, xr, wr, ch, 0, nfull, 0, 1, NB);
+                    else NAME(fwd_acc)(acc, xr, wr, ch, 0, nfull, 0, 0, NB);
+                    NAME(fwd_acc)(acc, xr, wr, ch, nfull, nall, 1, 0, NB);
+                    for (int i = 0; i < NB; i++)  /* constant indices: acc stays in registers */
+                        for (int j = 0; j < FWD_OB; j++)
+                            if (i < n - n0 && j < og - o0)
+                                y[(n0 + i) * c->ys[0] + (g * og + o0 + j) * c->ys[1] + yoff] = NAME(hsum)(acc[i][j]);
+                }
+            }
+    }
+    return 0;
+}
+
+/* The large tile unless it pads the batch by 10% more rows than the small one (batch 8: 12 rows
+ * against 8; batch 64: 66 against 64). */
+STATIC int NAME(forward)(const lc_job *jb, int64_t begin, int64_t end, void *scratch)
+{
+    int64_t n = jb->c.n, large = (n + FWD_NB - 1) / FWD_NB * FWD_NB;
+    int64_t small = (n + FWD_NB_SMALL - 1) / FWD_NB_SMALL * FWD_NB_SMALL;
+    if (10 * large > 11 * small) return NAME(forward_tiles)(jb, begin, end, scratch, FWD_NB_SMALL);
+    return NAME(forward_tiles)(jb, begin, end, scratch, FWD_NB);
+}
+
+/* ---------------------------------------------------------------------------- weight grad */
+
+/* Chunks c0..c1 (all full or all partial) of rows dst[0 : nvalid_o] (row stride R). */
+INLINE void NAME(wg_tile)(T *dst, int64_t R, const T *const gyr[WG_OB], int64_t gys, const T *xg, int64_t xs,
+                          int64_t n, const lc_seg *ch, int64_t c0, int64_t c1, int64_t nvalid_o, const int partial,
+                          int once)
+{
+    for (int64_t cb = c0; cb < c1; cb += WG_RV) {
+        int64_t xo[WG_RV], len[WG_RV];
+        for (int r = 0; r < WG_RV; r++) {
+            const lc_seg *s = ch + lc_min(cb + r, c1 - 1);
+            xo[r] = s->x;
+            len[r] = s->len;
+        }
+        V acc[WG_OB][WG_RV];
+        for (int j = 0; j < WG_OB; j++)
+            for (int r = 0; r < WG_RV; r++) acc[j][r] = NAME(bcast)(0);
+        for (int64_t m = 0; m < n; m++) {
+            const T *xm = xg + m * xs;
+            V xv[WG_RV];
+            for (int r = 0; r < WG_RV; r++)
+                xv[r] = partial ? NAME(load_part)(xm + xo[r], len[r]) : NAME(load)(xm + xo[r]);
+            for (int j = 0; j < WG_OB; j++) {
+                V b = NAME(bcast)(gyr[j][m * gys]);
+                for (int r = 0; r < WG_RV; r++) acc[j][r] += b * xv[r];
+            }
+        }
+        for (int j = 0; j < WG_OB; j++)
+            for (int r = 0; r < WG_RV; r++) {
+                if (j >= nvalid_o || r >= c1 - cb) continue;
+                T *d = dst + j * R + ch[cb + r].w;
+                if (partial) NAME(store_part)(d, acc[j][r], ch[cb + r].len);
+                else if (once) NAME(store_once)(d, acc[j][r]);
+                else NAME(store)(d, acc[j][r]);
+            }
+    }
+}
+
+/* The gradient of position p's filters into dst (O, R), kernel-major; `once`: dst is the result
+ * (not a buffer read again). */
+STATIC void NAME(wg_position)(const lc_job *jb, int64_t p, T *dst, lc_seg *seg, lc_seg *ch, int once)
+{
+    const lc_call *c = &jb->c;
+    const T *x = (const T *)c->x, *gy = (const T *)c->y;
+    int64_t o3[3], covered, nfull, og = c->og;
+    lc_unravel(p, c->out, o3);
+    int64_t nall = NAME(chunks)(seg, lc_segments(jb, o3, seg, &covered), ch, &nfull);
+    if (covered < jb->R)  /* padding: those filter elements get no gradient */
+        for (int64_t e = 0; e < jb->O * jb->R; e++) dst[e] = 0;
+    int64_t yoff = o3[0] * c->ys[2] + o3[1] * c->ys[3] + o3[2] * c->ys[4];
+    for (int64_t g = 0; g < c->groups; g++)
+        for (int64_t o0 = 0; o0 < og; o0 += WG_OB) {
+            const T *gyr[WG_OB];
+            for (int j = 0; j < WG_OB; j++) gyr[j] = gy + (g * og + lc_min(o0 + j, og - 1)) * c->ys[1] + yoff;
+            T *d = dst + (g * og + o0) * jb->R;
+            int64_t valid = lc_min(WG_OB, og - o0);
+            NAME(wg_tile)(d, jb->R, gyr, c->ys[0], x + g * c->cg, c->xs[0], c->n, ch, 0, nfull, valid, 0, once);
+            NAME(wg_tile)(d, jb->R, gyr, c->ys[0], x + g * c->cg, c->xs[0], c->n, ch, nfull, nall, valid, 1, once);
+        }
+}
+
+/* Items: positions, or banks (then the positions of each bank are summed into it). */
+STATIC int NAME(weight_grad)(const lc_job *jb, int64_t begin, int64_t end, void *scratch)
+{
+    const lc_call *c = &jb->c;
+    T *gw = (T *)c->w;
+    const int64_t OR = jb->O * jb->R;
+    lc_seg *seg = (lc_seg *)scratch, *ch = seg + jb->K + 1;
+    T *tile = (T *)(ch + jb->R / VL + jb->K + 1);
+    for (int64_t item = begin; item < end; item++) {
+        T *dst = gw + item * OR;
+        if (!c->bank && c->kernel_major) {
+            NAME(wg_position)(jb, item, dst, seg, ch, 1);
+        } else if (!c->bank) {
+            NAME(wg_position)(jb, item, tile, seg, ch, 0);
+            NAME(from_kernel_major)(tile, dst, jb->O, c->cg, jb->K, 0, 0);
+        } else {
+            for (int64_t e = 0; e < OR; e++) dst[e] = 0;
+            for (int64_t q = jb->start[item]; q < jb->start[item + 1]; q++) {
+                NAME(wg_position)(jb, jb->order[q], tile, seg, ch, 0);
+                NAME(from_kernel_major)(tile, dst, jb->O, c->cg, jb->K, (int)c->kernel_major, 1);
+            }
+        }
+    }
+#ifdef LC_FENCE
+    LC_FENCE();  /* the streamed stores are visible before the threads are joined */
+#endif
+    return 0;
+}
+
+/* ----------------------------------------------------------------------------- input grad */
+
+/* gyt[p, o, m] = gy[m, o, p] (0 for n <= m < npad), for positions begin..end. */
+STATIC int NAME(transpose_gy)(const lc_job *jb, int64_t begin, int64_t end, void *scratch)
+{
+    (void)scratch;
+    const lc_call *c = &jb->c;
+    const T *gy = (const T *)c->y;
+    for (int64_t p = begin; p < end; p++) {
+        int64_t o3[3];
+        lc_unravel(p, c->out, o3);
+        const T *src = gy + o3[0] * c->ys[2] + o3[1] * c->ys[3] + o3[2] * c->ys[4];
+        T *dst = (T *)jb->gyt + p * jb->O * jb->npad;
+        for (int64_t o = 0; o < jb->O; o++, dst += jb->npad) {
+            for (int64_t m = 0; m < c->n; m++) dst[m] = src[m * c->ys[0] + o * c->ys[1]];
+            for (int64_t m = c->n; m < jb->npad; m++) dst[m] = 0;
+        }
+    }
+    return 0;
+}
+
+/* One tile: channels c0.. of group g (CB of them; `direct`: kernel-major and all CB inside the
+ * group, so that the filter offsets are constants), samples n0..n0 + NV * VL, input position at
+ * gxoff; accumulated over every (position, kernel offset) pair and output channel. The filters of
+ * the next input position's pairs (`next`, when direct) are prefetched as it goes: each is read
+ * once, from scattered cache lines that no hardware prefetcher foresees. */
+INLINE void NAME(ig_tile)(const lc_job *jb, const lc_pair *pairs, int64_t npairs, const lc_pair *next,
+                          int64_t nnext, int64_t g, int64_t c0, int64_t n0, int64_t gxoff, const int NV,
+                          const int CB, const int direct)
+{
+    const lc_call *c = &jb->c;
+    const T *gyt = (const T *)jb->gyt, *w = (const T *)c->w;
+    const int64_t og = c->og, npad = jb->npad, R = jb->R, cs = c->kernel_major ? 1 : jb->K;
+    int64_t coff[IG_CB1];
+    for (int j = 0; j < CB; j++) coff[j] = direct ? j : (lc_min(c0 + j, c->cg - 1) - c0) * cs;
+    V acc[IG_CB1][4];
+    for (int j = 0; j < CB; j++)
+        for (int v = 0; v < NV; v++) acc[j][v] = NAME(bcast)(0);
+    for (int64_t q = 0; q < npairs; q++) {
+        const T *gp = gyt + pairs[q].gy + g * og * npad + n0;
+        const T *wq = w + pairs[q].w + g * og * R + c0 * cs;
+        const T *pf = direct && q < nnext ? w + next[q].w + g * og * R + c0 : NULL;
+        for (int64_t o = 0; o < og; o++, gp += npad, wq += R) {
+            if (pf) {
+                __builtin_prefetch(pf + o * R);
+                __builtin_prefetch(pf + o * R + CB - 1);
+            }
+            V gv[4];
+            for (int v = 0; v < NV; v++) gv[v] = NAME(load)(gp + v * VL);
+            for (int j = 0; j < CB; j++) {
+                V b = NAME(bcast)(wq[direct ? j : coff[j]]);
+                for (int v = 0; v < NV; v++) acc[j][v] += b * gv[v];
+            }
+        }
+    }
+    T *gx = (T *)c->x;
+    for (int j = 0; j < CB; j++) {
+        if (j >= c->cg - c0) continue;
+        T *dst = gx + (g * c->cg + c0 + j) * c->xs[1] + gxoff;
+        for (int v = 0; v < NV; v++) {
+            T lanes[VL];
+            NAME(store)(lanes, acc[j][v]);
+            for (int64_t l = 0; l < lc_min(VL, c->n - n0 - v * VL); l++) dst[(n0 + v * VL + l) * c->xs[0]] = lanes[l];
+        }
+    }
+}
+
+INLINE void NAME(ig_channels)(const lc_job *jb, const lc_pair *pairs, int64_t npairs, const lc_pair *next,
+                              int64_t nnext, int64_t g, int64_t n0, int64_t gxoff, const int NV, const int CB)
+{
+    const int64_t cg = jb->c.cg;
+    for (int64_t c0 = 0; c0 < cg; c0 += CB) {
+        if (jb->c.kernel_major && cg >= CB)  /* the last tile overlaps the one before it */
+            NAME(ig_tile)(jb, pairs, npairs, next, nnext, g, lc_min(c0, cg - CB), n0, gxoff, NV, CB, 1);
+        else
+            NAME(ig_tile)(jb, pairs, npairs, next, nnext, g, c0, n0, gxoff, NV, CB, 0);
+    }
+}
+
+/* Items: rows of input positions (d, h), each over its w. Scratch: the pairs of two positions. */
+STATIC int NAME(input_grad)(const lc_job *jb, int64_t begin, int64_t end, void *scratch)
+{
+    const lc_call *c = &jb->c;
+    lc_pair *pairs = (lc_pair *)scratch, *next = pairs + jb->K;
+    for (int64_t row = begin; row < end; row++) {
+        int64_t i3[3] = {row / c->in[1], row % c->in[1], 0};
+        int64_t npairs = lc_pairs(jb, i3, pairs);
+        for (; i3[2] < c->in[2]; i3[2]++) {
+            int64_t gxoff = i3[0] * c->xs[2] + i3[1] * c->xs[3] + i3[2] * c->xs[4], nnext = 0;
+            if (i3[2] + 1 < c->in[2]) {
+                int64_t i4[3] = {i3[0], i3[1], i3[2] + 1};
+                nnext = lc_pairs(jb, i4, next);
+            }
+            for (int64_t g = 0; g < c->groups; g++)
+                for (int64_t n0 = 0; n0 < c->n;) {
+                    int64_t vectors = (jb->npad - n0) / VL, pf = n0 ? 0 : nnext;
+                    if (vectors >= 4) {
+                        NAME(ig_channels)(jb, pairs, npairs, next, pf, g, n0, gxoff, 4, IG_CB4);
+                        n0 += 4 * VL;
+                    } else if (vectors >= 2) {
+                        NAME(ig_channels)(jb, pairs, npairs, next, pf, g, n0, gxoff, 2, IG_CB2);
+                        n0 += 2 * VL;
+                    } else {
+                        NAME(ig_channels)(jb, pairs, npairs, next, pf, g, n0, gxoff, 1, IG_CB1);
+                        n0 += VL;
+                    }
+                }
+            lc_pair *done = pairs;  /* the next position's pairs become the current ones */
+            pairs = next;
+            next = done;
+            npairs = nnext;
+        }
+    }
+    return 0;
+}
+
+/* LC_HALF: the table of the half-width instantiation (included before this one), or NULL. */
+const lc_kernels NAME(kernels) = {NAME(forward), NAME(weight_grad), NAME(input_grad), NAME(transpose_gy),
+                                  NAME(patch_scratch), VL, LC_HALF};
+
+#undef INLINE
+#undef STATIC
+#undef VL
+#undef V

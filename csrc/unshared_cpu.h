@@ -1,0 +1,133 @@
+/* The compiled CPU kernels of unshared's "cpu" backend: the interface (called through ctypes).
+ *
+ * A call is described as 3-d: 1d and 2d layers have leading spatial sizes 1 (stride 0). Every
+ * size and stride is an int64 count of elements; the Python side validates everything before
+ * calling, so that no value here can address memory outside the tensors it names.
+ */
+#ifndef UNSHARED_CPU_H
+#define UNSHARED_CPU_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+
+enum { LC_FLOAT32 = 0, LC_FLOAT64 = 1 };
+enum { LC_PORTABLE = 0, LC_AVX2 = 1, LC_AVX512 = 2, LC_ISAS = 3 };
+enum { LC_OK = 0, LC_NO_MEMORY = 1, LC_BAD_ARGUMENT = 2 };
+
+/* One locally connected call (mirrored by a ctypes.Structure in unshared/backends/cpu.py). */
+typedef struct {
+    int64_t n, groups, cg, og;        /* batch, groups, in and out channels per group */
+    int64_t in[3], out[3], k[3];      /* input, output and kernel sizes (d, h, w) */
+    int64_t s[3], pad[3], dil[3];     /* stride, low-side zero padding, dilation */
+    void *x;  int64_t xs[5];          /* input or its gradient (N, C, d, h, w), strides */
+    void *y;  int64_t ys[5];          /* output or its gradient (N, O, d, h, w), strides */
+    void *w;                          /* weight or its gradient: (banks, O, R) contiguous */
+    int64_t kernel_major;             /* R ordered (kernel, Cg) if 1, (Cg, kernel) if 0 */
+    const int64_t *bank;              /* (positions,) bank of each output position; NULL: itself */
+    int64_t banks;                    /* filter banks in w */
+} lc_call;
+
+/* ---- internal: shared by the ISA translation units and the dispatcher ---- */
+
+typedef struct { int64_t x, w, len; } lc_seg;     /* a run contiguous in the patch and in w */
+typedef struct { int64_t gy, w; } lc_pair;        /* input grad: (position, kernel offset) */
+
+typedef struct {
+    lc_call c;                        /* x: channel stride 1 (a channels-last copy if needed) */
+    int64_t K, R, P, O;               /* kernel volume, R = K * Cg, positions, out channels */
+    int64_t merged;                   /* a kernel row's (kw, c) is one run in x */
+    int64_t npad;                     /* input grad: batch of gyt, padded to the vector lanes */
+    void *gyt;                        /* input grad: (P, O, npad) output gradient, batch inner */
+    const int64_t *order, *start;     /* weight grad with banks: positions by bank (CSR) */
+    const void *source;               /* x given with another channel stride, and its strides */
+    int64_t ss[5];
+} lc_job;
+
+typedef int (*lc_range_fn)(const lc_job *job, int64_t begin, int64_t end, void *scratch);
+
+/* The kernels of one ISA, dtype and vector width; `half`: the same at half the width (the input
+ * gradient of batches that fit it), or NULL. */
+typedef struct lc_kernels {
+    lc_range_fn forward, weight_grad, input_grad, transpose_gy;
+    size_t (*patch_scratch)(const lc_job *job);   /* per thread, forward and weight grad */
+    int64_t lanes;
+    const struct lc_kernels *half;
+} lc_kernels;
+
+extern const lc_kernels kernels_portable_f32, kernels_portable_f64;
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__)) && !defined(LC_PORTABLE_ONLY)
+#define LC_X86 1
+extern const lc_kernels kernels_avx2_f32, kernels_avx2_f64, kernels_avx512_f32, kernels_avx512_f64;
+#endif
+
+static inline int64_t lc_min(int64_t a, int64_t b) { return a < b ? a : b; }
+static inline int64_t lc_max(int64_t a, int64_t b) { return a > b ? a : b; }
+
+/* The runs of output position o's patch (forward and weight grad); returns their number and
+ * sets *covered to the patch elements inside the input (R when nothing is padding). */
+static inline int64_t lc_segments(const lc_job *j, const int64_t o[3], lc_seg *seg, int64_t *covered)
+{
+    const lc_call *c = &j->c;
+    int64_t base[3], count = 0, total = 0;
+    for (int d = 0; d < 3; d++) base[d] = o[d] * c->s[d] - c->pad[d];
+    for (int64_t kd = 0; kd < c->k[0]; kd++) {
+        int64_t id = base[0] + kd * c->dil[0];
+        if (id < 0 || id >= c->in[0]) continue;
+        for (int64_t kh = 0; kh < c->k[1]; kh++) {
+            int64_t ih = base[1] + kh * c->dil[1];
+            if (ih < 0 || ih >= c->in[1]) continue;
+            int64_t row_x = id * c->xs[2] + ih * c->xs[3], row_k = (kd * c->k[1] + kh) * c->k[2];
+            if (j->merged) {  /* dilation 1 along w: one run of (kw1 - kw0) * Cg elements */
+                int64_t kw0 = lc_max(0, -base[2]), kw1 = lc_min(c->k[2], c->in[2] - base[2]);
+                if (kw1 <= kw0) continue;
+                seg[count++] = (lc_seg){row_x + (base[2] + kw0) * c->xs[4], (row_k + kw0) * c->cg,
+                                        (kw1 - kw0) * c->cg};
+                total += (kw1 - kw0) * c->cg;
+                continue;
+            }
+            for (int64_t kw = 0; kw < c->k[2]; kw++) {
+                int64_t iw = base[2] + kw * c->dil[2];
+                if (iw < 0 || iw >= c->in[2]) continue;
+                seg[count++] = (lc_seg){row_x + iw * c->xs[4], (row_k + kw) * c->cg, c->cg};
+                total += c->cg;
+            }
+        }
+    }
+    *covered = total;
+    return count;
+}
+
+/* The (position, kernel offset) pairs whose patch holds input position i (input grad). */
+static inline int64_t lc_pairs(const lc_job *j, const int64_t i[3], lc_pair *pairs)
+{
+    const lc_call *c = &j->c;
+    int64_t count = 0;
+    for (int64_t kd = 0; kd < c->k[0]; kd++) {
+        int64_t td = i[0] + c->pad[0] - kd * c->dil[0];
+        if (td < 0 || td % c->s[0] || td / c->s[0] >= c->out[0]) continue;
+        for (int64_t kh = 0; kh < c->k[1]; kh++) {
+            int64_t th = i[1] + c->pad[1] - kh * c->dil[1];
+            if (th < 0 || th % c->s[1] || th / c->s[1] >= c->out[1]) continue;
+            for (int64_t kw = 0; kw < c->k[2]; kw++) {
+                int64_t tw = i[2] + c->pad[2] - kw * c->dil[2];
+                if (tw < 0 || tw % c->s[2] || tw / c->s[2] >= c->out[2]) continue;
+                int64_t p = ((td / c->s[0]) * c->out[1] + th / c->s[1]) * c->out[2] + tw / c->s[2];
+                int64_t k = (kd * c->k[1] + kh) * c->k[2] + kw;
+                int64_t bank = c->bank ? c->bank[p] : p;
+                pairs[count++] = (lc_pair){p * j->O * j->npad,
+                                           bank * j->O * j->R + (c->kernel_major ? k * c->cg : k)};
+            }
+        }
+    }
+    return count;
+}
+
+static inline void lc_unravel(int64_t p, const int64_t size[3], int64_t o[3])
+{
+    o[2] = p % size[2];
+    o[1] = (p / size[2]) % size[1];
+    o[0] = p / (size[2] * size[1]);
+}
+
+#endif

@@ -1,0 +1,235 @@
+"""Compiled CPU kernels (C sources in ``csrc/``, built with the package), called through ctypes.
+
+The kernels gather each patch from the input as they go (zero padding by bounds: no padded copy,
+no patch buffer) and keep register tiles sized for the thin matrices of locally connected layers:
+
+- ``forward``: per output position, dot products along the patch's contiguous runs (a
+  channels-last input and kernel-major filters make a kernel row one run of ``kernel_w * C``);
+- ``weight_grad``: per position, outer products of ``grad_output`` and the patch, summed over the
+  batch and written once (with shared banks, each bank is summed by one thread);
+- ``input_grad``: per input position, a gather over the (position, kernel offset) pairs whose
+  patch holds it (no scatter, no atomics), vectors along the batch.
+
+The instruction set is chosen at run time (AVX-512, AVX2+FMA, or portable vector code); force one
+with :func:`use_isa` or ``UNSHARED_CPU_ISA=avx512|avx2|portable``. Threads: ``torch.get_num_threads()``
+per call (POSIX threads started and joined by the call; no OpenMP). float32 and float64;
+float16/bfloat16 are left to the PyTorch backend (``can_run`` says so). Inputs whose channel
+stride is not 1 are copied channels-last by the kernels first (small next to the weight).
+"""
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import ctypes
+import functools
+import importlib.machinery
+import math
+import os
+from pathlib import Path
+
+import torch
+
+from .._utils import Geometry, empty_weight, memory_format_of, weight_memory
+from .buffers import empty_buffer
+
+__all__ = ["can_run", "forward", "input_grad", "weight_grad", "use_isa", "available_isas", "current_isa",
+           "library_path", "ISAS"]
+
+#: The instruction sets of the kernels, in the library's numbering.
+ISAS = ("portable", "avx2", "avx512")
+ABI_VERSION = 1  # must match LC_ABI_VERSION in csrc/dispatch.c
+_DTYPES = {torch.float32: 0, torch.float64: 1}
+_STATUS = {1: MemoryError, 2: RuntimeError}
+#: Calls with fewer multiply-adds than this (~20 us of work) run on the calling thread alone:
+#: starting and joining a thread costs tens of microseconds.
+SERIAL_BELOW = 1 << 20
+_ISA: contextvars.ContextVar[str | None] = contextvars.ContextVar("unshared_cpu_isa", default=None)
+
+_i64 = ctypes.c_int64
+
+
+class _Call(ctypes.Structure):
+    """``lc_call`` of ``csrc/unshared_cpu.h``."""
+    _fields_ = [("n", _i64), ("groups", _i64), ("cg", _i64), ("og", _i64),
+                ("inp", _i64 * 3), ("out", _i64 * 3), ("k", _i64 * 3), ("s", _i64 * 3), ("pad", _i64 * 3),
+                ("dil", _i64 * 3), ("x", ctypes.c_void_p), ("xs", _i64 * 5), ("y", ctypes.c_void_p),
+                ("ys", _i64 * 5), ("w", ctypes.c_void_p), ("kernel_major", _i64), ("bank", ctypes.c_void_p),
+                ("banks", _i64)]
+
+
+def library_path() -> Path | None:
+    """The compiled kernels installed next to the package (``unshared/_cpu_kernels*.so``), or None."""
+    here = Path(__file__).resolve().parent.parent
+    for suffix in importlib.machinery.EXTENSION_SUFFIXES:
+        if (here / f"_cpu_kernels{suffix}").is_file():
+            return here / f"_cpu_kernels{suffix}"
+    return None
+
+
+def _load() -> tuple[ctypes.CDLL | None, str | None]:
+    """The loaded library and None, or None and why it is not available."""
+    path = library_path()
+    if path is None:
+        return None, ("the compiled CPU kernels are not built: no unshared/_cpu_kernels library next to the "
+                      "package (a C compiler is needed at install time; reinstall unshared with one)")
+    try:
+        lib = ctypes.CDLL(str(path))
+    except OSError as error:
+        return None, f"the compiled CPU kernels at {path} could not be loaded: {error}"
+    abi = lib.unshared_abi_version() if hasattr(lib, "unshared_abi_version") else None
+    if abi != ABI_VERSION:
+        return None, (f"the compiled CPU kernels at {path} were built from other sources (ABI {abi}, "
+                      f"expected {ABI_VERSION}): reinstall unshared")
+    for name in ("unshared_forward", "unshared_input_grad", "unshared_weight_grad"):
+        getattr(lib, name).argtypes = [ctypes.POINTER(_Call), ctypes.c_int, ctypes.c_int, ctypes.c_int]
+    lib.unshared_isa_supported.argtypes = [ctypes.c_int]
+    return lib, None
+
+
+# Loaded once, at import (a missing or broken library only removes this backend); plain module
+# attributes, so that can_run stays traceable by torch.compile.
+_LIB, _REASON = _load()
+
+
+def available_isas() -> tuple[str, ...]:
+    """The instruction sets this CPU runs, worst first (empty when the kernels are not built)."""
+    lib = _LIB
+    return () if lib is None else tuple(name for i, name in enumerate(ISAS) if lib.unshared_isa_supported(i))
+
+
+def current_isa() -> str:
+    """The instruction set calls use now: :func:`use_isa`'s, else ``UNSHARED_CPU_ISA``, else the best."""
+    available = available_isas()
+    name = _ISA.get() or os.environ.get("UNSHARED_CPU_ISA") or (available[-1] if available else "portable")
+    if name not in available:
+        raise ValueError(f"the CPU kernels cannot use isa={name!r} here: this CPU runs {available} "
+                         f"(from use_isa() or UNSHARED_CPU_ISA)")
+    return name
+
+
+@contextlib.contextmanager
+def use_isa(name: str):
+    """Run the CPU kernels with instruction set ``name`` (one of :data:`ISAS` that this CPU runs)
+    inside a ``with`` block, in this thread only (for tests and comparisons)."""
+    if name not in ISAS:
+        raise ValueError(f"isa must be one of {ISAS}, got isa={name!r}")
+    token = _ISA.set(name)
+    try:
+        current_isa()
+        yield name
+    finally:
+        _ISA.reset(token)
+
+
+def can_run(x: torch.Tensor, w: torch.Tensor | None, g: Geometry) -> str | None:
+    """``None`` when the compiled kernels can compute this call, else the reason why not."""
+    if _LIB is None:
+        return _REASON
+    if x.device.type != "cpu":
+        return f"the input is on {x.device.type}: the compiled kernels run on the CPU"
+    if x.dtype not in _DTYPES:
+        return (f"dtype {x.dtype} is not supported by the compiled kernels (float32, float64); "
+                f"the PyTorch backend computes it")
+    if w is not None and (w.dtype != x.dtype or w.device.type != "cpu"):
+        return f"the weight ({w.dtype} on {w.device}) must match the input ({x.dtype} on cpu)"
+    return None
+
+
+# ----------------------------------------------------------------------------- launch
+
+def _spatial3(values, fill: int) -> list[int]:
+    """Per-dimension values of a 1d or 2d layer as three spatial dimensions (leading ``fill``)."""
+    return [fill] * (3 - len(values)) + list(values)
+
+
+def _strides(t: torch.Tensor) -> list[int]:
+    """``(N, C, *spatial)`` strides as ``n, c, d, h, w`` (0 for the missing dimensions; the channel
+    stride of a single channel is reported as 1, which is what it is)."""
+    return [t.stride(0), 1 if t.shape[1] == 1 else t.stride(1), *_spatial3(t.stride()[2:], 0)]
+
+
+@functools.lru_cache(maxsize=64)
+def _bank_array(banks: tuple[tuple[int, ...], ...], weight_grid: tuple[int, ...]) -> ctypes.Array:
+    """The flat (row-major) bank of every output position, as plain int64 memory. (Not the cached
+    tensor of :func:`unshared._utils.flat_bank_index`: that one may have been made while a tracer
+    ran, as a fake tensor without data.)"""
+    flat = [0]
+    for coords, size in zip(banks, weight_grid):
+        flat = [f * size + c for f in flat for c in coords]
+    return (_i64 * len(flat))(*flat)
+
+
+def _launch(op: str, g: Geometry, n: int, x: torch.Tensor, y: torch.Tensor, w: torch.Tensor,
+            kernel_major: bool) -> None:
+    """Run ``unshared_<op>`` on ``x`` (input or its gradient), ``y`` (output or its gradient) and
+    the weight's (or its gradient's) contiguous memory ``w`` of either layout."""
+    lib = _LIB
+    if lib is None:
+        raise RuntimeError(_REASON)
+    banks = None if g.banks is None else _bank_array(g.banks, g.weight_grid)
+    pad = [lo for lo, _ in g.padding]
+    call = _Call(n, g.groups, g.in_channels // g.groups, g.out_channels // g.groups,
+                 (_i64 * 3)(*_spatial3(g.input_size, 1)), (_i64 * 3)(*_spatial3(g.output_size, 1)),
+                 (_i64 * 3)(*_spatial3(g.kernel_size, 1)), (_i64 * 3)(*_spatial3(g.stride, 1)),
+                 (_i64 * 3)(*_spatial3(pad, 0)), (_i64 * 3)(*_spatial3(g.dilation, 1)),
+                 x.data_ptr(), (_i64 * 5)(*_strides(x)), y.data_ptr(), (_i64 * 5)(*_strides(y)),
+                 w.data_ptr(), int(kernel_major), None if banks is None else ctypes.addressof(banks), g.bank_count)
+    work = n * g.positions * g.out_channels * g.in_channels // g.groups * g.kernel_volume
+    threads = 1 if work < SERIAL_BELOW else torch.get_num_threads()
+    status = getattr(lib, f"unshared_{op}")(ctypes.byref(call), _DTYPES[x.dtype], ISAS.index(current_isa()),
+                                             threads)
+    if status:
+        raise _STATUS.get(status, RuntimeError)(
+            f"the compiled CPU kernels failed in {op} (status {status}: "
+            f"{'out of memory' if status == 1 else 'arguments refused'}) for {g}, batch {n}, {x.dtype}")
+
+
+def _check_dtypes(op: str, *tensors: torch.Tensor) -> torch.dtype:
+    dtypes = {t.dtype for t in tensors}
+    if len(dtypes) != 1 or next(iter(dtypes)) not in _DTYPES:
+        raise TypeError(f"cpu backend {op}: tensors must all be float32 or all float64, got "
+                        f"{[str(t.dtype) for t in tensors]}")
+    return next(iter(dtypes))
+
+
+# ----------------------------------------------------------------------------- the three operations
+
+def forward(x: torch.Tensor, w: torch.Tensor, g: Geometry) -> torch.Tensor:
+    """``(N, C, *input_size)``, public weight -> ``(N, O, *output_size)`` in ``x``'s memory format."""
+    dtype = _check_dtypes("forward", x, w)
+    n = x.shape[0]
+    y = torch.empty((n, g.out_channels, *g.output_size), dtype=dtype, device=x.device,
+                    memory_format=memory_format_of(x))
+    if n == 0:
+        return y
+    memory, kernel_major = weight_memory(w)
+    _launch("forward", g, n, x, y, memory, kernel_major)
+    return y
+
+
+def input_grad(gy: torch.Tensor, w: torch.Tensor, g: Geometry,
+               memory_format: torch.memory_format = torch.contiguous_format) -> torch.Tensor:
+    """Adjoint in the input: ``(N, O, *output_size)`` -> ``(N, C, *input_size)`` in ``memory_format``."""
+    dtype = _check_dtypes("input_grad", gy, w)
+    n = gy.shape[0]
+    gx = torch.empty((n, g.in_channels, *g.input_size), dtype=dtype, device=gy.device, memory_format=memory_format)
+    if n == 0:
+        return gx
+    memory, kernel_major = weight_memory(w)
+    _launch("input_grad", g, n, gx, gy, memory, kernel_major)
+    return gx
+
+
+def weight_grad(x: torch.Tensor, gy: torch.Tensor, g: Geometry, kernel_major: bool = True) -> torch.Tensor:
+    """Adjoint in the weight: ``x``, ``(N, O, *output_size)`` -> public-shaped weight gradient,
+    laid out kernel-major or channel-major (as the weight it is the gradient of); shared banks sum
+    their positions."""
+    dtype = _check_dtypes("weight_grad", x, gy)
+    n = x.shape[0]
+    shape = (*g.weight_leading, g.out_channels, g.in_channels // g.groups, *g.kernel_size)
+    gw = empty_weight(shape, g.ndim, kernel_major=kernel_major, dtype=dtype, device=x.device, allocate=empty_buffer)
+    if n == 0 or math.prod(shape) == 0:
+        return gw.zero_()
+    memory, kernel_major = weight_memory(gw)  # a view of gw
+    _launch("weight_grad", g, n, x, gy, memory, kernel_major)
+    return gw
