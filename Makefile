@@ -1,6 +1,7 @@
 # Two commands from a fresh clone: `make demo` and `make test`. Both set up a virtual environment
 # in .venv first (PyTorch's pinned build, then this project, editable, with an extra); the stamp
-# files make the second run skip what is already installed, until pyproject.toml changes.
+# files make the second run skip what is already installed, until the build files change (then
+# the reinstall also recompiles the CPU kernels from csrc/).
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -30,12 +31,14 @@ $(VENV)/torch.stamp:
 	$(BIN)/python -m pip install -q $(TORCH)
 	touch $@
 
-$(VENV)/demo.stamp: pyproject.toml $(VENV)/torch.stamp
+BUILD := pyproject.toml setup.py $(wildcard csrc/*)
+
+$(VENV)/demo.stamp: $(BUILD) $(VENV)/torch.stamp
 	$(BIN)/python -m pip install -q -e ".[demo]"
 	touch $@
 
 # The test extra includes the demo extra, so it satisfies the demo too.
-$(VENV)/test.stamp: pyproject.toml $(VENV)/torch.stamp
+$(VENV)/test.stamp: $(BUILD) $(VENV)/torch.stamp
 	$(BIN)/python -m pip install -q -e ".[test]"
 	touch $@ $(VENV)/demo.stamp
 
