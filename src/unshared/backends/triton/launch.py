@@ -137,6 +137,19 @@ def _patch_source(x: torch.Tensor, kernel_major: bool) -> torch.Tensor:
     return x.contiguous()
 
 
+def _channels_inner(t: torch.Tensor) -> torch.Tensor:
+    """``t`` ``(N, C, *spatial)`` with channel stride 1 (a copy unless it has it): a tile of a
+    ``(batch, channel)`` block at one position is then a run of contiguous channels per sample,
+    not one memory sector per element (the kernels read and write such tiles)."""
+    return t if t.stride(1) == 1 else t.movedim(1, -1).contiguous().movedim(-1, 1)
+
+
+def _empty_channels_inner(shape, like: torch.Tensor) -> torch.Tensor:
+    """An uninitialised ``(N, C, *spatial)`` tensor whose channel stride is 1."""
+    n, c, *spatial = shape
+    return torch.empty((n, *spatial, c), dtype=like.dtype, device=like.device).movedim(-1, 1)
+
+
 def _index64(*tensors: torch.Tensor) -> bool:
     """Whether an element offset of one of the tensors reaches 2^31 (the kernels then index in int64)."""
     return any(sum((size - 1) * stride for size, stride in zip(t.shape, t.stride())) >= 2**31 - 1
@@ -153,33 +166,34 @@ def _bank_args(g: Geometry, device) -> dict:
 def forward(x: torch.Tensor, w: torch.Tensor, g: Geometry) -> torch.Tensor:
     """``(N, C, *input_size)`` -> ``(N, O, *output_size)`` in the input's memory format."""
     n = x.shape[0]
-    y = torch.empty((n, g.out_channels, *g.output_size), dtype=x.dtype, device=x.device,
-                    memory_format=memory_format_of(x))
+    fmt = memory_format_of(x)
     if n == 0:
-        return y
+        return torch.empty((n, g.out_channels, *g.output_size), dtype=x.dtype, device=x.device, memory_format=fmt)
+    y = _empty_channels_inner((n, g.out_channels, *g.output_size), x)
     matrix, kernel_major = weight_memory(w)
     x = _patch_source(x, kernel_major)
     banks = _bank_args(g, x.device)
     _launch("forward", g, n, x, matrix, banks.pop("bank"), y, **_geometry_args(g, n, g.positions, "OD", "KD"),
             **_strides(x, "sx"), **_strides(y, "sy"), **banks, KERNEL_MAJOR=kernel_major, **_dtype_args(x.dtype),
             INDEX64=_index64(x, y, matrix))
-    return y
+    return y.contiguous(memory_format=fmt)
 
 
 def input_grad(gy: torch.Tensor, w: torch.Tensor, g: Geometry,
                memory_format: torch.memory_format = torch.contiguous_format) -> torch.Tensor:
     """``(N, O, *output_size)`` -> ``(N, C, *input_size)`` in ``memory_format``."""
     n = gy.shape[0]
-    gx = torch.empty((n, g.in_channels, *g.input_size), dtype=gy.dtype, device=gy.device,
-                     memory_format=memory_format)
     if n == 0:
-        return gx
+        return torch.empty((n, g.in_channels, *g.input_size), dtype=gy.dtype, device=gy.device,
+                           memory_format=memory_format)
+    gy = _channels_inner(gy)
+    gx = _empty_channels_inner((n, g.in_channels, *g.input_size), gy)
     matrix, kernel_major = weight_memory(w)
     banks = _bank_args(g, gy.device)
     _launch("input_grad", g, n, gy, matrix, banks.pop("bank"), gx,
             **_geometry_args(g, n, math.prod(g.input_size)), **_strides(gy, "sg"), **_strides(gx, "sx"),
             **banks, KERNEL_MAJOR=kernel_major, **_dtype_args(gy.dtype), INDEX64=_index64(gy, gx, matrix))
-    return gx
+    return gx.contiguous(memory_format=memory_format)
 
 
 def weight_grad(x: torch.Tensor, gy: torch.Tensor, g: Geometry, kernel_major: bool = True) -> torch.Tensor:
@@ -195,7 +209,7 @@ def weight_grad(x: torch.Tensor, gy: torch.Tensor, g: Geometry, kernel_major: bo
     if g.banks is not None:
         target = torch.zeros(gws.shape, dtype=torch.float64 if x.dtype == torch.float64 else torch.float32,
                              device=x.device)
-    x = _patch_source(x, kernel_major)
+    x, gy = _patch_source(x, kernel_major), _channels_inner(gy)
     banks = _bank_args(g, x.device)
     _launch("weight_grad", g, n, x, gy, banks.pop("bank"), target, **_geometry_args(g, n, g.positions, "OD", "KD"),
             **_strides(x, "sx"), **_strides(gy, "sg"), **banks, KERNEL_MAJOR=kernel_major,
