@@ -144,6 +144,12 @@ def _channels_inner(t: torch.Tensor) -> torch.Tensor:
     return t if t.stride(1) == 1 else t.movedim(1, -1).contiguous().movedim(-1, 1)
 
 
+def _batch_inner(t: torch.Tensor) -> torch.Tensor:
+    """``t`` ``(N, C, *spatial)`` with batch stride 1 (a copy): the weight gradient's reduction runs
+    over the batch, and TF32 tensor cores (wgmma) need both operands contiguous along it."""
+    return t if t.stride(0) == 1 else t.movedim(0, -1).contiguous().movedim(-1, 0)
+
+
 def _empty_channels_inner(shape, like: torch.Tensor) -> torch.Tensor:
     """An uninitialised ``(N, C, *spatial)`` tensor whose channel stride is 1."""
     n, c, *spatial = shape
@@ -209,7 +215,10 @@ def weight_grad(x: torch.Tensor, gy: torch.Tensor, g: Geometry, kernel_major: bo
     if g.banks is not None:
         target = torch.zeros(gws.shape, dtype=torch.float64 if x.dtype == torch.float64 else torch.float32,
                              device=x.device)
-    x, gy = _patch_source(x, kernel_major), _channels_inner(gy)
+    if x.dtype == torch.float32 and not configs.interpreting():  # TF32 operands contiguous along the batch
+        x, gy = _batch_inner(x), _batch_inner(gy)
+    else:
+        x, gy = _patch_source(x, kernel_major), _channels_inner(gy)
     banks = _bank_args(g, x.device)
     _launch("weight_grad", g, n, x, gy, banks.pop("bank"), target, **_geometry_args(g, n, g.positions, "OD", "KD"),
             **_strides(x, "sx"), **_strides(gy, "sg"), **banks, KERNEL_MAJOR=kernel_major,
