@@ -57,7 +57,7 @@ class Run:
         return self.budget - (time.monotonic() - self.start)
 
 
-def run_tests(run: Run, smoke: bool, seconds: float) -> str:
+def run_tests(run: Run, seconds: float) -> str:
     """The CUDA tests (DeepFace sizes, banks, grid rows, module/functional) in a subprocess."""
     cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_triton.py",
            "-k", TEST_SELECTION]
@@ -74,7 +74,7 @@ def run_tests(run: Run, smoke: bool, seconds: float) -> str:
     return summary
 
 
-def bench_one(run, harness, key, dtype, device, providers, settings) -> list[dict]:
+def bench_one(run, key, dtype, device, providers, settings) -> list[dict]:
     """Every provider on one case and dtype: outputs checked against the first that runs, then
     each mode timed and its peak memory measured. Failures become rows with an error."""
     import torch
@@ -185,7 +185,7 @@ def report(run, rows, roofline, device, args, tests_summary, date, operations=()
              f"- date: {date}", *device.describe(None),
              f"- tests ({TEST_SELECTION}): {tests_summary}"]
     if roofline is not None:
-        lines += [f"- measured matmul rate: " + ", ".join(f"{dtype_name(d)} {g / 1e3:.1f} TFLOP/s"
+        lines += ["- measured matmul rate: " + ", ".join(f"{dtype_name(d)} {g / 1e3:.1f} TFLOP/s"
                                                           for d, g in roofline.gflops.items())
                   + f" (float32 with TF32 {'allowed' if args.tf32 else 'not allowed'}); copy bandwidth "
                     f"{roofline.gbps:.0f} GB/s (read + write)"]
@@ -251,7 +251,7 @@ def main(argv=None) -> int:
     for line in device.describe(None):
         run.log(line)
 
-    tests_summary = "skipped (--skip-tests)" if args.skip_tests else run_tests(run, args.smoke, min(150.0, run.left() * 0.35))
+    tests_summary = "skipped (--skip-tests)" if args.skip_tests else run_tests(run, min(150.0, run.left() * 0.35))
 
     roofline, rows, operations = None, [], []
     try:
@@ -271,7 +271,7 @@ def main(argv=None) -> int:
                 run.log(f"skipped {key} {dtype} and the rest: {run.left():.0f} s left")
                 break
             started = time.monotonic()
-            rows += bench_one(run, None, key, dtype, device, args.providers, settings)
+            rows += bench_one(run, key, dtype, device, args.providers, settings)
             if key == keys[0]:
                 operations += per_operation(run, key, dtype, device, settings)
             spent.append(time.monotonic() - started)

@@ -122,18 +122,19 @@ def test_explicit_backend_wins_and_says_why_it_cannot_run():
         UF.locally_connected1d(x, w, backend="conv")
 
 
-def test_explicit_backend_wins_for_every_layer_kind():
+def test_explicit_backend_wins_for_every_layer_kind(monkeypatch):
+    from unshared.backends.triton import configs
+    monkeypatch.setattr(configs, "interpreting", lambda: False)  # as on a machine without the interpreter
     x = torch.randn(2, 3, 12, 12)
     for layer in (unshared.LowRankLocallyConnected2d(3, 4, 3, input_size=12, rank=2, backend="triton"),
-                  unshared.TiledLocallyConnected2d(3, 4, 3, input_size=12, tile_size=2, backend="conv")):
-        if layer.backend == "triton":
-            from unshared.backends.triton import configs
-            if configs.interpreting():
-                continue  # the interpreter runs Triton on the CPU in the tests
-            with pytest.raises(ValueError, match="backend='triton' cannot compute this call: the input is on cpu"):
-                layer(x)
-        else:
-            assert layer(x).shape == (2, 4, 10, 10)
+                  unshared.TiledLocallyConnected2d(3, 4, 3, input_size=12, tile_size=2, backend="triton"),
+                  unshared.LocallyConnectedTranspose2d(3, 4, 3, input_size=12, backend="triton")):
+        with pytest.raises(ValueError, match="backend='triton' cannot compute this call: the input is on cpu"):
+            layer(x)
+    with pytest.raises(ValueError, match="backend='conv' cannot compute this call: every position has its own"):
+        unshared.LocallyConnected2d(3, 4, 3, input_size=12, backend="conv")(x)
+    assert unshared.TiledLocallyConnected2d(3, 4, 3, input_size=12, tile_size=2, backend="conv")(x).shape == \
+        (2, 4, 10, 10)
     lowrank = unshared.LowRankLocallyConnected2d(3, 4, 3, input_size=12, rank=2, backend="torch", dtype=torch.float64)
     reference = unshared.LowRankLocallyConnected2d(3, 4, 3, input_size=12, rank=2, backend="conv", dtype=torch.float64)
     reference.load_state_dict(lowrank.state_dict())

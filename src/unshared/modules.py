@@ -16,12 +16,36 @@ from . import functional as UF
 from .backends import check_backend_name
 
 __all__ = [
-    "LOCALLY_CONNECTED", "LocallyConnectedNd", "LazyInitialization", "LocallyConnected1d", "LocallyConnected2d", "LocallyConnected3d",
+    "LOCALLY_CONNECTED", "LocallyConnectedNd", "PositionParameters", "LazyInitialization", "LocallyConnected1d", "LocallyConnected2d", "LocallyConnected3d",
     "LazyLocallyConnected1d", "LazyLocallyConnected2d", "LazyLocallyConnected3d",
 ]
 
 
-class LocallyConnectedNd(nn.Module):
+class PositionParameters:
+    """Parameter set-up shared by the family's layers, from their ``_set_input_size``,
+    ``_weight_shape``, ``_bias_shape`` and ``reset_parameters``: uninitialised until the first input
+    for lazy layers; otherwise ``input_size`` is required, and the weight is laid out kernel-major."""
+
+    def _set_up_parameters(self, lazy: bool, bias: bool, input_size, factory_kwargs) -> None:
+        if lazy:
+            self.weight = UninitializedParameter(**factory_kwargs)
+            self.bias = UninitializedParameter(**factory_kwargs) if bias else None
+            return
+        if input_size is None:
+            name = type(self).__name__
+            raise ValueError(f"{name}: input_size is required (the weights depend on it); "
+                             f"use Lazy{name} to infer it from the first input")
+        self._set_input_size(input_size)
+        self._create_parameters(bias, factory_kwargs)
+        self.reset_parameters()
+
+    def _create_parameters(self, bias: bool, factory_kwargs) -> None:
+        self.weight = nn.Parameter(U.empty_weight(self._weight_shape(), self._nd, kernel_major=True,
+                                                  **factory_kwargs))
+        self.bias = nn.Parameter(torch.empty(self._bias_shape(), **factory_kwargs)) if bias else None
+
+
+class LocallyConnectedNd(PositionParameters, nn.Module):
     """The base of every layer of the family (plain, partially shared, low-rank): arguments,
     parameters, initialisation, checks and ``extra_repr``; subclasses set ``_nd`` and may override
     :meth:`_grid` (the weight's leading dimensions) and ``forward``."""
@@ -52,22 +76,7 @@ class LocallyConnectedNd(nn.Module):
         self.backend = check_backend_name(backend)
         self.input_size: tuple[int, ...] | None = None
         self.output_size: tuple[int, ...] | None = None
-        factory_kwargs = {"device": device, "dtype": dtype}
-        if lazy:
-            self.weight = UninitializedParameter(**factory_kwargs)
-            self.bias = UninitializedParameter(**factory_kwargs) if bias else None
-            return
-        if input_size is None:
-            raise ValueError(f"{name}: input_size is required (the weights depend on it); "
-                             f"use Lazy{name} to infer it from the first input")
-        self._set_input_size(input_size)
-        self._create_parameters(bias, factory_kwargs)
-        self.reset_parameters()
-
-    def _create_parameters(self, bias: bool, factory_kwargs) -> None:
-        self.weight = nn.Parameter(U.empty_weight(self._weight_shape(), self._nd, kernel_major=True,
-                                                  **factory_kwargs))
-        self.bias = nn.Parameter(torch.empty(self._bias_shape(), **factory_kwargs)) if bias else None
+        self._set_up_parameters(lazy, bias, input_size, {"device": device, "dtype": dtype})
 
     # -- geometry -------------------------------------------------------------------------------
     def _set_input_size(self, input_size) -> None:

@@ -17,7 +17,6 @@ banks otherwise: :func:`unshared.backends.choose_backend`).
 """
 from __future__ import annotations
 
-import math
 
 import torch
 from torch import Tensor

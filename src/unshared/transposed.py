@@ -10,22 +10,20 @@ from __future__ import annotations
 
 import math
 
-import torch
 from torch import Tensor, nn
 from torch.nn.modules.lazy import LazyModuleMixin
-from torch.nn.parameter import UninitializedParameter
 
 from . import _utils as U
 from . import functional as UF
 from .backends import check_backend_name
-from .modules import LazyInitialization
+from .modules import LazyInitialization, PositionParameters
 
 __all__ = ["LOCALLY_CONNECTED_TRANSPOSE", "LocallyConnectedTranspose1d", "LocallyConnectedTranspose2d",
            "LocallyConnectedTranspose3d", "LazyLocallyConnectedTranspose1d", "LazyLocallyConnectedTranspose2d",
            "LazyLocallyConnectedTranspose3d"]
 
 
-class _LocallyConnectedTransposeNd(nn.Module):
+class _LocallyConnectedTransposeNd(PositionParameters, nn.Module):
     """Arguments, parameters, initialisation and checks of ``LocallyConnectedTranspose{1,2,3}d``."""
 
     _nd: int
@@ -57,18 +55,7 @@ class _LocallyConnectedTransposeNd(nn.Module):
         self.backend = check_backend_name(backend)
         self.input_size: tuple[int, ...] | None = None
         self.output_size: tuple[int, ...] | None = None
-        factory_kwargs = {"device": device, "dtype": dtype}
-        if lazy:
-            self.weight = UninitializedParameter(**factory_kwargs)
-            self.bias = UninitializedParameter(**factory_kwargs) if bias else None
-            return
-        if input_size is None:
-            raise ValueError(f"{name}: input_size is required (the weights depend on it); use Lazy{name} "
-                             f"to infer it from the first input")
-        self._set_input_size(input_size)
-        self.weight = nn.Parameter(U.empty_weight(self._weight_shape(), nd, kernel_major=True, **factory_kwargs))
-        self.bias = nn.Parameter(torch.empty(self._bias_shape(), **factory_kwargs)) if bias else None
-        self.reset_parameters()
+        self._set_up_parameters(lazy, bias, input_size, {"device": device, "dtype": dtype})
 
     def _set_input_size(self, input_size) -> None:
         name = type(self).__name__

@@ -157,10 +157,9 @@ def _plan(g: Geometry, n: int, device: torch.device, input_grad: bool = False):
     return plan, max((b.row1 - b.row0) * (b.batch1 - b.batch0) for b in plan) * row_elements
 
 
-def _weight_blocks(ws: torch.Tensor, g: Geometry, kernel_major: bool, n: int) -> _WeightBlocks:
+def _weight_blocks(ws: torch.Tensor, g: Geometry, kernel_major: bool, forward_plan) -> _WeightBlocks:
     """The filters by blocks, in pieces of at most the positions of one forward block (cache-sized)."""
-    plan, _ = _plan(g, n, ws.device)
-    piece = max(b.position1 - b.position0 for b in plan)
+    piece = max(b.position1 - b.position0 for b in forward_plan)
     return _WeightBlocks(ws, g, kernel_major, flat_bank_index(g, ws.device), piece)
 
 
@@ -184,7 +183,7 @@ def forward(x: torch.Tensor, w: torch.Tensor, g: Geometry) -> torch.Tensor:
     out = empty_buffer((g.positions, g.groups, n, og), dtype=cdt, device=x.device)
     plan, buf_elements = _plan(g, n, x.device)
     buf = empty_buffer((buf_elements,), dtype=cdt, device=x.device)
-    weight_blocks = _weight_blocks(ws, g, kernel_major, n)
+    weight_blocks = _weight_blocks(ws, g, kernel_major, plan)
     for r0, r1, p0, p1, n0, n1 in plan:
         patches = _gather(xp[n0:n1], g, r0, r1, buf)
         ((_, _, wc),) = weight_blocks.pieces(p0, p1, cdt)  # blocks are at most one piece
@@ -228,7 +227,7 @@ def input_grad(gy: torch.Tensor, w: torch.Tensor, g: Geometry,
         gxp_nc = gxp.movedim(-2, 0).movedim(-1, 1)
     plan, buf_elements = _plan(g, n, gy.device, input_grad=True)
     buf = empty_buffer((buf_elements,), dtype=cdt, device=gy.device)
-    weight_blocks = _weight_blocks(ws, g, kernel_major, n)
+    weight_blocks = _weight_blocks(ws, g, kernel_major, _plan(g, n, gy.device)[0])
     for r0, r1, p0, p1, n0, n1 in plan:
         nb = n1 - n0
         block = (r1 - r0, *g.output_size[1:], g.groups)

@@ -181,7 +181,7 @@ def _public_kernel(kernel: Tensor, implementation: int, last: bool, index: _Weig
 def _in_channels(kernel: Tensor, implementation: int, last: bool, geometry: U.Geometry, name: str) -> int:
     """The input channels that the kernel's shape implies (the config need not say); ``geometry``'s
     own ``in_channels`` is not read."""
-    nd, grid, size, filters = geometry.ndim, geometry.output_size, geometry.input_size, geometry.out_channels
+    nd, size, filters = geometry.ndim, geometry.input_size, geometry.out_channels
     taps, positions = geometry.kernel_volume, geometry.positions
     if implementation == 1:
         if kernel.dim() != 3 or kernel.shape[1] % taps or kernel.shape[::2] != (positions, filters):
