@@ -14,6 +14,7 @@ from unshared.backends import BACKENDS, choose_backend, selection, settings
 from unshared.backends.blocks import CPU_BLOCK_ELEMENTS, GPU_BLOCK_ELEMENTS, block_plan, budget
 from unshared.backends.settings import Settings, current_settings
 from conftest import CPU_AUTO
+from reference import locally_connected_reference
 
 
 def geometry(n_out=(3,), banks=None, grid=None):
@@ -68,7 +69,7 @@ def test_fastest_is_a_pure_function_of_the_times():
         selection.fastest({"triton": ValueError("a"), "torch": ValueError("b")})
 
 
-def test_measured_choice_is_kept_per_key_and_stage():
+def test_measured_choice_is_kept_per_key_and_stage(measuring_on):
     backends = {"triton": StandIn("triton", 2.0), "torch": StandIn("torch", 1.0)}
     x, w, g = torch.randn(5, 2, 5), torch.randn(3, 4, 2, 3), geometry()
     assert selection.resolve(x, w, g, "forward", backends, fake_timer) == "torch"
@@ -84,7 +85,7 @@ def test_measured_choice_is_kept_per_key_and_stage():
     assert selection.choices() == {}
 
 
-def test_a_failing_candidate_is_dropped_with_one_warning():
+def test_a_failing_candidate_is_dropped_with_one_warning(measuring_on):
     backends = {"triton": StandIn("triton", 0.1, fails=True), "torch": StandIn("torch", 1.0)}
     x, w = torch.randn(2, 2, 5), torch.randn(3, 4, 2, 3)
     selection._warned.discard("triton")
@@ -96,14 +97,12 @@ def test_a_failing_candidate_is_dropped_with_one_warning():
 
 
 def test_measuring_off_means_the_first_candidate():
+    # the switch is restored after the test by conftest's isolated_global_state
     backends = {"triton": StandIn("triton", 2.0), "torch": StandIn("torch", 1.0)}
-    try:
-        selection.measuring(False)
-        assert selection.resolve(torch.randn(2, 2, 5), torch.randn(3, 4, 2, 3), geometry(), "forward",
-                                 backends, fake_timer) == "triton"
-        assert backends["triton"].calls == backends["torch"].calls == 0
-    finally:
-        selection.measuring(True)
+    assert selection.measuring(False) is False
+    assert selection.resolve(torch.randn(2, 2, 5), torch.randn(3, 4, 2, 3), geometry(), "forward",
+                             backends, fake_timer) == "triton"
+    assert backends["triton"].calls == backends["torch"].calls == 0
 
 
 def test_auto_on_the_cpu_never_measures():
@@ -199,28 +198,39 @@ def test_settings_are_scoped_validated_and_per_thread():
         Settings(block_elements=0)
     with pytest.raises(ValueError, match=r"batch_inner_from must be a non-negative int, got batch_inner_from=-1"):
         Settings(batch_inner_from=-1)
-    with pytest.raises(TypeError):
+    with pytest.raises(TypeError, match="unexpected keyword argument 'no_such_setting'"):
         with settings(no_such_setting=1):
             pass
 
 
-def test_threads_computing_one_layer_agree_with_serial_results():
-    layer = unshared.LocallyConnected2d(3, 4, 3, padding=1, input_size=9, dtype=torch.float64)
-    inputs = [torch.randn(2, 3, 9, 9, dtype=torch.float64) for _ in range(6)]
-    expected = [layer(x) for x in inputs]
-    results = [None] * len(inputs)
+def test_threads_with_their_own_block_sizes_match_the_reference():
+    # block_elements is read by the PyTorch backend alone: each thread plans its blocks from its own
+    # setting (from one output row of one sample per block to the whole call in one block)
+    layer = unshared.LocallyConnected2d(3, 4, 3, padding=1, input_size=9, dtype=torch.float64, backend="torch")
+    sizes = (1, 486, 972, 2430, 10**6)
+    g = U.Geometry((11, 11), (9, 9), (3, 3), (1, 1), ((0, 0), (0, 0)), (1, 1), 1, 3, 4)
+    assert [len(block_plan(g, 2, n)) for n in sizes] == [18, 9, 5, 2, 1]
+    inputs = [torch.randn(2, 3, 9, 9, dtype=torch.float64) for _ in sizes]
+    results = [None] * len(sizes)
 
     def work(i):
-        with settings(block_elements=1 + 50 * i):  # each thread its own block size
-            results[i] = layer(inputs[i])
+        with settings(block_elements=sizes[i]):
+            x = inputs[i].clone().requires_grad_()
+            y = layer(x)
+            results[i] = (y, *torch.autograd.grad(y.square().sum(), (x, layer.weight)))
 
-    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(inputs))]
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(sizes))]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    for got, want in zip(results, expected):
-        torch.testing.assert_close(got, want)
+    for x, got in zip(inputs, results):
+        x = x.clone().requires_grad_()
+        w = layer.weight.detach().clone().requires_grad_()
+        y = locally_connected_reference(x, w, layer.bias.detach(), padding=1)
+        want = (y, *torch.autograd.grad(y.square().sum(), (x, w)))
+        for ours, theirs in zip(got, want):
+            torch.testing.assert_close(ours, theirs)
 
 
 def test_auto_falls_back_to_the_pytorch_backend_when_a_kernel_fails(monkeypatch):
@@ -239,16 +249,13 @@ def test_auto_falls_back_to_the_pytorch_backend_when_a_kernel_fails(monkeypatch)
     selection._warned.discard("triton")
     x, w = torch.randn(2, 2, 5, dtype=torch.float64), torch.randn(3, 4, 2, 3, dtype=torch.float64)
     g = geometry()
-    try:
-        selection.measuring(False)
-        with pytest.warns(RuntimeWarning, match="does not use the triton backend, which failed: RuntimeError: ptxas"):
-            y = torch.ops.unshared.forward(x, w, g.encode(), "auto")
-        torch.testing.assert_close(y, BACKENDS["torch"].forward(x, w, g))
-        assert selection.choices() and set(selection.choices().values()) == {"torch"}
-        with warnings.catch_warnings():
-            warnings.simplefilter("error")
-            torch.ops.unshared.forward(x, w, g.encode(), "auto")  # remembered: no second failure
-        with pytest.raises(RuntimeError, match="ptxas failed"):  # an explicit backend raises
-            torch.ops.unshared.forward(x, w, g.encode(), "triton")
-    finally:
-        selection.measuring(True)
+    selection.measuring(False)  # restored after the test by conftest's isolated_global_state
+    with pytest.warns(RuntimeWarning, match="does not use the triton backend, which failed: RuntimeError: ptxas"):
+        y = torch.ops.unshared.forward(x, w, g.encode(), "auto")
+    torch.testing.assert_close(y, BACKENDS["torch"].forward(x, w, g))
+    assert selection.choices() and set(selection.choices().values()) == {"torch"}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        torch.ops.unshared.forward(x, w, g.encode(), "auto")  # remembered: no second failure
+    with pytest.raises(RuntimeError, match="ptxas failed"):  # an explicit backend raises
+        torch.ops.unshared.forward(x, w, g.encode(), "triton")

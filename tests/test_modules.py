@@ -9,6 +9,7 @@ from hypothesis import given, settings
 
 import unshared
 import unshared.functional as UF
+from conftest import EXAMPLES_SCALE
 from configs import configs
 from reference import locally_connected_reference
 
@@ -24,7 +25,7 @@ def _module(cfg, **extra):
                            dtype=torch.float64, **extra)
 
 
-@settings(max_examples=100)
+@settings(max_examples=100 * EXAMPLES_SCALE)
 @given(cfg=configs())
 def test_module_matches_functional_and_reference(cfg):
     layer = _module(cfg)
@@ -60,7 +61,7 @@ def test_conv_positional_arguments_carry_over():
 
 
 def test_input_size_is_keyword_only():
-    with pytest.raises(TypeError):
+    with pytest.raises(TypeError, match=r"takes from 4 to 12 positional arguments but 13 were given"):
         unshared.LocallyConnected2d(3, 8, 3, 1, 0, 1, 1, True, "zeros", None, None, (8, 8))
     with pytest.raises(TypeError, match="input_size"):
         unshared.LocallyConnected2d(3, 8, 3)

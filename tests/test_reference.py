@@ -3,13 +3,14 @@ import pytest
 import torch
 from hypothesis import given, settings
 
+from conftest import EXAMPLES_SCALE
 from configs import configs
 from reference import locally_connected_reference
 
 CONV = {1: torch.nn.Conv1d, 2: torch.nn.Conv2d, 3: torch.nn.Conv3d}
 
 
-@settings(max_examples=60)
+@settings(max_examples=60 * EXAMPLES_SCALE)
 @given(cfg=configs(layouts=("contiguous",)))
 def test_reference_equals_conv_when_weights_are_shared(cfg):
     conv = CONV[cfg.nd](cfg.in_channels, cfg.out_channels, cfg.kernel_size, cfg.stride, cfg.padding,

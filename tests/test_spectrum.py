@@ -10,6 +10,7 @@ import unshared
 from unshared import conversions, lowrank, sharing
 from unshared.backends import settings as settings_override
 from unshared.modules import LOCALLY_CONNECTED
+from conftest import EXAMPLES_SCALE
 from configs import Config, configs
 from reference import locally_connected_reference
 
@@ -37,7 +38,7 @@ def _grads(y, tensors, seed=5):
 
 # ----------------------------------------------------------------------------- conversions
 
-@settings(max_examples=80)
+@settings(max_examples=80 * EXAMPLES_SCALE)
 @given(cfg=configs(layouts=("contiguous",)))
 def test_from_conv_computes_the_conv(cfg):
     conv = _conv(cfg)
@@ -75,7 +76,7 @@ def test_to_conv_refuses_untied_weights_and_reduces_on_request():
         conversions.from_conv(torch.nn.Linear(1, 1), 5)
 
 
-@settings(max_examples=60)
+@settings(max_examples=60 * EXAMPLES_SCALE)
 @given(cfg=configs(layouts=("contiguous",), max_batch=2))
 def test_to_linear_and_back(cfg):
     layer = {1: unshared.LocallyConnected1d, 2: unshared.LocallyConnected2d, 3: unshared.LocallyConnected3d}[cfg.nd](
@@ -160,7 +161,7 @@ def sharing_cases(draw):
     return cfg, kind, grid, path
 
 
-@settings(max_examples=150)
+@settings(max_examples=150 * EXAMPLES_SCALE)
 @given(case=sharing_cases())
 def test_partial_sharing_matches_reference(case):
     cfg, kind, grid, path = case
@@ -212,7 +213,7 @@ def test_partial_sharing_reduces_to_conv_and_local(cls):
 
 # ----------------------------------------------------------------------------- low rank
 
-@settings(max_examples=100)
+@settings(max_examples=100 * EXAMPLES_SCALE)
 @given(cfg=configs(layouts=("contiguous", "channels_last"), max_batch=2), rank=st.integers(1, 3),
        combining=st.sampled_from(["position", "factorized"]), normalize=st.booleans())
 def test_low_rank_matches_reference(cfg, rank, combining, normalize):
