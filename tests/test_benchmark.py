@@ -3,6 +3,7 @@ report's rows and columns on the default CPU path (the format of the committed C
 GPU providers (Triton in its interpreter when there is no GPU), the CUDA path's error and report
 without a GPU, and the prepared GPU check in its CPU smoke mode. Timings here are meaningless; only
 the shape of the output is checked."""
+import platform
 import re
 import subprocess
 import sys
@@ -11,6 +12,8 @@ from pathlib import Path
 
 import pytest
 import torch
+
+import unshared
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
@@ -47,6 +50,16 @@ def rows(text: str) -> list[list[str]]:
     return [c for c in cells if c[1].isdigit()]
 
 
+def bullet_names(lines: list[str]) -> list:
+    """Each bullet's name (the text before its colon); for the versions bullet, the packages it names."""
+    names = []
+    for line in lines:
+        if line.startswith("- "):
+            head, colon, _ = line.partition(":")
+            names.append(head if colon else [part.split()[0] for part in line[2:].split(", ")])
+    return names
+
+
 def masked(line: str) -> str:
     return re.sub(r"\d+(\.\d+)?", "N", line)
 
@@ -62,8 +75,12 @@ def test_default_cpu_path_keeps_the_committed_format(tmp_path):
         assert HEADER in committed
     assert "| case | layer | weight MiB | forward GFLOP |" in lines
     # the same bullets, and the same text in those that hold no machine-specific names
-    assert [l.split(":")[0] for l in lines if l.startswith("- ")] == \
-           [l.split(":")[0] for l in committed if l.startswith("- ")]
+    assert bullet_names(lines) == bullet_names(committed)
+    jax = benchmark.jax
+    jax_text = ("not installed (provider skipped)" if jax is None else
+                jax.__version__ if benchmark.jax_device("cpu") else f"{jax.__version__} (provider not run)")
+    assert (f"- python {platform.python_version()}, torch {torch.__version__}, jax {jax_text}, "
+            f"unshared {unshared.__version__}") in lines
     for prefix in ("- measured", "- times", "- floor", "- speed-up"):
         assert [masked(l) for l in lines if l.startswith(prefix)] == \
                [masked(l) for l in committed if l.startswith(prefix)]
@@ -132,11 +149,13 @@ def test_unavailable_provider_and_bad_arguments(capsys, monkeypatch):
         benchmark.main([*FAST, "--providers", "unshared-cpu"])
     assert "unshared-cpu" not in benchmark.parse_args([]).providers
     monkeypatch.undo()
-    for argv in (["--providers", "cudnn"], ["--dtype", "float64"], ["--cases", "L9-1"], ["--min-reps", "1"]):
-        with pytest.raises(SystemExit) as info:
+    for argv, error in ((["--providers", "cudnn"], "unknown provider(s) ['cudnn']; choose from ['unshared', "),
+                        (["--dtype", "float64"], "unknown dtype(s) ['float64']; choose from ['float32', "),
+                        (["--cases", "L9-1"], "unknown case(s) ['L9-1']; choose from ['L4-8', "),
+                        (["--min-reps", "1"], "need --warmup >= 1 and --min-reps >= 2 (quartiles)")):
+        with pytest.raises(SystemExit, match="^2$"):  # argparse's usage error
             benchmark.parse_args(argv)
-        assert info.value.code == 2
-    assert "unknown provider(s) ['cudnn']" in capsys.readouterr().err
+        assert f"error: {error}" in capsys.readouterr().err
 
 
 def test_cuda_report_without_a_gpu(monkeypatch):

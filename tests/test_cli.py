@@ -16,7 +16,7 @@ def _subparsers():
 
 
 def _exit_code(argv, capsys):
-    with pytest.raises(SystemExit) as exit_info:
+    with pytest.raises(SystemExit, match="^[02]$") as exit_info:  # argparse: 0 after help, 2 on an error
         cli.main(argv)
     out = capsys.readouterr()
     return exit_info.value.code, out.out, out.err

@@ -137,7 +137,7 @@ def test_demo_missing_extra_says_which_pip_install(monkeypatch, capsys):
 @pytest.mark.parametrize("argv", [["demo", "--dataset", "cifar"], ["demo", "--seeds", "0"],
                                   ["demo", "--threads", "two"]])
 def test_demo_bad_arguments_show_the_demo_usage(argv, capsys):
-    with pytest.raises(SystemExit) as exit_info:
+    with pytest.raises(SystemExit, match="^2$") as exit_info:  # argparse's usage error
         cli.main(argv)
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
