@@ -38,6 +38,17 @@ def from_conv(conv: nn.Module, input_size, *, shared_bias: bool = False) -> Loca
 
     Every position's filters (and bias, per position unless ``shared_bias``) start as copies of
     the conv's; device, dtype and all conv arguments carry over.
+
+    Example::
+
+        >>> import torch, unshared
+        >>> conv = torch.nn.Conv2d(3, 8, 3, padding=1, dtype=torch.float64)
+        >>> local = unshared.from_conv(conv, input_size=(10, 12))
+        >>> tuple(local.weight.shape)
+        (10, 12, 8, 3, 3, 3)
+        >>> x = torch.randn(2, 3, 10, 12, dtype=torch.float64)
+        >>> torch.allclose(local(x), conv(x))
+        True
     """
     nd = next((n for n, cls in U.CONV_MODULES.items() if type(conv) is cls), None)
     if nd is None:
@@ -52,7 +63,19 @@ def from_conv(conv: nn.Module, input_size, *, shared_bias: bool = False) -> Loca
 def from_conv_transpose(conv: nn.Module, input_size, *, shared_bias: bool = False):
     """The ``LocallyConnectedTranspose{1,2,3}d`` that computes exactly what the ``nn.ConvTranspose``
     ``conv`` computes on inputs of ``input_size`` (the output size it would give is fixed then):
-    every input position's filters (and the bias) start as copies of the conv's."""
+    every input position's filters (and the bias) start as copies of the conv's.
+
+    Example::
+
+        >>> import torch, unshared
+        >>> up = torch.nn.ConvTranspose1d(4, 2, 3, stride=2, dtype=torch.float64)
+        >>> local_up = unshared.from_conv_transpose(up, input_size=5)
+        >>> tuple(local_up.weight.shape), local_up.output_size
+        ((5, 4, 2, 3), (11,))
+        >>> z = torch.randn(3, 4, 5, dtype=torch.float64)
+        >>> torch.allclose(local_up(z), up(z))
+        True
+    """
     nd = next((n for n, cls in U.CONV_TRANSPOSE_MODULES.items() if type(conv) is cls), None)
     if nd is None:
         raise TypeError(f"from_conv_transpose expects nn.ConvTranspose1d/2d/3d, got {type(conv).__name__}")
@@ -78,6 +101,14 @@ class ConvConversion(NamedTuple):
 
     ``max_deviation``: largest ``|layer.weight[p] - conv.weight|`` (and bias) over all positions;
     ``relative_deviation``: its ratio to the largest weight magnitude. Both are 0 when exact.
+
+    Example::
+
+        >>> import torch, unshared
+        >>> conv, max_deviation, relative_deviation = unshared.to_conv(
+        ...     unshared.from_conv(torch.nn.Conv2d(1, 2, 3), input_size=5))
+        >>> conv, max_deviation, relative_deviation
+        (Conv2d(1, 2, kernel_size=(3, 3), stride=(1, 1)), 0.0, 0.0)
     """
 
     conv: nn.Module
@@ -91,6 +122,21 @@ def to_conv(layer: LocallyConnectedNd, reduce: str | None = None) -> ConvConvers
     Exact (``max_deviation == 0``) when every position holds the same filters and bias; otherwise
     raises ``ValueError`` unless ``reduce`` is ``"mean"`` or ``"median"``, which picks the filter
     bank as that statistic over positions and reports the deviation.
+
+    Example::
+
+        >>> import torch, unshared
+        >>> local = unshared.from_conv(torch.nn.Conv1d(2, 3, 3), input_size=8)   # 6 positions
+        >>> unshared.to_conv(local).max_deviation
+        0.0
+        >>> with torch.no_grad():
+        ...     _ = local.weight[0].add_(0.6)                  # position 0 alone moves
+        >>> unshared.to_conv(local)
+        Traceback (most recent call last):
+        ...
+        ValueError: to_conv: positions hold different filters (largest difference 0.6); pass reduce='mean' ...
+        >>> round(unshared.to_conv(local, reduce="mean").max_deviation, 4)  # 0.6 - 0.6 / 6
+        0.5
     """
     nd = _check_local(layer, "to_conv")
     if reduce not in (None, "mean", "median"):
@@ -167,6 +213,19 @@ def to_linear(layer: LocallyConnectedNd, max_elements: int = MAX_DENSE_ELEMENTS)
 
     The dense weight has ``out_channels * prod(output_size) * in_channels * prod(input_size)``
     elements; above ``max_elements`` this raises ``ValueError`` with the size.
+
+    Example::
+
+        >>> import torch, unshared
+        >>> layer = unshared.LocallyConnected1d(2, 3, 3, input_size=6, dtype=torch.float64)
+        >>> dense = unshared.to_linear(layer)
+        >>> dense
+        Linear(in_features=12, out_features=12, bias=True)
+        >>> x = torch.randn(4, 2, 6, dtype=torch.float64)
+        >>> torch.allclose(dense(x.flatten(1)), layer(x).flatten(1))
+        True
+        >>> int(dense.weight.count_nonzero()), layer.weight.numel()  # zero outside the receptive fields
+        (72, 72)
     """
     nd = _check_local(layer, "to_linear")
     n_in = layer.in_channels * math.prod(layer.input_size)
@@ -199,6 +258,18 @@ def from_linear(linear: nn.Linear, in_channels: int, out_channels: int, kernel_s
     ints, the one ``nd`` in 1..3 with ``linear.in_features == in_channels * input_size ** nd``.
     Raises ``ValueError`` when no single ``nd`` fits, when ``linear`` has the wrong size, or when
     it has weights larger than ``atol`` outside the receptive fields (the message gives the largest).
+
+    Example::
+
+        >>> import torch, unshared
+        >>> layer = unshared.LocallyConnected1d(2, 3, 3, input_size=6)
+        >>> back = unshared.from_linear(unshared.to_linear(layer), 2, 3, 3, input_size=6)
+        >>> type(back).__name__, torch.equal(back.weight, layer.weight), torch.equal(back.bias, layer.bias)
+        ('LocallyConnected1d', True, True)
+        >>> unshared.from_linear(torch.nn.Linear(12, 12), 2, 3, 3, input_size=6)
+        Traceback (most recent call last):
+        ...
+        ValueError: from_linear: the dense weight is not local: an entry of magnitude ... (atol=0.0)
     """
     if not isinstance(linear, nn.Linear):
         raise TypeError(f"from_linear expects nn.Linear, got {type(linear).__name__}")

@@ -18,7 +18,14 @@ __all__ = ["LayerCost", "layer_costs", "format_table", "parameter_table"]
 @dataclass(frozen=True)
 class LayerCost:
     """One version of a layer: ``parameters``; ``macs`` (multiply-adds per sample);
-    ``weight_bytes``; ``activation_bytes`` (input + output per sample), at ``bytes_per_element``."""
+    ``weight_bytes``; ``activation_bytes`` (input + output per sample), at ``bytes_per_element``.
+
+    Example::
+
+        >>> import unshared
+        >>> unshared.layer_costs(8, 3, 4, 3, ndim=1)[-1]
+        LayerCost(name='convolution', parameters=36, macs=216, weight_bytes=144, activation_bytes=192, note='1 bank')
+    """
 
     name: str
     parameters: int
@@ -43,6 +50,15 @@ def layer_costs(input_size, in_channels: int, out_channels: int, kernel_size, st
     An int ``input_size`` (like every other int size) is spread over all spatial dimensions, as
     the layers do; their number is ``ndim``, or the length of any tuple among ``kernel_size``,
     ``stride``, ``padding``, ``dilation``, ``tile_size`` and ``regions``, and 1 when all are ints.
+
+    Example (the seeds' 1000x1000 image, 10^6 hidden units, 10x10 filters)::
+
+        >>> import unshared
+        >>> for cost in unshared.layer_costs(1009, 1, 1, 10, ndim=2):
+        ...     print(f"{cost.name}: {cost.parameters:.0e} parameters, {cost.macs:.0e} multiply-adds")
+        fully connected: 1e+12 parameters, 1e+12 multiply-adds
+        locally connected: 1e+08 parameters, 1e+08 multiply-adds
+        convolution: 1e+02 parameters, 1e+08 multiply-adds
     """
     nd = U.spatial_ndim(ndim, input_size=input_size, kernel_size=kernel_size, stride=stride, padding=padding,
                       dilation=dilation, tile_size=tile_size, regions=regions) or 1

@@ -53,7 +53,18 @@ def locally_connected(input: Tensor, weight: Tensor, bias: Tensor | None = None,
                       dilation=1, groups: int = 1, *, padding_mode: str = "zeros", backend: str = "auto",
                       banks=None) -> Tensor:
     """:func:`locally_connected1d`, ``2d`` or ``3d`` by the weight's dimensions
-    (``2 * nd + 2``: ``(*output_size, C_out, C_in // groups, *kernel_size)``)."""
+    (``2 * nd + 2``: ``(*output_size, C_out, C_in // groups, *kernel_size)``).
+
+    Example::
+
+        >>> import torch
+        >>> from unshared import functional as UF
+        >>> x, w = torch.randn(2, 3, 8), torch.randn(6, 4, 3, 3)        # 1d: 6 positions
+        >>> torch.equal(UF.locally_connected(x, w), UF.locally_connected1d(x, w))
+        True
+        >>> UF.locally_connected(torch.randn(2, 3, 8, 8), torch.randn(6, 6, 4, 3, 3, 3)).shape   # 2d
+        torch.Size([2, 4, 6, 6])
+    """
     if not isinstance(weight, Tensor):
         raise TypeError(f"locally_connected: weight must be a Tensor, got {type(weight).__name__}")
     if weight.dim() not in (4, 6, 8):
@@ -82,6 +93,20 @@ def low_rank_locally_connected(input: Tensor, basis: Tensor, combining_weights: 
 
     Returns:
         ``(N, C_out, *output_size)`` (or unbatched ``(C_out, *output_size)``).
+
+    Example (position ``p`` of the output uses ``combining_weights[:, p]`` of the two bases)::
+
+        >>> import torch
+        >>> from unshared import functional as UF
+        >>> x = torch.randn(2, 3, 8, dtype=torch.float64)
+        >>> basis = torch.randn(2, 4, 3, 3, dtype=torch.float64)               # rank 2
+        >>> mix = torch.rand(2, 6, dtype=torch.float64)                      # 6 output positions
+        >>> y = UF.low_rank_locally_connected(x, basis, mix)
+        >>> y.shape
+        torch.Size([2, 4, 6])
+        >>> weight = torch.einsum("kp,koci->poci", mix, basis)               # the per-position filters
+        >>> torch.allclose(y, UF.locally_connected1d(x, weight))
+        True
     """
     name = "low_rank_locally_connected"
     input, basis, combining_weights, bias = C.autocast(input, basis, combining_weights, bias)
@@ -150,7 +175,19 @@ def _transpose(nd: int, input, weight, bias, stride, padding, output_padding, gr
 def locally_connected_transpose(input: Tensor, weight: Tensor, bias: Tensor | None = None, stride=1, padding=0,
                                 output_padding=0, groups: int = 1, dilation=1, *, backend: str = "auto") -> Tensor:
     """:func:`locally_connected_transpose1d`, ``2d`` or ``3d`` by the weight's dimensions
-    (``2 * nd + 2``: ``(*input_size, C_in, C_out // groups, *kernel_size)``)."""
+    (``2 * nd + 2``: ``(*input_size, C_in, C_out // groups, *kernel_size)``).
+
+    Example::
+
+        >>> import torch
+        >>> from unshared import functional as UF
+        >>> x, w = torch.randn(2, 4, 5), torch.randn(5, 4, 3, 3)        # 1d: 5 input positions
+        >>> y = UF.locally_connected_transpose(x, w, stride=2)
+        >>> torch.equal(y, UF.locally_connected_transpose1d(x, w, stride=2))
+        True
+        >>> UF.locally_connected_transpose(torch.randn(2, 4, 5, 5), torch.randn(5, 5, 4, 3, 3, 3)).shape   # 2d
+        torch.Size([2, 3, 7, 7])
+    """
     if not isinstance(weight, Tensor):
         raise TypeError(f"locally_connected_transpose: weight must be a Tensor, got {type(weight).__name__}")
     if weight.dim() not in (4, 6, 8):

@@ -40,6 +40,16 @@ class DeepFace(nn.Module):
     Shape:
         ``(N, 3, 152, 152)`` -> ``(N, num_classes)`` logits; ``features(x)`` gives the F7
         representation ``(N, 4096)`` used for verification.
+
+    Example (on the meta device: no memory, no computation)::
+
+        >>> import torch, unshared
+        >>> net = unshared.models.DeepFace(device="meta")
+        >>> sum(p.numel() for p in net.parameters()), net.trunk[5].weight.numel()   # all, L4's weights
+        (118923774, 62726400)
+        >>> x = torch.empty(2, 3, 152, 152, device="meta")
+        >>> net(x).shape, net.features(x).shape
+        (torch.Size([2, 4030]), torch.Size([2, 4096]))
     """
 
     def __init__(self, num_classes: int = 4030, dropout: float = 0.5, device=None, dtype=None) -> None:
@@ -125,6 +135,15 @@ class TFCifar10(nn.Module):
     Shape:
         ``(N, 3, 24, 24)`` -> ``(N, num_classes)`` logits. local3 flattens ``pool2`` in PyTorch's
         ``(C, H, W)`` order (TensorFlow's is ``(H, W, C)``: permute its rows to load TF weights).
+
+    Example::
+
+        >>> import torch, unshared
+        >>> net = unshared.models.TFCifar10()
+        >>> sum(p.numel() for p in net.parameters()), net.local3
+        (1068298, Linear(in_features=2304, out_features=384, bias=True))
+        >>> net(torch.randn(2, 3, 24, 24)).shape
+        torch.Size([2, 10])
     """
 
     def __init__(self, num_classes: int = 10, device=None, dtype=None) -> None:
@@ -194,6 +213,15 @@ class CudaConvnetCifar10(nn.Module):
 
     Shape:
         ``(N, 3, 24, 24)`` -> ``(N, num_classes)`` logits.
+
+    Example::
+
+        >>> import torch, unshared
+        >>> net = unshared.models.CudaConvnetCifar10()
+        >>> sum(p.numel() for p in net.parameters()), tuple(net.local3.weight.shape)
+        (2112970, (6, 6, 64, 64, 3, 3))
+        >>> net(torch.randn(2, 3, 24, 24)).shape
+        torch.Size([2, 10])
     """
 
     def __init__(self, num_classes: int = 10, device=None, dtype=None) -> None:

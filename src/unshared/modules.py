@@ -236,10 +236,21 @@ def _module_doc(nd: int) -> str:
 
 
 def _lazy_doc(nd: int) -> str:
+    size, osize, weight = {1: ("9", "7", "7, 8, 3, 3"), 2: ("9, 6", "7, 4", "7, 4, 8, 3, 3, 3"),
+                           3: ("5, 4, 3", "3, 2, 1", "3, 2, 1, 8, 3, 3, 3, 3")}[nd]
     return f"""``LocallyConnected{nd}d`` that infers ``in_channels`` and ``input_size`` from its first input.
 
     Takes ``nn.LazyConv{nd}d``'s arguments (no ``in_channels``) plus keyword-only ``shared_bias``
     and ``backend``. After the first forward it becomes a ``LocallyConnected{nd}d``.
+
+    Example::
+
+        >>> import torch, unshared
+        >>> layer = unshared.LazyLocallyConnected{nd}d(8, 3)
+        >>> layer(torch.randn(2, 3, {size})).shape
+        torch.Size([2, 8, {osize}])
+        >>> type(layer).__name__, layer.in_channels, layer.input_size, tuple(layer.weight.shape)
+        ('LocallyConnected{nd}d', 3, {tuple(map(int, size.split(', ')))}, ({weight}))
     """
 
 

@@ -152,6 +152,25 @@ def _doc(nd: int) -> str:
     """
 
 
+def _lazy_doc(nd: int) -> str:
+    size, osize, weight = {1: ("5", "11", "5, 4, 3, 3"), 2: ("4, 5", "9, 11", "4, 5, 4, 3, 3, 3"),
+                           3: ("2, 3, 2", "5, 7, 5", "2, 3, 2, 4, 3, 3, 3, 3")}[nd]
+    return f"""``LocallyConnectedTranspose{nd}d`` that infers ``in_channels`` and ``input_size`` from its first input.
+
+    Takes ``nn.LazyConvTranspose{nd}d``'s arguments (no ``in_channels``) plus keyword-only
+    ``shared_bias`` and ``backend``. After the first forward it becomes a ``LocallyConnectedTranspose{nd}d``.
+
+    Example::
+
+        >>> import torch, unshared
+        >>> layer = unshared.LazyLocallyConnectedTranspose{nd}d(3, 3, stride=2)
+        >>> layer(torch.randn(2, 4, {size})).shape
+        torch.Size([2, 3, {osize}])
+        >>> type(layer).__name__, layer.in_channels, layer.input_size, tuple(layer.weight.shape)
+        ('LocallyConnectedTranspose{nd}d', 4, {tuple(map(int, size.split(', ')))}, ({weight}))
+    """
+
+
 class LocallyConnectedTranspose1d(_LocallyConnectedTransposeNd):
     __doc__ = _doc(1)
     _nd = 1
@@ -168,20 +187,17 @@ class LocallyConnectedTranspose3d(_LocallyConnectedTransposeNd):
 
 
 class LazyLocallyConnectedTranspose1d(_LazyTransposeMixin, LocallyConnectedTranspose1d):
-    """``LocallyConnectedTranspose1d`` that infers ``in_channels`` and ``input_size`` from its first input."""
-
+    __doc__ = _lazy_doc(1)
     cls_to_become = LocallyConnectedTranspose1d
 
 
 class LazyLocallyConnectedTranspose2d(_LazyTransposeMixin, LocallyConnectedTranspose2d):
-    """``LocallyConnectedTranspose2d`` that infers ``in_channels`` and ``input_size`` from its first input."""
-
+    __doc__ = _lazy_doc(2)
     cls_to_become = LocallyConnectedTranspose2d
 
 
 class LazyLocallyConnectedTranspose3d(_LazyTransposeMixin, LocallyConnectedTranspose3d):
-    """``LocallyConnectedTranspose3d`` that infers ``in_channels`` and ``input_size`` from its first input."""
-
+    __doc__ = _lazy_doc(3)
     cls_to_become = LocallyConnectedTranspose3d
 
 

@@ -48,6 +48,15 @@ def choose_backend(x: torch.Tensor, w: torch.Tensor, geometry, backend: str = "a
     PyTorch backend, measured once per shape (Triton alone when measuring is off, the PyTorch
     backend when Triton cannot run); CPU tensors: the compiled kernels (``cpu``) when they can run
     (built, float32/float64); otherwise the PyTorch backend.
+
+    Example (the functional forms and layers call it with their ``backend=``)::
+
+        >>> import torch
+        >>> from unshared import functional as UF
+        >>> UF.locally_connected1d(torch.randn(2, 3, 8), torch.randn(6, 4, 3, 3), backend="conv")
+        Traceback (most recent call last):
+        ...
+        ValueError: backend='conv' cannot compute this call: every position has its own ...
     """
     check_backend_name(backend)
     if backend != "auto":

@@ -12,6 +12,18 @@ __all__ = ["BACKENDS", "check_backend_name"]
 
 
 def check_backend_name(backend, name: str = "backend") -> str:
+    """``backend`` when it is ``"auto"`` or a name in :data:`BACKENDS`; else ``ValueError`` naming it.
+
+    Example::
+
+        >>> from unshared.backends import check_backend_name
+        >>> check_backend_name("cpu")
+        'cpu'
+        >>> check_backend_name("cuda")
+        Traceback (most recent call last):
+        ...
+        ValueError: backend must be 'auto' or one of ('torch', 'cpu', 'triton', 'composite', 'conv'), got backend='cuda'
+    """
     if backend != "auto" and backend not in BACKENDS:
         raise ValueError(f"{name} must be 'auto' or one of {tuple(BACKENDS)}, got {name}={backend!r}")
     return backend

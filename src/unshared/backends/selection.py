@@ -40,20 +40,48 @@ _state = {"measuring": os.environ.get("UNSHARED_MEASURE_BACKENDS", "1") != "0"}
 
 
 def measuring(enabled: bool | None = None) -> bool:
-    """Whether ``auto`` measures on CUDA; with an argument, set it (for the whole process)."""
+    """Whether ``auto`` measures on CUDA; with an argument, set it (for the whole process).
+
+    Example::
+
+        >>> from unshared.backends import measuring
+        >>> before = measuring()                 # True unless UNSHARED_MEASURE_BACKENDS=0
+        >>> measuring(False), measuring()
+        (False, False)
+        >>> measuring(before) == before
+        True
+    """
     if enabled is not None:
         _state["measuring"] = bool(enabled)
     return _state["measuring"]
 
 
 def clear_choices() -> None:
-    """Forget every measured choice (the next call of each key measures again)."""
+    """Forget every measured choice (the next call of each key measures again).
+
+    Example::
+
+        >>> from unshared.backends import choices, clear_choices
+        >>> clear_choices()
+        >>> choices()
+        {}
+    """
     with _lock:
         _choices.clear()
 
 
 def choices() -> dict[str, str]:
-    """The measured choices so far, ``{description of the key: backend}``."""
+    """The measured choices so far, ``{description of the key: backend}``.
+
+    Example (on the CPU ``auto`` never measures, so nothing is recorded)::
+
+        >>> import torch, unshared
+        >>> from unshared.backends import choices, clear_choices
+        >>> clear_choices()
+        >>> _ = unshared.LocallyConnected1d(2, 3, 3, input_size=8)(torch.randn(4, 2, 8))
+        >>> choices()
+        {}
+    """
     with _lock:
         return {_describe(key): name for key, name in _choices.items()}
 

@@ -22,7 +22,18 @@ __all__ = ["Settings", "settings", "current_settings"]
 
 @dataclass(frozen=True)
 class Settings:
-    """The backends' tunables (see :func:`settings`)."""
+    """The backends' tunables (see :func:`settings`).
+
+    Example::
+
+        >>> from unshared.backends import Settings
+        >>> Settings().block_elements is None, Settings(block_elements=1 << 16).block_elements
+        (True, 65536)
+        >>> Settings(block_elements=0)
+        Traceback (most recent call last):
+        ...
+        ValueError: settings: block_elements must be positive, got block_elements=0
+    """
 
     #: Elements of one gathered patch block of the PyTorch backend; ``None``: by device (see
     #: :func:`unshared.backends.blocks.default_block_elements`).
@@ -61,7 +72,17 @@ _CURRENT: contextvars.ContextVar[Settings] = contextvars.ContextVar("unshared_se
 
 
 def current_settings() -> Settings:
-    """The settings in effect in this thread."""
+    """The settings in effect in this thread.
+
+    Example::
+
+        >>> from unshared.backends import Settings, current_settings, settings
+        >>> with settings(min_positions_per_conv=8):
+        ...     current_settings().min_positions_per_conv
+        8
+        >>> current_settings() == Settings()
+        True
+    """
     return _CURRENT.get()
 
 
@@ -70,6 +91,16 @@ def settings(**overrides):
     """Override some of :class:`Settings` inside a ``with`` block (this thread only).
 
     Unknown names raise ``TypeError``; invalid values ``ValueError``.
+
+    Example (the PyTorch backend in blocks of at most 4096 gathered elements)::
+
+        >>> import torch, unshared
+        >>> layer = unshared.LocallyConnected2d(3, 4, 3, input_size=16, backend="torch")
+        >>> x = torch.randn(2, 3, 16, 16)
+        >>> with unshared.backends.settings(block_elements=4096) as inside:
+        ...     y = layer(x)
+        >>> inside.block_elements, torch.allclose(y, layer(x), atol=1e-6)
+        (4096, True)
     """
     token = _CURRENT.set(dataclasses.replace(_CURRENT.get(), **overrides))
     try:

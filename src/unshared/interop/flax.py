@@ -146,12 +146,21 @@ def from_flax(kernel, bias=None, *, kernel_size=None, input_size=None, strides=1
         local=...)`` when the padding is uneven): feed Flax's channels-last ``x`` ``(N, H, W, C)``
         as ``x.movedim(-1, 1)``, and ``y.movedim(1, -1)`` gives Flax's ``(N, OH, OW, features)``.
 
-    Example::
+    Example: for ``flax_layer = flax.linen.ConvLocal(4, (3, 3), padding="VALID")`` and
+    ``variables = flax_layer.init(key, x)``, ``local = from_flax(variables, module=flax_layer)``
+    (or ``kernel_size=(3, 3), ...``); ``local(torch.from_numpy(np.array(x)).movedim(-1, 1)).movedim(1, -1)``
+    equals ``flax_layer.apply(variables, x)``. Without JAX, a 1d kernel (6 positions, 2 channels x
+    3 taps, 4 features) and what ``ConvLocal`` computes with it::
 
-        flax_layer = flax.linen.ConvLocal(4, (3, 3), padding="VALID")
-        variables = flax_layer.init(key, x)                  # x: (N, H, W, C)
-        local = unshared.interop.from_flax(variables, module=flax_layer)   # or kernel_size=(3, 3), ...
-        y = local(torch.from_numpy(np.array(x)).movedim(-1, 1)).movedim(1, -1)   # == flax_layer.apply(...)
+        >>> import numpy as np, torch, unshared
+        >>> kernel = np.random.rand(6, 2 * 3, 4)
+        >>> local = unshared.interop.from_flax(kernel, kernel_size=(3,), padding="VALID")
+        >>> local
+        LocallyConnected1d(2, 4, kernel_size=(3,), stride=(1,), bias=False, input_size=(8,))
+        >>> x = np.random.rand(5, 8, 2)                                      # Flax's (N, L, C)
+        >>> flax_y = np.stack([x[:, p:p + 3].transpose(0, 2, 1).reshape(5, 6) @ kernel[p] for p in range(6)], 1)
+        >>> np.allclose(local(torch.from_numpy(x).movedim(-1, 1)).movedim(1, -1).detach().numpy(), flax_y)
+        True
     """
     source = "from_flax"
     kernel, bias = _params(kernel, bias, source)
@@ -223,6 +232,17 @@ def from_lax(rhs, bias=None, *, filter_shape, input_size=None, window_strides=No
         ``LocallyConnected1d/2d/3d`` for ``(N, C, *spatial)`` input: the default ``lhs`` as it is;
         for other specs, ``lhs`` permuted to ``N, C`` then its spatial axes (``x.movedim(-1, 1)``
         for ``NHWC``), the output in the same layout.
+
+    Example (without JAX: a 1d ``rhs`` of 4 filters, 2 channels x 3 taps, 6 positions, and what
+    ``conv_general_dilated_local`` computes with it)::
+
+        >>> import numpy as np, torch, unshared
+        >>> rhs = np.random.rand(4, 2 * 3, 6)
+        >>> local = unshared.interop.from_lax(rhs, filter_shape=(3,))
+        >>> x = np.random.rand(5, 2, 8)                                      # lax's default (N, C, L)
+        >>> lax_y = np.stack([x[:, :, p:p + 3].reshape(5, 6) @ rhs[:, :, p].T for p in range(6)], -1)
+        >>> np.allclose(local(torch.from_numpy(x)).detach().numpy(), lax_y)
+        True
     """
     source = "from_lax"
     filter_shape = _kernel_size(filter_shape, "filter_shape", source)

@@ -263,10 +263,21 @@ def from_keras(layer_or_config, weights=None, *, input_size=None, dtype=None) ->
         ValueError: wrong class name, weights of the wrong number or shapes, an unknown
             implementation, padding or activation, or no input size.
 
-    Example::
+    Example: ``local = from_keras(keras_layer)`` (or ``from_keras(config, weights)``), then
+    ``local(torch.from_numpy(x_nhwc).movedim(-1, 1)).movedim(1, -1)`` equals ``keras_layer(x_nhwc)``.
+    Without TensorFlow, a channels_last ``LocallyConnected1D`` of implementation 1 (6 positions of
+    3 taps x 2 channels, 4 filters) and what Keras computes with it::
 
-        local = unshared.interop.from_keras(keras_layer)     # or from_keras(config, weights)
-        y = local(torch.from_numpy(x_nhwc).movedim(-1, 1)).movedim(1, -1)   # == keras_layer(x_nhwc)
+        >>> import numpy as np, torch, unshared
+        >>> config = {"filters": 4, "kernel_size": (3,), "implementation": 1}
+        >>> kernel, bias = np.random.rand(6, 3 * 2, 4), np.random.rand(6, 4)
+        >>> local = unshared.interop.from_keras(config, [kernel, bias], input_size=8)
+        >>> local
+        LocallyConnected1d(2, 4, kernel_size=(3,), stride=(1,), input_size=(8,))
+        >>> x = np.random.rand(5, 8, 2)                                      # Keras's (N, L, C)
+        >>> keras_y = np.stack([x[:, p:p + 3].reshape(5, 6) @ kernel[p] + bias[p] for p in range(6)], 1)
+        >>> np.allclose(local(torch.from_numpy(x).movedim(-1, 1)).movedim(1, -1).detach().numpy(), keras_y)
+        True
     """
     config, weights, batch_shape = _parse(layer_or_config, weights)
     if "kernel_size" not in config or "filters" not in config:
