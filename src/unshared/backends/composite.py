@@ -31,10 +31,11 @@ def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
 def _filters(w: torch.Tensor, g: Geometry, compute: torch.dtype) -> torch.Tensor:
     """Every position's filters as ``(positions, groups, out_per_group, in_per_group, kernel_volume)``."""
     cg, og = g.in_channels // g.groups, g.out_channels // g.groups
-    filters = w.reshape(-1, g.out_channels, cg, g.kernel_volume)  # (banks or positions, O, Cg, K)
+    # cast before the bank gather, so that its gradient (a sum over each bank's positions) is float32
+    filters = w.reshape(-1, g.out_channels, cg, g.kernel_volume).to(compute)  # (banks or positions, O, Cg, K)
     if g.banks is not None:
         filters = filters[flat_bank_index(g, w.device)]
-    return filters.reshape(g.positions, g.groups, og, cg, g.kernel_volume).to(compute)
+    return filters.reshape(g.positions, g.groups, og, cg, g.kernel_volume)
 
 
 def _windows(g: Geometry):

@@ -12,6 +12,7 @@ custom operator) and exporters see it. Padding means zeros (other modes are appl
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import itertools
 
@@ -62,6 +63,18 @@ def can_run(x: torch.Tensor, w: torch.Tensor, g: Geometry) -> str | None:
     return runs if isinstance(runs, str) else None
 
 
+def _compute_dtype(x: torch.Tensor) -> torch.dtype:
+    """float32 for half precision on the CPU, where PyTorch's convolutions sum float16 weight
+    gradients in float16 (3000 products of ones gave 2048); the input's dtype elsewhere (cuDNN
+    sums half precision in float32)."""
+    return torch.float32 if x.device.type == "cpu" and x.dtype in (torch.float16, torch.bfloat16) else x.dtype
+
+
+def _in(compute: torch.dtype, x: torch.Tensor):
+    """Autocast off while computing in float32 (it would cast the convolutions' inputs back)."""
+    return contextlib.nullcontext() if compute == x.dtype else torch.autocast(x.device.type, enabled=False)
+
+
 def _zero_pad(x: torch.Tensor, g: Geometry) -> torch.Tensor:
     pads = [p for pair in reversed(g.padding) for p in pair]
     return F.pad(x, pads) if any(pads) else x
@@ -72,8 +85,9 @@ def forward(x: torch.Tensor, w: torch.Tensor, g: Geometry) -> torch.Tensor:
     runs = bank_runs(g)
     if isinstance(runs, str):
         raise ValueError(f"the conv backend cannot compute this call: {runs}")
-    xp = _zero_pad(x, g)
-    y = xp.new_empty(x.shape[0], g.out_channels, *g.output_size)
+    compute = _compute_dtype(x)
+    xp = _zero_pad(x, g).to(compute)
+    y = x.new_empty(x.shape[0], g.out_channels, *g.output_size)
     conv = CONV_FUNCTIONS[g.ndim]
     for bank in itertools.product(*map(range, g.weight_grid)):
         per_dim = [runs[d][b] for d, b in enumerate(bank)]
@@ -85,7 +99,9 @@ def forward(x: torch.Tensor, w: torch.Tensor, g: Geometry) -> torch.Tensor:
             start = first * s
             ins.append(slice(start, start + (count - 1) * s * step + dil * (k - 1) + 1))
             strides.append(s * step)
-        part = conv(xp[(slice(None), slice(None), *ins)], w[bank], None, tuple(strides), 0, g.dilation, g.groups)
+        with _in(compute, x):
+            part = conv(xp[(slice(None), slice(None), *ins)], w[bank].to(compute), None, tuple(strides), 0,
+                        g.dilation, g.groups)
         y[(slice(None), slice(None), *outs)] = part
     return y
 
@@ -97,10 +113,12 @@ def low_rank_forward(x: torch.Tensor, basis: torch.Tensor, alpha: torch.Tensor, 
     ``(rank, *output_size)``; returns ``(N, O, *output_size)``.
     """
     rank, groups, og = basis.shape[0], g.groups, g.out_channels // g.groups
-    xp = _zero_pad(x, g)
+    compute = _compute_dtype(x)
+    xp = _zero_pad(x, g).to(compute)
     # filters ordered (group, basis, out_per_group) so that the conv's groups stay contiguous
     filters = basis.view(rank, groups, og, *basis.shape[2:]).transpose(0, 1).reshape(-1, *basis.shape[2:])
-    z = CONV_FUNCTIONS[g.ndim](xp, filters, None, g.stride, 0, g.dilation, groups)
+    with _in(compute, x):
+        z = CONV_FUNCTIONS[g.ndim](xp, filters.to(compute), None, g.stride, 0, g.dilation, groups)
     z = z.view(x.shape[0], groups, rank, og, *g.output_size)
-    y = (z * alpha.view(1, 1, rank, 1, *g.output_size)).sum(2)
-    return y.reshape(x.shape[0], g.out_channels, *g.output_size)
+    y = (z * alpha.to(compute).view(1, 1, rank, 1, *g.output_size)).sum(2)
+    return y.reshape(x.shape[0], g.out_channels, *g.output_size).to(x.dtype)
