@@ -5,8 +5,10 @@ import torch
 from torch.func import functional_call, grad, jacfwd, jacrev, jvp, vmap
 
 import unshared
+from conftest import CPU_AUTO
 
-BACKENDS = ["torch", "composite"]
+# cpu: the compiled kernels (when built); conv: the shared-bank and low-rank layers by convolutions
+BACKENDS = ["torch", "composite", "conv"] + (["cpu"] if CPU_AUTO == "cpu" else [])
 try:
     import triton  # noqa: F401
     BACKENDS.append("triton")  # in Triton's interpreter on a CPU-only machine
@@ -17,15 +19,15 @@ except ImportError:
 def layers(backend):
     """(name, layer) for every layer kind that can run on ``backend``, in float64."""
     kw = dict(dtype=torch.float64, backend=backend)
-    yield "1d", unshared.LocallyConnected1d(2, 3, 3, stride=2, padding=1, input_size=7, **kw)
-    yield "2d groups", unshared.LocallyConnected2d(4, 2, (2, 3), groups=2, input_size=(4, 5), **kw)
-    yield "3d", unshared.LocallyConnected3d(2, 2, 2, input_size=3, **kw)
+    if backend != "conv":  # a filter bank per position: nothing for a convolution to share
+        yield "1d", unshared.LocallyConnected1d(2, 3, 3, stride=2, padding=1, input_size=7, **kw)
+        yield "2d groups", unshared.LocallyConnected2d(4, 2, (2, 3), groups=2, input_size=(4, 5), **kw)
+        yield "3d", unshared.LocallyConnected3d(2, 2, 2, input_size=3, **kw)
+        yield "transposed", unshared.LocallyConnectedTranspose2d(2, 3, 3, stride=2, input_size=(3, 4), **kw)
     yield "tiled", unshared.TiledLocallyConnected2d(2, 3, 3, padding=1, input_size=5, tile_size=2, **kw)
     yield "region", unshared.RegionLocallyConnected2d(2, 3, 3, input_size=6, regions=(2, 1), **kw)
-    if backend in ("torch", "composite"):
+    if backend != "triton":  # (slow in Triton's interpreter; tests/test_spectrum.py runs it there)
         yield "low-rank", unshared.LowRankLocallyConnected2d(2, 3, 3, input_size=5, rank=2, **kw)
-    if hasattr(unshared, "LocallyConnectedTranspose2d"):
-        yield "transposed", unshared.LocallyConnectedTranspose2d(2, 3, 3, stride=2, input_size=(3, 4), **kw)
 
 
 CASES = [(backend, name, layer) for backend in BACKENDS for name, layer in layers(backend)]

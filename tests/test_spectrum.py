@@ -1,4 +1,5 @@
 """Conversions, partially shared and low-rank layers, against the reference and each other."""
+import importlib.util
 import math
 
 import pytest
@@ -10,7 +11,7 @@ import unshared
 from unshared import conversions, lowrank, sharing
 from unshared.backends import settings as settings_override
 from unshared.modules import LOCALLY_CONNECTED
-from conftest import EXAMPLES_SCALE
+from conftest import CPU_AUTO, EXAMPLES_SCALE
 from configs import Config, configs
 from reference import locally_connected_reference
 
@@ -32,7 +33,7 @@ def _args(cfg):
 
 
 def _grads(y, tensors, seed=5):
-    gy = torch.randn(y.shape, generator=torch.Generator().manual_seed(seed), dtype=y.dtype)
+    gy = torch.randn(y.shape, generator=torch.Generator().manual_seed(seed), dtype=y.dtype).to(y.device)
     return torch.autograd.grad(y, tensors, gy)
 
 
@@ -157,20 +158,27 @@ def sharing_cases(draw):
     cfg = draw(configs(layouts=("contiguous", "channels_last", "noncontiguous"), max_batch=2))
     kind = draw(st.sampled_from(["tiled", "region"]))
     grid = tuple(draw(st.integers(1, o)) for o in cfg.output_size)
-    path = draw(st.sampled_from(["conv", "local"]))
+    path = draw(st.sampled_from(PATHS))
     return cfg, kind, grid, path
 
 
-@settings(max_examples=150 * EXAMPLES_SCALE)
+#: how a shared-bank call is computed: auto with every bank as a convolution (where the bank's
+#: positions allow it), auto with the locally connected kernel (the compiled one when built), or
+#: an explicit backend
+PATHS = ["auto-conv", "auto-local", "torch", "composite"] + (["cpu"] if CPU_AUTO == "cpu" else [])
+
+
+@settings(max_examples=200 * EXAMPLES_SCALE)
 @given(case=sharing_cases())
 def test_partial_sharing_matches_reference(case):
     cfg, kind, grid, path = case
     cls = (TILED if kind == "tiled" else REGION)[cfg.nd]
     layer = cls(*_args(cfg), input_size=cfg.input_size, shared_bias=cfg.bias == "shared", dtype=torch.float64,
+                backend="auto" if path.startswith("auto") else path,
                 **({"tile_size": grid} if kind == "tiled" else {"regions": grid}))
     assert layer.weight.shape[:cfg.nd] == grid
     x, _, _ = cfg.tensors(requires_grad=True)
-    threshold = 0 if path == "conv" else 10**9
+    threshold = 0 if path == "auto-conv" else 10**9
     with settings_override(min_positions_per_conv=threshold):
         y = layer(x)
     w = layer.expanded_weight()
@@ -213,16 +221,33 @@ def test_partial_sharing_reduces_to_conv_and_local(cls):
 
 # ----------------------------------------------------------------------------- low rank
 
+LOW_RANK_BACKENDS = ["auto", "torch", "composite"] + (["cpu"] if CPU_AUTO == "cpu" else [])  # auto: conv
+
+
 @settings(max_examples=100 * EXAMPLES_SCALE)
 @given(cfg=configs(layouts=("contiguous", "channels_last"), max_batch=2), rank=st.integers(1, 3),
-       combining=st.sampled_from(["position", "factorized"]), normalize=st.booleans())
-def test_low_rank_matches_reference(cfg, rank, combining, normalize):
+       combining=st.sampled_from(["position", "factorized"]), normalize=st.booleans(),
+       backend=st.sampled_from(LOW_RANK_BACKENDS))
+def test_low_rank_matches_reference(cfg, rank, combining, normalize, backend):
+    check_low_rank(cfg, rank, combining, normalize, backend)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="Triton is not installed")
+@settings(max_examples=6 * EXAMPLES_SCALE)  # Triton's interpreter is slow: fewer, smaller cases
+@given(cfg=configs(tiny=True, max_batch=2), rank=st.integers(1, 3), combining=st.sampled_from(["position", "factorized"]))
+def test_low_rank_on_triton_matches_reference(cfg, rank, combining):
+    check_low_rank(cfg, rank, combining, True, "triton")
+
+
+def check_low_rank(cfg, rank, combining, normalize, backend):
+    """The layer on ``backend`` against the reference with its expanded filters, forward and gradients."""
+    device = "cuda" if backend == "triton" and torch.cuda.is_available() else "cpu"
     layer = LOWRANK[cfg.nd](*_args(cfg), input_size=cfg.input_size, rank=rank, combining=combining,
-                            normalize=normalize, dtype=torch.float64)
+                            normalize=normalize, dtype=torch.float64, backend=backend, device=device)
     with torch.no_grad():  # move away from the convolution it starts as
         for logits in layer.combining_logits:
             logits.normal_()
-    x, _, _ = cfg.tensors(requires_grad=True)
+    x, _, _ = cfg.tensors(requires_grad=True, device=device)
     y = layer(x)
     ref = locally_connected_reference(x, layer.expanded_weight(), layer.bias, **cfg.kwargs())
     torch.testing.assert_close(y, ref)

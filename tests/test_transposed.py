@@ -9,12 +9,12 @@ from torch.autograd import gradcheck, gradgradcheck
 
 import unshared
 import unshared.functional as UF
-from conftest import EXAMPLES_SCALE
+from conftest import CPU_AUTO, EXAMPLES_SCALE
 from reference import locally_connected_reference
 
 FN = {1: UF.locally_connected_transpose1d, 2: UF.locally_connected_transpose2d, 3: UF.locally_connected_transpose3d}
 CONV_T = {1: torch.nn.ConvTranspose1d, 2: torch.nn.ConvTranspose2d, 3: torch.nn.ConvTranspose3d}
-BACKENDS = ["torch", "composite"]
+BACKENDS = ["torch", "composite"] + (["cpu"] if CPU_AUTO == "cpu" else [])  # cpu: the compiled kernels, when built
 try:
     import triton  # noqa: F401
     BACKENDS.append("triton")
@@ -157,6 +157,32 @@ def test_module_behaviour_lazy_and_sharing():
         conv.bias.copy_(lazy.bias[:, 0, 0])
     x = torch.randn(2, 4, 4, 5)
     torch.testing.assert_close(lazy(x), conv(x), rtol=1e-5, atol=1e-5)
+
+
+LAZY = {1: unshared.LazyLocallyConnectedTranspose1d, 2: unshared.LazyLocallyConnectedTranspose2d,
+        3: unshared.LazyLocallyConnectedTranspose3d}
+EAGER = {1: unshared.LocallyConnectedTranspose1d, 2: unshared.LocallyConnectedTranspose2d,
+         3: unshared.LocallyConnectedTranspose3d}
+
+
+@pytest.mark.parametrize("nd", [1, 2, 3])
+def test_lazy_infers_channels_and_input_size_and_matches_the_reference(nd):
+    size = (4, 3, 2)[:nd]
+    lazy = LAZY[nd](6, 3, 2, 1, 1, 2, dtype=torch.float64)  # out_channels, kernel, stride, padding, output_padding, groups
+    assert lazy.has_uninitialized_params()
+    x = torch.randn(2, 4, *size, dtype=torch.float64)
+    y = lazy(x)
+    assert type(lazy) is EAGER[nd] and lazy.in_channels == 4 and lazy.input_size == size
+    assert lazy.weight.shape == (*size, 4, 3, *(3,) * nd)
+    assert lazy.output_size == tuple(2 * i for i in size) and y.shape == (2, 6, *lazy.output_size)
+    want = transposed_reference(x, lazy.weight.detach(), lazy.bias.detach(), (2,) * nd, (1,) * nd, (1,) * nd, 2,
+                                (1,) * nd)
+    torch.testing.assert_close(y, want)
+    # initialised as the eager layer: the same bound, the same storage order
+    eager = EAGER[nd](4, 6, 3, 2, 1, 1, 2, input_size=size, dtype=torch.float64)
+    assert lazy.weight.stride() == eager.weight.stride()
+    bound = 1 / (6 // 2 * 3 ** nd) ** 0.5  # per-position fan-in C_out / groups * prod(kernel_size)
+    assert 0 < lazy.weight.abs().max() <= bound and eager.weight.abs().max() <= bound
 
 
 @pytest.mark.parametrize("build,error,match", [
