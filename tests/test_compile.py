@@ -72,13 +72,29 @@ def test_triton_backend_compiles_fullgraph():
     device = "cuda" if torch.cuda.is_available() else "cpu"  # CPU: under TRITON_INTERPRET=1 (conftest)
     layer = unshared.LocallyConnected2d(2, 3, 2, padding=1, input_size=(3, 4), backend="triton",
                                         device=device, dtype=torch.float64)
-    x = torch.randn(2, 2, 3, 4, device=device, dtype=torch.float64)
+    compiled_matches_eager(layer, torch.randn(2, 2, 3, 4, device=device, dtype=torch.float64))
+
+
+def compiled_matches_eager(layer, x):
     y, grads = _forward_backward(layer, x)
     torch._dynamo.reset()
     yc, grads_c = _forward_backward(torch.compile(layer, fullgraph=True, backend="aot_eager"), x)
     torch.testing.assert_close(yc, y)
     for a, b in zip(grads_c, grads):
         torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("backend", ["torch", "composite", "conv"])
+def test_every_backend_compiles_fullgraph(backend):
+    # (auto, and so the compiled kernels, in the tests above; cpu's own in tests/test_cpu_backend.py)
+    kw = dict(backend=backend, dtype=torch.float64)
+    layers = [unshared.TiledLocallyConnected2d(2, 3, 2, padding=1, input_size=(5, 4), tile_size=2, **kw),
+              unshared.LowRankLocallyConnected1d(2, 3, 3, input_size=7, rank=2, **kw)]
+    if backend != "conv":
+        layers += [unshared.LocallyConnected2d(2, 3, 2, stride=2, input_size=(5, 4), **kw),
+                   unshared.LocallyConnectedTranspose1d(2, 3, 3, stride=2, input_size=4, **kw)]
+    for layer in layers:
+        compiled_matches_eager(layer, torch.randn(2, 2, *layer.input_size, dtype=torch.float64))
 
 
 @pytest.mark.parametrize("backend", ["torch", pytest.param("cpu", marks=pytest.mark.skipif(

@@ -3,6 +3,7 @@ every test leaves the global state as it found it, every property test scales wi
 ``UNSHARED_FULL_SWEEP``, and every ``pytest.raises`` says what it expects."""
 import ast
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -115,3 +116,15 @@ def test_every_pytest_raises_names_what_it_expects():
                                                                                    "raises", "pytest")
              if not any(k.arg == "match" for k in node.keywords)]
     assert not loose, f"pytest.raises without match= at {loose}"
+
+
+def test_the_coverage_table_names_tests_that_exist():
+    names = {path.name: {node.name for node in ast.walk(ast.parse(path.read_text()))
+                         if isinstance(node, ast.FunctionDef) and node.name.startswith("test_")} for path in SOURCES}
+    current, missing, cited = None, [], 0
+    for file, test in re.findall(r"`(test_\w+\.py)?::(test_\w+)`", (TESTS / "COVERAGE.md").read_text()):
+        current = file or current
+        cited += 1
+        if test not in names.get(current, ()):
+            missing.append(f"{current}::{test}")
+    assert cited > 50 and not missing, f"tests/COVERAGE.md names tests that do not exist: {missing}"
