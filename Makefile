@@ -7,7 +7,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 TORCH := torch==2.13.0
 
-.PHONY: demo demo-quick test figures clean
+.PHONY: demo demo-quick test test-time figures install-sizes clean
 
 demo: $(VENV)/demo.stamp
 	$(BIN)/unshared demo
@@ -19,9 +19,20 @@ demo-quick: $(VENV)/demo.stamp
 test: $(VENV)/test.stamp
 	$(BIN)/python -m pytest -q
 
-# The README's demo table and figures: one recorded run of the full demo.
+# The README's test-suite line: one timed run of `make test`'s command, recorded in docs/test-suite.txt.
+test-time: $(VENV)/test.stamp
+	$(BIN)/python benchmarks/suite_time.py --output docs/test-suite.txt
+
+# The README's install table: what `make demo` and `make test` download and install, measured in
+# the environment `make test` made (benchmarks/results/install-sizes.md; wheels kept in build/wheels).
+install-sizes: $(VENV)/test.stamp
+	$(BIN)/python benchmarks/install_sizes.py
+
+# The README's demo table and figures: one recorded run of the full demo (docs/results.json and
+# the figures, and what it printed in docs/demo.txt; tests/test_records.py checks the README against them).
 figures: $(VENV)/demo.stamp
-	$(BIN)/unshared demo --output docs --no-progress
+	{ echo "load average at start (1, 5, 15 min): $$(cut -d' ' -f1-3 /proc/loadavg)"; \
+	  $(BIN)/unshared demo --output docs --no-progress; } > docs/demo.txt; status=$$?; cat docs/demo.txt; exit $$status
 
 # PyTorch goes in first, pinned: on a CPU-only machine its index resolves to the CPU build,
 # and the project's `torch>=2.4` is then already satisfied, so no CUDA wheels are pulled.
