@@ -24,7 +24,16 @@ __all__ = [
 class PositionParameters:
     """Parameter set-up shared by the family's layers, from their ``_set_input_size``,
     ``_weight_shape``, ``_bias_shape`` and ``reset_parameters``: uninitialised until the first input
-    for lazy layers; otherwise ``input_size`` is required, and the weight is laid out kernel-major."""
+    for lazy layers; otherwise ``input_size`` is required, and the weight is laid out kernel-major.
+    ``torch.jit.script`` is refused with the ways that work (:meth:`__prepare_scriptable__`)."""
+
+    def __prepare_scriptable__(self):
+        """Called by ``torch.jit.script`` on every submodule: the layers are Python (argument checks,
+        backend choice, custom operators), which TorchScript cannot compile."""
+        raise RuntimeError(
+            f"{type(self).__name__} cannot be compiled by torch.jit.script; use torch.compile (JIT), "
+            f"torch.export (a graph to save or deploy, also for ONNX: torch.onnx.export(..., dynamo=True)), "
+            f"or torch.jit.trace (standard operators, any batch size)")
 
     def _set_up_parameters(self, lazy: bool, bias: bool, input_size, factory_kwargs) -> None:
         if lazy:

@@ -34,10 +34,11 @@ def bank_runs(g: Geometry) -> list[list[Run | None]] | str:
     if g.banks is None:
         return ("every position has its own filters: nothing for a convolution to share (this "
                 "backend computes shared banks and low-rank layers)")
-    return _runs(g.banks, g.weight_grid)
+    if torch.compiler.is_compiling():  # Dynamo traces the plain function (it warns on lru_cache)
+        return _runs(g.banks, g.weight_grid)
+    return _remembered_runs(g.banks, g.weight_grid)
 
 
-@functools.lru_cache(maxsize=64)
 def _runs(banks, weight_grid):
     result = []
     for d, (coords, size) in enumerate(zip(banks, weight_grid)):
@@ -54,6 +55,9 @@ def _runs(banks, weight_grid):
             runs.append((where[0], step, len(where)))
         result.append(runs)
     return result
+
+
+_remembered_runs = functools.lru_cache(maxsize=64)(_runs)
 
 
 def can_run(x: torch.Tensor, w: torch.Tensor, g: Geometry) -> str | None:
