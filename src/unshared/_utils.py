@@ -248,6 +248,14 @@ class Geometry:
         """Filter banks in the weight (one per position without sharing)."""
         return math.prod(self.weight_leading)
 
+    def untraced(self) -> "Geometry":
+        """This geometry in plain ints. Under ``torch.jit.trace`` the sizes it was built from are
+        traced values, whose arithmetic would be recorded as graph operators; every size here is
+        fixed by the weight (the batch size, which stays free, is not among them)."""
+        if not torch.jit.is_tracing():
+            return self
+        return Geometry.decode([int(v) for v in self.encode()])
+
     def unpadded(self, input_size) -> "Geometry":
         """This geometry for an input that was padded already (by a non-zero padding mode)."""
         return replace(self, input_size=tuple(input_size), padding=((0, 0),) * self.ndim)

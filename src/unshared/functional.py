@@ -145,7 +145,7 @@ def _transpose(nd: int, input, weight, bias, stride, padding, output_padding, gr
     C.check_bias(name, bias, out_channels, out_size)
     # the adjoint of the locally connected layer from the output back to this input grid
     g = U.Geometry(out_size, grid, kernel_size, stride, tuple((p, p) for p in padding), dilation, groups,
-                   out_channels, in_channels)
+                   out_channels, in_channels).untraced()
     y = ops.locally_connected_transpose(x, weight, g, choose_backend(x, weight, g, backend))
     return _finish(y, bias, unbatched)
 
