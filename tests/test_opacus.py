@@ -1,8 +1,7 @@
 """Opacus (differentially private SGD) on networks of every layer kind: its hooks, functorch and
-ghost-clipping modes give the per-sample gradients, norms and clipped steps of a per-sample loop.
-
-Opacus has no grad sampler of its own for these layers; it computes their per-sample gradients
-with ``torch.func`` (``vmap(grad(...))`` of the layer), which every layer supports.
+ghost-clipping modes give the per-sample gradients, norms and clipped steps of a per-sample loop,
+both with Opacus's own fallback for layers it does not know (``torch.func``: ``vmap(grad(...))``)
+and with the grad and norm samplers of :func:`unshared.privacy.register_opacus`.
 """
 import copy
 
@@ -12,11 +11,29 @@ from torch import nn
 
 opacus = pytest.importorskip("opacus", reason="opacus is not installed (pip install 'unshared[opacus]')")
 from opacus import GradSampleModule, PrivacyEngine  # noqa: E402
+from opacus.grad_sample import GradSampleModuleFastGradientClipping  # noqa: E402
 
 import unshared  # noqa: E402
 from layer_kinds import KINDS, make  # noqa: E402
+from unshared.privacy import LAYERS, register_opacus  # noqa: E402
 
 BATCH = 4
+
+
+@pytest.fixture(params=["torch.func", "unshared"])
+def samplers(request):
+    """Opacus's fallback, or the samplers of register_opacus (Opacus's tables restored after)."""
+    tables = [GradSampleModule.GRAD_SAMPLERS, GradSampleModuleFastGradientClipping.GRAD_SAMPLERS,
+              GradSampleModuleFastGradientClipping.NORM_SAMPLERS]
+    saved = [dict(table) for table in tables]
+    if request.param == "unshared":
+        register_opacus()
+    registered = all(cls in table for cls in LAYERS for table in tables)
+    assert registered == (request.param == "unshared")
+    yield request.param
+    for table, before in zip(tables, saved):
+        table.clear()
+        table.update(before)
 
 
 def _network(kind):
@@ -41,7 +58,7 @@ def _per_sample_gradients(model, x, y, loss):
 @pytest.mark.filterwarnings("ignore:Full backward hook is firing")  # the first layer's input needs no gradient
 @pytest.mark.parametrize("mode", ["hooks", "functorch"])
 @pytest.mark.parametrize("kind", KINDS)
-def test_grad_sample_module_gives_the_per_sample_gradients_of_a_loop(kind, mode):
+def test_grad_sample_module_gives_the_per_sample_gradients_of_a_loop(kind, mode, samplers):
     model, x = _network(kind)
     y = torch.arange(BATCH) % 3
     loss = nn.CrossEntropyLoss(reduction="sum")
@@ -55,7 +72,7 @@ def test_grad_sample_module_gives_the_per_sample_gradients_of_a_loop(kind, mode)
 
 @pytest.mark.filterwarnings("ignore:Full backward hook is firing", "ignore:Secure RNG turned off")
 @pytest.mark.parametrize("mode", ["hooks", "functorch", "ghost"])
-def test_a_dp_sgd_step_clips_each_sample_as_a_loop_does(mode):
+def test_a_dp_sgd_step_clips_each_sample_as_a_loop_does(mode, samplers):
     torch.manual_seed(0)
     base = nn.Sequential(  # plain, tiled and low-rank layers in a row
         unshared.LocallyConnected2d(2, 3, 3, padding=1, input_size=6), nn.ReLU(),
