@@ -131,9 +131,9 @@ class Chain(nn.Module):
         self.head = nn.Linear(3 * 5 * 3, 3, **kw)
 
     def forward(self, x):
-        x = torch.tanh(self.lc1(x))
+        x = F.relu(self.lc1(x), inplace=True)             # in place, as DeepFace's ReLUs
         x = torch.tanh(self.lc2(x))
-        return self.head(torch.tanh(self.tiled(x)).flatten(1))
+        return self.head(F.relu(self.tiled(x), inplace=True).flatten(1))
 
     @staticmethod
     def plan(local_output: bool = True) -> dict:

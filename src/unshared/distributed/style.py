@@ -253,5 +253,6 @@ def _forward(layer, input: Tensor):
     if s.output_layout == Replicate():
         out = out.redistribute(mesh, [Replicate()])
     if s.use_local_output:
-        out = out.to_local()
+        # a copy, not DTensor's view of its local tensor: the next layer may work in place (ReLU)
+        out = out.to_local().clone()
     return out.squeeze(0) if unbatched else out
