@@ -18,9 +18,12 @@ from torch.distributed.tensor import DTensor, Shard, distribute_tensor
 from torch.distributed.tensor.parallel import parallelize_module
 
 import unshared
-from position_parallel_cases import CASES, SEED, Chain, chain_batches, placement, train_chain
-from unshared.distributed import PositionParallel
-from workers import init_worker
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from harness.collectives import CollectiveCounter  # noqa: E402
+from position_parallel_cases import CASES, SEED, Chain, chain_batches, placement, train_chain  # noqa: E402
+from unshared.distributed import PositionParallel  # noqa: E402
+from workers import init_worker  # noqa: E402
 
 
 def _local(t):
@@ -175,7 +178,26 @@ def mesh2d(rank: int, world: int) -> dict:
     return result
 
 
-TASKS = {"grid": grid, "errors": errors, "chain": chain, "checkpoint": checkpoint, "mesh2d": mesh2d}
+def counter(rank: int, world: int) -> dict:
+    """The bytes ``benchmarks/harness/collectives.py`` counts in one training step of the chain,
+    position-parallel and under DDP."""
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    mesh = init_device_mesh("cpu", (world,))
+    result = {}
+    for engine in ("position", "ddp"):
+        torch.manual_seed(SEED)
+        model = Chain()
+        model = parallelize_module(model, mesh, Chain.plan()) if engine == "position" else DDP(model)
+        train_chain(model)                            # DDP builds its buckets in the first step
+        with CollectiveCounter() as count:
+            train_chain(model)
+        result[engine] = {kind: sum(c.sent for c in count.calls if c.kind == kind)
+                          for kind in {c.kind for c in count.calls}}
+    return result
+
+
+TASKS = {"counter": counter, "grid": grid, "errors": errors, "chain": chain, "checkpoint": checkpoint, "mesh2d": mesh2d}
 
 
 def main(tasks: str, out: Path) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import itertools
 import math
 import re
+import sys
 from pathlib import Path
 
 import pytest
@@ -27,6 +28,9 @@ from reference import locally_connected_reference, pad_reference
 from unshared.distributed import PositionParallel, shard_range
 from unshared.distributed.rows import RowGeometry, padding_pairs, plan_rows
 from workers import distributed_unavailable, fsdp2_available, run_workers
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from harness.collectives import position_parallel_sent  # noqa: E402
 
 WORKER = Path(__file__).resolve().parent / "position_parallel_worker.py"
 _TIMEOUT = 300
@@ -120,7 +124,7 @@ def _one_process_checkpoints(directory: Path) -> None:
     torch.save(Chain().state_dict(), directory / "full_state_on_1.pt")
 
 
-RUNS = {2: "grid,errors,chain,checkpoint", 3: "grid,chain", 4: "mesh2d"}
+RUNS = {2: "grid,errors,chain,checkpoint,counter", 3: "grid,chain", 4: "mesh2d"}
 
 
 @pytest.fixture(scope="module")
@@ -305,3 +309,26 @@ def test_data_parallel_over_a_2d_mesh(runs, engine):
         part = slice(res["data"] * per_rank, (res["data"] + 1) * per_rank)
         for step, out in enumerate(run["outputs"]):
             _close(out, outputs[step][part], "float64", f"{what} output of step {step + 1}")
+
+
+@needs_workers
+def test_the_benchmark_counts_the_bytes_sent(runs):
+    """``benchmarks/harness/collectives.py`` on two training steps of the chain (float64, batch 4),
+    on 2 processes:
+    under PositionParallel, the bytes its row plans predict, by kind; under DDP, the ring
+    all-reduce of every gradient, 2 (W-1)/W of the parameters' bytes, per step."""
+    _, results = runs(2)
+    torch.manual_seed(SEED)
+    model, world, steps, batch = Chain(), 2, 2, len(chain_batches()[0][0])
+    layouts = {"lc1": (False, True), "lc2": (True, True), "tiled": (True, False)}      # sharded in, out
+    predicted = [sum(s) for s in zip(*(position_parallel_sent(model.get_submodule(n), *io, batch, world, itemsize=8,
+                                                              input_grad=n != "lc1")   # lc1 reads the data
+                                      for n, io in layouts.items()))]
+    param_bytes = sum(p.numel() * 8 for p in model.parameters())
+    for rank, res in enumerate(results["counter"]):
+        assert res["position"]["receive"] == 0
+        assert sum(res["position"].values()) == pytest.approx(steps * predicted[rank], abs=1e-6), (rank, res)
+        assert set(res["position"]) == {"send", "receive", "all-gather", "all-reduce"}, res["position"]
+        sent = {kind: b for kind, b in res["ddp"].items() if b}          # its broadcasts send nothing here
+        assert sent == pytest.approx({"all-reduce": steps * 2 * (world - 1) / world * param_bytes}), res["ddp"]
+
