@@ -27,7 +27,7 @@ sys.path[:0] = [str(HERE), str(REPO / "src")]
 HOW_TO_READ = """How to read the output (DIR/results.md):
 - one row per case (DeepFace L4/L5/L6 at batch 32 and 256), dtype, mode and provider: median ms of
   CUDA-event timings after warm-up, the roofline floor (max of flops / measured matmul rate and
-  bytes / measured copy bandwidth) and time/floor (1.0 = at the device's limit), each provider's
+  bytes a step must move / measured copy bandwidth) and time/floor (1.0 = at the device's limit), each provider's
   time over the Triton kernels' (> 1: Triton faster), and the peak transient memory per weight;
 - 'error' rows say why a provider did not run (out of memory, a failed kernel);
 - the targets table checks DeepFace L4 batch 256 forward+backward: time/floor <= 1.5, unfold+bmm
@@ -79,19 +79,13 @@ def bench_one(run, key, dtype, device, providers, settings) -> list[dict]:
     each mode timed and its peak memory measured. Failures become rows with an error."""
     import torch
 
-    import unshared
     from harness.cases import CASES, MODES, dtype_name, itemsize
     from harness.measure import measure
-    from harness.providers import PROVIDERS, check_same_output, output_tolerance
+    from harness.providers import PROVIDERS, case_tensors, check_same_output, output_tolerance
 
     case = CASES[key]
-    torch.manual_seed(0)
     dev = device.torch_device
-    layer = unshared.LocallyConnected2d(case.in_channels, case.out_channels, case.kernel, stride=case.stride,
-                                        padding=case.padding, input_size=case.size, bias=False, device=dev,
-                                        dtype=dtype)
-    x = torch.randn(case.batch, case.in_channels, case.size, case.size, device=dev, dtype=dtype, requires_grad=True)
-    grad_out = torch.randn(case.batch, case.out_channels, case.out_size, case.out_size, device=dev, dtype=dtype)
+    layer, x, grad_out = case_tensors(case, device, dtype)
     rows, reference = [], None
     for name in providers:
         base = dict(case=key, batch=case.batch, dtype=dtype_name(dtype), provider=name,
@@ -128,21 +122,18 @@ def per_operation(run, key, dtype, device, settings) -> list[dict]:
     TFLOP/s and GB/s (operands read and written once), to see which pass limits the layer."""
     import torch
 
-    import unshared
     from harness.cases import CASES, dtype_name, itemsize
     from harness.measure import measure
+    from harness.providers import case_tensors
     from unshared import _utils as U
     from unshared.backends import BACKENDS
 
     case = CASES[key]
-    dev, size = device.torch_device, itemsize(dtype)
-    layer = unshared.LocallyConnected2d(case.in_channels, case.out_channels, case.kernel, stride=case.stride,
-                                        padding=case.padding, input_size=case.size, bias=False, device=dev,
-                                        dtype=dtype)
-    g = U.Geometry((case.size,) * 2, (case.out_size,) * 2, (case.kernel,) * 2, (case.stride,) * 2,
-                   ((case.padding, case.padding),) * 2, (1, 1), 1, case.in_channels, case.out_channels)
-    x = torch.randn(case.batch, case.in_channels, case.size, case.size, device=dev, dtype=dtype)
-    gy = torch.randn(case.batch, case.out_channels, case.out_size, case.out_size, device=dev, dtype=dtype)
+    size = itemsize(dtype)
+    layer, x, gy = case_tensors(case, device, dtype)
+    x = x.detach()
+    g = U.Geometry(case.input_size, case.output_size, case.kernel_size, case.stride,
+                   tuple((p, p) for p in case.padding), (1,) * case.nd, 1, case.in_channels, case.out_channels)
     w = layer.weight.detach()
     flops = case.flops("forward")
     elements = {"forward": x.numel() + w.numel() + gy.numel(), "input_grad": gy.numel() + w.numel() + x.numel(),
@@ -190,7 +181,7 @@ def report(run, rows, roofline, device, args, tests_summary, date, operations=()
                   + f" (float32 with TF32 {'allowed' if args.tf32 else 'not allowed'}); copy bandwidth "
                     f"{roofline.gbps:.0f} GB/s (read + write)"]
     lines += ["- times: CUDA events (host clock for JAX) after warm-up, the L2 cache overwritten before each; "
-              "floor = max(flops / matmul rate, bytes once / bandwidth); speed-up = provider median / "
+              "floor = max(flops / matmul rate, bytes a step must move / bandwidth); speed-up = provider median / "
               f"{args.providers[0]} median (> 1: {args.providers[0]} is faster)", ""]
     if measured and roofline is not None:
         lines.append(results_table(measured, roofline, baseline, True, 3))

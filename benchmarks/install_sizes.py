@@ -28,6 +28,7 @@ STEPS = [
     ("`test` extra, beyond `demo`", "Triton {triton}, which runs the GPU kernels in its interpreter on a CPU", ["triton"]),
     ("", "onnx, onnxruntime, onnxscript and their dependencies, for the ONNX export tests",
      ["onnx", "onnxruntime", "onnxscript"]),
+    ("", "Opacus {opacus} and opt_einsum, for the differential-privacy tests", ["opacus"]),
     ("", "pytest, hypothesis, safetensors and their dependencies", ["unshared[test]"]),
 ]
 
@@ -77,17 +78,21 @@ def wheel_bytes(name: str, wheels: Path) -> int:
     return found[0].stat().st_size
 
 
+def megabytes(n: int) -> str:
+    return f"{n / 1e6:,.1f} MB" if n < 10e6 else f"{n / 1e6:,.0f} MB"
+
+
 def report(wheels: Path) -> str:
     done: set[str] = set()
     rows, totals, contents = [], [], []
-    versions = {"torch": metadata.version("torch"), "triton": metadata.version("triton")}
+    versions = {name: metadata.version(name) for name in ("torch", "triton", "opacus")}
     for row, what, requirements in STEPS:
         names = sorted(closure(requirements) - done)
         done |= set(names)
         download = sum(wheel_bytes(n, wheels) for n in names)
         installed = sum(installed_bytes(n) for n in names)
         totals.append((download, installed))
-        rows.append(f"| {row} | {what.format(**versions)} | {download / 1e6:,.0f} MB | {installed / 1e6:,.0f} MB |")
+        rows.append(f"| {row} | {what.format(**versions)} | {megabytes(download)} | {megabytes(installed)} |")
         contents.append(f"- {row or 'then'}: {', '.join(f'{n} {metadata.version(n)}' for n in names)}")
     demo = [sum(t[i] for t in totals[:2]) for i in (0, 1)]
     test = [sum(t[i] for t in totals) for i in (0, 1)]

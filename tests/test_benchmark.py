@@ -149,7 +149,7 @@ def test_unavailable_provider_and_bad_arguments(capsys, monkeypatch):
         benchmark.main([*FAST, "--providers", "unshared-cpu"])
     assert "unshared-cpu" not in benchmark.parse_args([]).providers
     monkeypatch.undo()
-    for argv, error in ((["--providers", "cudnn"], "unknown provider(s) ['cudnn']; choose from ['unshared', "),
+    for argv, error in ((["--providers", "cudnn"], "unknown provider(s) ['cudnn']; choose from ['unshared-auto', "),
                         (["--dtype", "float64"], "unknown dtype(s) ['float64']; choose from ['float32', "),
                         (["--cases", "L9-1"], "unknown case(s) ['L9-1']; choose from ['L4-8', "),
                         (["--min-reps", "1"], "need --warmup >= 1 and --min-reps >= 2 (quartiles)")):

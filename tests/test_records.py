@@ -125,7 +125,14 @@ def test_demo_data_sizes():
 
 # ----------------------------------------------------------------------------- the CPU benchmark
 
-CPU_FILE = RESULTS / "cpu-2026-11-29.md"
+def cited(prefix: str) -> Path:
+    """The results file of ``benchmarks/results/`` whose name starts with ``prefix`` that the README links."""
+    names = set(re.findall(rf"\(benchmarks/results/({prefix}[\w.-]+\.md)\)", README))
+    assert len(names) == 1, f"the README should link one benchmarks/results/{prefix}*.md, links {names}"
+    return RESULTS / names.pop()
+
+
+CPU_FILE = cited("cpu-")
 CPU_TEXT = CPU_FILE.read_text()
 CPU = {(r["case"], r["mode"], r["provider"]): r for r in markdown_table(CPU_TEXT, "| case | batch | mode |")}
 CPU_LAYERS = {"L4": "DeepFace L4", "L5": "DeepFace L5", "L6": "DeepFace L6", "cifar": "CIFAR-like"}
@@ -156,9 +163,9 @@ def test_cpu_prose_is_the_recorded_run():
     header = dict(re.findall(r"^- ([^:\n]+): (.*)$", CPU_TEXT, re.M))
     matmul = re.search(r"([\d.]+) GFLOP/s", header["measured float32 matmul rate (2048^3, median)"]).group(1)
     copy = re.search(r"([\d.]+) GB/s", header["measured memory bandwidth (copy of 256 MiB, read + write, median)"])
-    assert header["date"] == "2026-11-29" and "busy with other work at start: 0.00" in header["machine"]
-    assert "compiled CPU kernels: avx512" in header["machine"] and "2 cores" in header["machine"]
-    said("Measured on 2026-11-29 on a 2-core AMD EPYC VM (AVX-512 kernels, PyTorch 2.13.0 CPU, idle at the start)")
+    assert "busy with other work at start: 0.00" in header["machine"]  # "idle"
+    assert "compiled CPU kernels: avx512" in header["machine"] and "AMD EPYC, 2 cores" in header["machine"]
+    said(f"Measured on {header['date']} on a 2-core AMD EPYC VM (AVX-512 kernels, PyTorch 2.13.0 CPU, idle at the start)")
     said(f"({matmul} GFLOP/s for a 2048^3 matmul, {copy.group(1)} GB/s for a copy)")
     step = "forward+backward"
     l4 = ("L4-64", step)
@@ -182,7 +189,7 @@ def test_cpu_prose_is_the_recorded_run():
 
 # ----------------------------------------------------------------------------- the GPU benchmark
 
-CUDA_FILE = RESULTS / "cuda-2026-11-30-nvidia-h200.md"
+CUDA_FILE = cited("cuda-")
 CUDA_TEXT = CUDA_FILE.read_text()
 CUDA = {(r["case"], r["dtype"], r["mode"], r["provider"]): r
         for r in markdown_table(CUDA_TEXT, "| case | batch | dtype | mode |")}
@@ -212,8 +219,9 @@ def test_cuda_table_is_the_recorded_run():
 def test_cuda_prose_is_the_recorded_run():
     rates = re.search(r"float32 ([\d.]+) TFLOP/s, bfloat16 ([\d.]+) TFLOP/s \(float32 with TF32 allowed\); "
                       r"copy bandwidth (\d+) GB/s", CUDA_TEXT)
-    assert re.search(r"^- date: 2026-11-30T", CUDA_TEXT, re.M) and "- device: NVIDIA H200 (cuda:0)" in CUDA_TEXT
-    said(f"measured with it on 2026-11-30 on an NVIDIA H200 (measured {rates.group(1)} TFLOP/s TF32 and "
+    date = re.search(r"^- date: (\d{4}-\d\d-\d\d)T", CUDA_TEXT, re.M).group(1)
+    assert "- device: NVIDIA H200 (cuda:0)" in CUDA_TEXT
+    said(f"measured with it on {date} on an NVIDIA H200 (measured {rates.group(1)} TFLOP/s TF32 and "
          f"{rates.group(2)} TFLOP/s bfloat16 matmul, {rates.group(3)} GB/s copy")
     step, dtypes = "forward+backward", ("float32", "bfloat16")
     l4 = [("L4-256", d, step) for d in dtypes]
@@ -236,6 +244,20 @@ def test_cuda_prose_is_the_recorded_run():
     from harness.cases import CASES
     assert CASES["L4-256"].flops(step) > 150 * CASES["L6-32"].flops(step)
     said("(L6 at batch 32 does less than a 150th of the work of L4 at 256)")
+
+
+def test_distributed_table_is_the_recorded_run():
+    path = cited("distributed-")
+    rows = markdown_table(path.read_text(), "| set-up | images per step")
+    readme = markdown_table(README, "| set-up | images per step |")
+    mb = lambda text: f"{float(text.split()[0]):.1f} MB"  # noqa: E731
+    want = [[r["set-up"].replace("(L4-L6)", "on L4-L6"), r["images per step (all ranks)"], mb(r["L4-L6 bytes sent"]),
+             mb(r["all bytes sent"]), f"{float(r['step time s'].split()[0]):.1f} s"] for r in rows]
+    assert [list(r.values()) for r in readme] == want
+    by = {r["set-up"].split()[0]: r for r in rows}
+    ratio = float(by["FSDP2"]["L4-L6 bytes sent"].split()[0]) / float(by["PositionParallel"]["L4-L6 bytes sent"].split()[0])
+    said(f"PositionParallel sends 1/{ratio:.0f} of FSDP2's bytes for L4-L6")
+    said(f"trains fewer images per second than DDP ({by['PositionParallel']['images/s']} against {by['DDP']['images/s']})")
 
 
 # ----------------------------------------------------------------------------- installs, tests, counts
