@@ -283,15 +283,15 @@ _INDEX_CACHE: dict = {}
 
 def _cached(key, build):
     """``build(*key[1:])``, kept for later calls when it made plain tensors: never a fake or traced
-    tensor (made while ``torch.compile``, ``torch.jit.trace`` or an exporter traces), which must not
-    outlive the trace."""
+    tensor (made while ``torch.compile``, ``torch.jit.trace`` or an exporter traces), nor one that a
+    ``torch.func`` transform wraps (made inside ``jacfwd``, say), which must not outlive it."""
     if torch.compiler.is_compiling() or torch.jit.is_tracing():
         return build(*key[1:])
     value = _INDEX_CACHE.get(key)
     if value is None:
         value = build(*key[1:])
         tensors = value if isinstance(value, tuple) else (value,)
-        if all(type(t) is torch.Tensor for t in tensors):
+        if all(type(t) is torch.Tensor and not torch._C._functorch.is_functorch_wrapped_tensor(t) for t in tensors):
             if len(_INDEX_CACHE) >= 256:
                 _INDEX_CACHE.clear()
             _INDEX_CACHE[key] = value
