@@ -135,3 +135,20 @@ def to_output(acc, out_ptr, UPCAST: tl.constexpr):
         return tl.where(acc != acc, acc, rounded).to(out_ptr.dtype.element_ty)
     else:
         return acc.to(out_ptr.dtype.element_ty)
+
+
+@triton.jit
+def unit_strides(sn, sc, sd, sh, sw, UNIT: tl.constexpr):
+    """The strides of an ``(N, C, D, H, W)`` tensor, the one of dimension ``UNIT`` (-1: none) the
+    constant 1, so that Triton can prove the contiguity that makes 16-byte loads and stores."""
+    if UNIT == 0:
+        sn = 1
+    if UNIT == 1:
+        sc = 1
+    if UNIT == 2:
+        sd = 1
+    if UNIT == 3:
+        sh = 1
+    if UNIT == 4:
+        sw = 1
+    return sn, sc, sd, sh, sw

@@ -25,7 +25,7 @@ import triton
 import triton.language as tl
 
 from .common import (bank_of, bank_offset, first_offset, mma, patch_offsets, position, program, reaching,
-                     to_output, wide)
+                     to_output, unit_strides, wide)
 
 
 @triton.jit
@@ -37,11 +37,13 @@ def forward_kernel(
     sxn, sxc, sxd, sxh, sxw,
     syn, syc, syd, syh, syw,
     HAS_BANKS: tl.constexpr, KERNEL_MAJOR: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
-    ACC: tl.constexpr, INDEX64: tl.constexpr,
+    ACC: tl.constexpr, INDEX64: tl.constexpr, SX_UNIT: tl.constexpr, SY_UNIT: tl.constexpr,
     BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_O: tl.constexpr, BLOCK_R: tl.constexpr,
 ):
     """``y[n, o, p] = sum_r w[bank(p), o, r] * patch(x)[n, p, r]``; programs: batch blocks x
     (group, output-channel blocks) x position tiles, batch fastest."""
+    sxn, sxc, sxd, sxh, sxw = unit_strides(sxn, sxc, sxd, sxh, sxw, SX_UNIT)
+    syn, syc, syd, syh, syw = unit_strides(syn, syc, syd, syh, syw, SY_UNIT)
     bn, g, bo, t, valid = program(tl.cdiv(N, BLOCK_N), tl.cdiv(Og, BLOCK_O), G, tl.cdiv(P, BLOCK_P))
     if not valid:
         return
@@ -83,7 +85,7 @@ def input_grad_kernel(
     sgn, sgc, sgd, sgh, sgw,
     sxn, sxc, sxd, sxh, sxw,
     HAS_BANKS: tl.constexpr, KERNEL_MAJOR: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
-    ACC: tl.constexpr, INDEX64: tl.constexpr,
+    ACC: tl.constexpr, INDEX64: tl.constexpr, SG_UNIT: tl.constexpr, SX_UNIT: tl.constexpr,
     BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
     """``gx[n, c, i] = sum over (p, k) with p*s + k*d - pad = i of sum_o gy[n, o, p] * w[bank(p), o, k, c]``:
@@ -93,6 +95,8 @@ def input_grad_kernel(
     offsets that can reach are enumerated (``J = prod(ceil(K_d / STEP_d))``), so a strided layer
     does not multiply zeros. Programs: batch blocks x (group, input-channel blocks) x
     input-position tiles (``P`` here counts input positions), batch fastest."""
+    sgn, sgc, sgd, sgh, sgw = unit_strides(sgn, sgc, sgd, sgh, sgw, SG_UNIT)
+    sxn, sxc, sxd, sxh, sxw = unit_strides(sxn, sxc, sxd, sxh, sxw, SX_UNIT)
     bn, g, bc, t, valid = program(tl.cdiv(N, BLOCK_N), tl.cdiv(Cg, BLOCK_C), G, tl.cdiv(P, BLOCK_P))
     if not valid:
         return
@@ -130,7 +134,10 @@ def input_grad_kernel(
         else:
             w_k = k.to(tl.int64)
         w_at = bank_offset(bank, G, Og, R) + w_k + o.to(tl.int64)[None, :] * R
-        filters = tl.load(w_ptr + w_at[:, :, None] + w_c, mask=reaches[:, :, None] & c_ok[None, None, :], other=0.0)
+        # (through L1: with a channel-major weight these are 1-element gathers whose sectors the
+        # neighbouring input positions of the tile read too)
+        filters = tl.load(w_ptr + w_at[:, :, None] + w_c, mask=reaches[:, :, None] & c_ok[None, None, :], other=0.0,
+                          cache_modifier=".ca")
         acc = mma(grads, filters, acc, BLOCK_P, UPCAST, PRECISION)
     gx_at = gx_ptr + (i_d.to(tl.int64) * sxd + i_h.to(tl.int64) * sxh + i_w.to(tl.int64) * sxw)[:, None, None]
     gx_offsets = wide(n, INDEX64)[None, :, None] * sxn + wide(g * Cg + c, INDEX64)[None, None, :] * sxc
@@ -147,7 +154,7 @@ def weight_grad_kernel(
     sxn, sxc, sxd, sxh, sxw,
     sgn, sgc, sgd, sgh, sgw,
     HAS_BANKS: tl.constexpr, KERNEL_MAJOR: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
-    ACC: tl.constexpr, INDEX64: tl.constexpr,
+    ACC: tl.constexpr, INDEX64: tl.constexpr, SX_UNIT: tl.constexpr, SG_UNIT: tl.constexpr,
     BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_O: tl.constexpr, BLOCK_R: tl.constexpr,
 ):
     """``gw[bank(p), o, r] (+)= sum_n gy[n, o, p] * patch(x)[n, p, r]``, computed transposed as
@@ -155,6 +162,8 @@ def weight_grad_kernel(
     program owns its output tile (plain store); with banks the positions of one bank add into it
     atomically (``gw`` is then a zeroed accumulator in ``ACC``). Programs: reduction blocks x
     (group, output-channel blocks) x position tiles."""
+    sxn, sxc, sxd, sxh, sxw = unit_strides(sxn, sxc, sxd, sxh, sxw, SX_UNIT)
+    sgn, sgc, sgd, sgh, sgw = unit_strides(sgn, sgc, sgd, sgh, sgw, SG_UNIT)
     br, g, bo, t, valid = program(tl.cdiv(R, BLOCK_R), tl.cdiv(Og, BLOCK_O), G, tl.cdiv(P, BLOCK_P))
     if not valid:
         return

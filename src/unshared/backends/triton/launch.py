@@ -94,6 +94,15 @@ def _strides(t: torch.Tensor, name: str) -> dict[str, int]:
     return dict(zip((name + a for a in "ncdhw"), [t.stride(0), t.stride(1), *_spatial3(t.stride()[2:], 0)]))
 
 
+def _unit_dim(t: torch.Tensor) -> int:
+    """The dimension (of ``n, c, d, h, w``) whose stride is 1 and which is the longest such, or -1:
+    the kernels then multiply by a constant 1 there, which lets Triton vectorise along it."""
+    sizes = [t.shape[0], t.shape[1], *_spatial3(t.shape[2:], 1)]
+    strides = [t.stride(0), t.stride(1), *_spatial3(t.stride()[2:], 0)]
+    units = [d for d in range(5) if strides[d] == 1]
+    return max(units, key=lambda d: (sizes[d], d)) if units else -1
+
+
 def _geometry_args(g: Geometry, n: int, positions: int, op: str) -> dict[str, int]:
     (ID, IH, IW), (OD, OH, OW) = _spatial3(g.input_size, 1), _spatial3(g.output_size, 1)
     (KD, KH, KW), (SD, SH, SW) = _spatial3(g.kernel_size, 1), _spatial3(g.stride, 1)
@@ -130,22 +139,38 @@ def _dtype_args(dtype: torch.dtype, small: bool) -> dict:
     return args
 
 
-def _moved(t: torch.Tensor, dim: int) -> torch.Tensor:
-    """``t`` with dimension ``dim`` of stride 1 (a copy unless it has it, or when ``t`` is small)."""
-    if t.stride(dim) == 1 or t.numel() < COPY_ELEMENTS:
+def layouts(op: str, small: bool, dtype: torch.dtype, kernel_major: bool) -> dict[str, str]:
+    """The layout the kernels of one family read or write each tensor of ``op`` in:
+    ``"channels"`` (channel stride 1: the tensor-core tiles are ``(batch, channel)`` blocks at a
+    position, and a kernel-major patch runs over channels), ``"batch"`` (batch stride 1: TF32
+    products need both operands of the weight gradient contiguous along its reduction, the
+    batch) or ``"contiguous"`` (a channel-major patch runs along the last spatial dimension, and
+    the channel-poor kernels' slabs along the positions)."""
+    if small:
+        return dict.fromkeys(("x", "y", "gy", "gx"), "contiguous")
+    if op == "forward":
+        return dict(x="channels" if kernel_major else "batch", y="channels")
+    if op == "input_grad":
+        return dict(gy="channels", gx="channels")
+    return dict(x="batch", gy="batch")
+
+
+def arrange(t: torch.Tensor, layout: str) -> torch.Tensor:
+    """``t`` ``(N, C, *spatial)`` in ``layout`` (a copy unless it is; none when ``t`` is small, where
+    a copy costs more than it saves: the kernels take any strides)."""
+    if t.numel() < COPY_ELEMENTS:
         return t
-    return t.movedim(dim, -1).contiguous().movedim(-1, dim)
+    if layout == "contiguous":
+        return t.contiguous()
+    dim = 1 if layout == "channels" else 0
+    return t if t.stride(dim) == 1 else t.movedim(dim, -1).contiguous().movedim(-1, dim)
 
 
-def _contiguous(t: torch.Tensor) -> torch.Tensor:
-    return t if t.numel() < COPY_ELEMENTS else t.contiguous()
-
-
-def _empty_output(shape, like: torch.Tensor, fmt: torch.memory_format, channels_inner: bool) -> torch.Tensor:
-    """An uninitialised ``(N, C, *spatial)`` output: channel stride 1 (``channels_inner``, for the
-    tensor-core kernels' ``(batch, channel)`` tiles, when large) or in the final format ``fmt``."""
+def empty_output(shape, like: torch.Tensor, layout: str, fmt: torch.memory_format) -> torch.Tensor:
+    """An uninitialised ``(N, C, *spatial)`` output in ``layout`` (``"channels"``: channel stride 1,
+    when large), else in the final format ``fmt``."""
     n, c, *spatial = shape
-    if channels_inner and math.prod(shape) >= COPY_ELEMENTS:
+    if layout == "channels" and math.prod(shape) >= COPY_ELEMENTS:
         return torch.empty((n, *spatial, c), dtype=like.dtype, device=like.device).movedim(-1, 1)
     return torch.empty(shape, dtype=like.dtype, device=like.device, memory_format=fmt)
 
@@ -171,20 +196,32 @@ def _key(op: str, g: Geometry, n: int, dtype: torch.dtype, kernel_major: bool, d
     return (op, tuple(g.encode()), configs.bucket(n), dtype, kernel_major, precision, str(device))
 
 
-def _launch(op: str, g: Geometry, n: int, dtype, kernel_major: bool, device, prepare, reset=None) -> dict:
-    """Launch ``op``; ``prepare(small)`` returns ``(tensors and strides by argument name, output)``
-    for a kernel family (called at most once per family). Returns the family's tensors used."""
+def arguments(op: str, g: Geometry, n: int, dtype, kernel_major: bool, device, tensors: dict,
+              c: configs.Candidate) -> dict:
+    """Every argument of candidate ``c``'s kernel by name, constexprs included: ``tensors`` are the
+    ``*_ptr`` tensors (the bank index is added here); their strides, the geometry and the flags."""
+    strides = {}
+    for name, prefix in (("x_ptr", "sx"), ("y_ptr", "sy"), ("gy_ptr", "sg"), ("gx_ptr", "sx")):
+        if name in tensors:
+            strides.update(_strides(tensors[name], prefix))
+            strides[prefix.upper() + "_UNIT"] = _unit_dim(tensors[name])
+    positions = math.prod(g.input_size) if op == "input_grad" else g.positions
+    return dict(_geometry_args(g, n, positions, op), **_bank_args(g, device), **tensors, **strides,
+                KERNEL_MAJOR=kernel_major, INDEX64=_index64(*tensors.values()), **_dtype_args(dtype, c.small),
+                **c.block)
+
+
+def _launch(op: str, g: Geometry, n: int, dtype, kernel_major: bool, device, prepare, reset=None):
+    """Launch ``op``; ``prepare(layouts)`` returns ``(the *_ptr tensors by name, the output)`` in
+    those layouts (called at most once per kernel family). Returns the output written."""
     prepared: dict[bool, tuple[dict, torch.Tensor]] = {}
-    fixed = dict(_geometry_args(g, n, math.prod(g.input_size) if op == "input_grad" else g.positions, op),
-                 **_bank_args(g, device), KERNEL_MAJOR=kernel_major)
     used: list[bool] = []
 
     def args(c: configs.Candidate) -> dict:
         if c.small not in prepared:
-            prepared[c.small] = prepare(c.small)
+            prepared[c.small] = prepare(layouts(op, c.small, dtype, kernel_major))
         used[:] = [c.small]
-        tensors, _ = prepared[c.small]
-        return dict(fixed, **tensors, **_dtype_args(dtype, c.small), **c.block)
+        return arguments(op, g, n, dtype, kernel_major, device, prepared[c.small][0], c)
 
     options = (configs.INTERPRETER[op],) if configs.interpreting() else _options(op, g)
     with torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext():
@@ -200,22 +237,16 @@ def _index64(*tensors: torch.Tensor) -> bool:
 
 
 def forward(x: torch.Tensor, w: torch.Tensor, g: Geometry) -> torch.Tensor:
-    """``(N, C, *input_size)`` -> ``(N, O, *output_size)`` in the input's memory format. Tensor
-    cores read ``x`` with channel stride 1 for a kernel-major weight (a patch's reduction runs over
-    channels) and plain contiguous for a channel-major one (it runs along the last spatial
-    dimension), and write ``y`` with channel stride 1; the channel-poor kernels use ``x`` and ``y``
-    contiguous (their slabs run along the positions)."""
+    """``(N, C, *input_size)`` -> ``(N, O, *output_size)`` in the input's memory format."""
     n, fmt = x.shape[0], memory_format_of(x)
     shape = (n, g.out_channels, *g.output_size)
     if n == 0:
         return torch.empty(shape, dtype=x.dtype, device=x.device, memory_format=fmt)
     matrix, kernel_major = weight_memory(w)
 
-    def prepare(small: bool):
-        source = _contiguous(x) if small or not kernel_major else _moved(x, 1)
-        y = _empty_output(shape, x, fmt, channels_inner=not small)
-        return dict(x_ptr=source, w_ptr=matrix, y_ptr=y, **_strides(source, "sx"), **_strides(y, "sy"),
-                    INDEX64=_index64(source, y, matrix)), y
+    def prepare(layout):
+        y = empty_output(shape, x, layout["y"], fmt)
+        return dict(x_ptr=arrange(x, layout["x"]), w_ptr=matrix, y_ptr=y), y
 
     y = _launch("forward", g, n, x.dtype, kernel_major, x.device, prepare)
     return y.contiguous(memory_format=fmt)
@@ -223,20 +254,16 @@ def forward(x: torch.Tensor, w: torch.Tensor, g: Geometry) -> torch.Tensor:
 
 def input_grad(gy: torch.Tensor, w: torch.Tensor, g: Geometry,
                memory_format: torch.memory_format = torch.contiguous_format) -> torch.Tensor:
-    """``(N, O, *output_size)`` -> ``(N, C, *input_size)`` in ``memory_format``. Tensor cores read
-    ``gy`` and write ``gx`` with channel stride 1 (their tiles are ``(batch, channel)`` blocks at
-    one position); the channel-poor kernels use them contiguous."""
+    """``(N, O, *output_size)`` -> ``(N, C, *input_size)`` in ``memory_format``."""
     n = gy.shape[0]
     shape = (n, g.in_channels, *g.input_size)
     if n == 0:
         return torch.empty(shape, dtype=gy.dtype, device=gy.device, memory_format=memory_format)
     matrix, kernel_major = weight_memory(w)
 
-    def prepare(small: bool):
-        source = _contiguous(gy) if small else _moved(gy, 1)
-        gx = _empty_output(shape, gy, memory_format, channels_inner=not small)
-        return dict(gy_ptr=source, w_ptr=matrix, gx_ptr=gx, **_strides(source, "sg"), **_strides(gx, "sx"),
-                    INDEX64=_index64(source, gx, matrix)), gx
+    def prepare(layout):
+        gx = empty_output(shape, gy, layout["gx"], memory_format)
+        return dict(gy_ptr=arrange(gy, layout["gy"]), w_ptr=matrix, gx_ptr=gx), gx
 
     gx = _launch("input_grad", g, n, gy.dtype, kernel_major, gy.device, prepare)
     return gx.contiguous(memory_format=memory_format)
@@ -244,9 +271,7 @@ def input_grad(gy: torch.Tensor, w: torch.Tensor, g: Geometry,
 
 def weight_grad(x: torch.Tensor, gy: torch.Tensor, g: Geometry, kernel_major: bool = True) -> torch.Tensor:
     """Public-shaped weight gradient, kernel-major or channel-major; with banks the positions of
-    each bank are summed (atomically, in float32 or float64). Tensor cores in float32 (TF32) read
-    ``x`` and ``gy`` batch-innermost (TF32 products need both operands contiguous along the
-    reduction, the batch); otherwise as the forward reads ``x``, and ``gy`` with channel stride 1."""
+    each bank are summed (atomically, in float32 or float64)."""
     n = x.shape[0]
     shape = (*g.weight_leading, g.out_channels, g.in_channels // g.groups, *g.kernel_size)
     gw = empty_weight(shape, g.ndim, kernel_major=kernel_major, dtype=x.dtype, device=x.device)
@@ -258,16 +283,8 @@ def weight_grad(x: torch.Tensor, gy: torch.Tensor, g: Geometry, kernel_major: bo
         target = torch.zeros(gws.shape, dtype=torch.float64 if x.dtype == torch.float64 else torch.float32,
                              device=x.device)
 
-    def prepare(small: bool):
-        if small:
-            xs, gys = _contiguous(x), _contiguous(gy)
-        elif x.dtype == torch.float32 and not configs.interpreting():
-            xs, gys = _moved(x, 0), _moved(gy, 0)
-        else:
-            xs = _contiguous(x) if not kernel_major else _moved(x, 1)
-            gys = _moved(gy, 1)
-        return dict(x_ptr=xs, gy_ptr=gys, gw_ptr=target, **_strides(xs, "sx"), **_strides(gys, "sg"),
-                    INDEX64=_index64(xs, gys, target)), target
+    def prepare(layout):
+        return dict(x_ptr=arrange(x, layout["x"]), gy_ptr=arrange(gy, layout["gy"]), gw_ptr=target), target
 
     _launch("weight_grad", g, n, x.dtype, kernel_major, x.device, prepare,
             reset=target.zero_ if g.banks is not None else None)

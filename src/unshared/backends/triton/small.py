@@ -13,7 +13,7 @@ import triton
 import triton.language as tl
 
 from .common import (bank_of, bank_offset, first_offset, patch_offsets, position, program, reaching, to_output,
-                     wide)
+                     unit_strides, wide)
 
 
 @triton.jit
@@ -25,9 +25,11 @@ def forward_small_kernel(
     sxn, sxc, sxd, sxh, sxw,
     syn, syc, syd, syh, syw,
     HAS_BANKS: tl.constexpr, KERNEL_MAJOR: tl.constexpr, UPCAST: tl.constexpr, ACC: tl.constexpr,
-    INDEX64: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_O: tl.constexpr,
+    INDEX64: tl.constexpr, SX_UNIT: tl.constexpr, SY_UNIT: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_O: tl.constexpr,
 ):
     """``y[n, o, p] = sum_r w[bank(p), o, r] * patch(x)[n, p, r]``, one reduction element per step."""
+    sxn, sxc, sxd, sxh, sxw = unit_strides(sxn, sxc, sxd, sxh, sxw, SX_UNIT)
+    syn, syc, syd, syh, syw = unit_strides(syn, syc, syd, syh, syw, SY_UNIT)
     bn, g, bo, t, valid = program(tl.cdiv(N, BLOCK_N), tl.cdiv(Og, BLOCK_O), G, tl.cdiv(P, BLOCK_P))
     if not valid:
         return
@@ -67,10 +69,12 @@ def input_grad_small_kernel(
     sgn, sgc, sgd, sgh, sgw,
     sxn, sxc, sxd, sxh, sxw,
     HAS_BANKS: tl.constexpr, KERNEL_MAJOR: tl.constexpr, UPCAST: tl.constexpr, ACC: tl.constexpr,
-    INDEX64: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr,
+    INDEX64: tl.constexpr, SG_UNIT: tl.constexpr, SX_UNIT: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
     """``gx[n, c, i]``: a gather over the reaching kernel offsets (then output channels) of each
     input position, one ``(offset, output channel)`` per step; deterministic, no atomics."""
+    sgn, sgc, sgd, sgh, sgw = unit_strides(sgn, sgc, sgd, sgh, sgw, SG_UNIT)
+    sxn, sxc, sxd, sxh, sxw = unit_strides(sxn, sxc, sxd, sxh, sxw, SX_UNIT)
     bn, g, bc, t, valid = program(tl.cdiv(N, BLOCK_N), tl.cdiv(Cg, BLOCK_C), G, tl.cdiv(P, BLOCK_P))
     if not valid:
         return
@@ -127,10 +131,12 @@ def weight_grad_small_kernel(
     sxn, sxc, sxd, sxh, sxw,
     sgn, sgc, sgd, sgh, sgw,
     HAS_BANKS: tl.constexpr, KERNEL_MAJOR: tl.constexpr, UPCAST: tl.constexpr, ACC: tl.constexpr,
-    INDEX64: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_O: tl.constexpr,
+    INDEX64: tl.constexpr, SX_UNIT: tl.constexpr, SG_UNIT: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_O: tl.constexpr,
 ):
     """``gw[bank(p), o, r] (+)= sum_n gy[n, o, p] * patch(x)[n, p, r]``, one sample per step; with
     banks the positions of one bank add atomically into a zeroed ``ACC`` accumulator."""
+    sxn, sxc, sxd, sxh, sxw = unit_strides(sxn, sxc, sxd, sxh, sxw, SX_UNIT)
+    sgn, sgc, sgd, sgh, sgw = unit_strides(sgn, sgc, sgd, sgh, sgw, SG_UNIT)
     br, g, bo, t, valid = program(tl.cdiv(R, BLOCK_R), tl.cdiv(Og, BLOCK_O), G, tl.cdiv(P, BLOCK_P))
     if not valid:
         return

@@ -182,5 +182,5 @@ def _measure(op, key, options, kernel_of, args, grid_of) -> Candidate:
     stats["tuned"] += 1
     with _lock:
         _chosen[key] = best
-        _timings[(op, *key)] = times
+        _timings[key] = times
     return best
