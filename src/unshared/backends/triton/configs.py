@@ -42,17 +42,18 @@ def _tiles(kernel: str, names: tuple[str, ...], rows) -> tuple[Candidate, ...]:
 #: Tensor-core candidates, ``(BLOCK_P, BLOCK_N, BLOCK_O, BLOCK_R, warps, stages)`` (input gradient:
 #: ``(BLOCK_P, BLOCK_N, BLOCK_R, BLOCK_C, ...)``). BLOCK_P positions per program share their input
 #: windows through L1; one position is a 2-d product (wgmma on sm_90, M = the batch tile, or the
-#: reduction tile of the transposed weight gradient), several a batched one (mma.sync). Tiles
-#: of 64 x 16 or more take 8 warps when they would spill with 4 (tests/test_triton_compile.py).
+#: reduction tile of the transposed weight gradient), several a batched one (mma.sync), whose
+#: gathers take a pointer per element of the (BLOCK_P, BLOCK_N, BLOCK_R) tile: at most 16 of
+#: them per thread, or ptxas spills (tests/test_triton_compile.py, UNSHARED_FULL_COMPILE=1).
 FORWARD = _tiles("forward_kernel", ("BLOCK_P", "BLOCK_N", "BLOCK_O", "BLOCK_R"), (
-    (1, 64, 16, 32, 4, 3), (1, 128, 16, 32, 8, 3), (2, 64, 16, 32, 4, 3), (4, 64, 16, 32, 8, 3),
-    (4, 32, 16, 32, 4, 3), (1, 64, 64, 32, 8, 3), (1, 16, 16, 64, 4, 3), (4, 16, 16, 32, 4, 3)))
+    (1, 64, 16, 32, 4, 3), (1, 128, 16, 32, 8, 3), (2, 64, 16, 32, 8, 3), (4, 64, 16, 16, 8, 3),
+    (4, 32, 16, 16, 4, 3), (1, 64, 64, 32, 8, 3), (1, 16, 16, 64, 4, 3), (4, 16, 16, 32, 4, 3)))
 INPUT_GRAD = _tiles("input_grad_kernel", ("BLOCK_P", "BLOCK_N", "BLOCK_R", "BLOCK_C"), (
-    (1, 64, 32, 16, 4, 3), (1, 128, 32, 16, 8, 3), (2, 64, 32, 16, 4, 3), (2, 128, 32, 16, 8, 3),
-    (4, 32, 32, 16, 8, 3), (1, 64, 32, 64, 8, 3), (1, 16, 64, 16, 4, 3), (4, 16, 32, 16, 8, 2)))
+    (1, 64, 32, 16, 4, 3), (1, 128, 32, 16, 8, 3), (2, 64, 32, 16, 8, 3), (2, 128, 16, 16, 8, 3),
+    (4, 32, 16, 16, 4, 3), (1, 64, 32, 64, 8, 3), (1, 16, 64, 16, 4, 3), (4, 16, 32, 16, 8, 2)))
 WEIGHT_GRAD = _tiles("weight_grad_kernel", ("BLOCK_P", "BLOCK_N", "BLOCK_O", "BLOCK_R"), (
-    (1, 32, 16, 64, 4, 3), (1, 64, 16, 64, 8, 3), (1, 32, 16, 128, 8, 3), (2, 32, 16, 64, 4, 3),
-    (4, 32, 16, 64, 8, 3), (4, 16, 16, 32, 4, 3)))
+    (1, 32, 16, 64, 4, 3), (1, 64, 16, 64, 8, 3), (1, 32, 16, 128, 8, 3), (2, 32, 16, 64, 8, 3),
+    (4, 32, 16, 32, 8, 3), (4, 16, 16, 32, 4, 3)))
 TENSOR_CORE = {"forward": FORWARD, "input_grad": INPUT_GRAD, "weight_grad": WEIGHT_GRAD}
 
 #: The channel dimension that decides a channel-poor layer: the products' narrow side.

@@ -7,8 +7,8 @@ are multiplied on tensor cores and summed in float32; float64 stays float64. Whi
 tile runs is measured once per key on a GPU and then launched directly (:mod:`.tuning`).
 
 The kernels take any strides; the launcher copies a large operand into the layout its loads
-want (stated per function below) and leaves small ones as they are, where a copy would cost more
-than it saves. Triton is imported only when a kernel is launched. On a machine without a GPU the
+want (:func:`layouts`) and leaves small ones as they are, where a copy would cost more than it
+saves; the stride of 1 it leaves is passed as a constant, so that Triton can vectorise along it. Triton is imported only when a kernel is launched. On a machine without a GPU the
 kernels run on CPU tensors under ``TRITON_INTERPRET=1`` (slow; for tests on small shapes).
 """
 from __future__ import annotations

@@ -37,6 +37,15 @@ _forced: dict[str, Candidate] = {}
 #: interpreter, one candidate), ``fallback`` (the direct launch failed; Triton's path was used).
 stats: Counter = Counter()
 _direct = {"enabled": os.environ.get("UNSHARED_TRITON_DIRECT_LAUNCH", "1") != "0"}
+_compile_only = {"enabled": False}
+
+
+def compile_only(enabled: bool | None = None) -> bool:
+    """Whether launches only compile every candidate (``kernel.warmup``: Triton's caches fill,
+    nothing runs, outputs stay unwritten), for processes that compile ahead of a benchmark."""
+    if enabled is not None:
+        _compile_only["enabled"] = bool(enabled)
+    return _compile_only["enabled"]
 
 
 def direct_launch(enabled: bool | None = None) -> bool:
@@ -124,6 +133,12 @@ def launch(op: str, key: tuple, options: tuple[Candidate, ...], kernel_of: Calla
         stats["unmeasured"] += 1
         kernel_of(candidate)[grid_of(candidate)](**args(candidate), num_warps=candidate.num_warps,
                                                  num_stages=candidate.num_stages)
+        return
+    if compile_only():
+        for candidate in (_forced[op],) if op in _forced else options:
+            with contextlib.suppress(Exception):  # what fails here fails again, reported, when measured
+                kernel_of(candidate).warmup(**args(candidate), grid=grid_of(candidate),
+                                            num_warps=candidate.num_warps, num_stages=candidate.num_stages)
         return
     with _lock:
         candidate = _forced.get(op) or _chosen.get(key)
