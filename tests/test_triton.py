@@ -54,7 +54,7 @@ def family(name: str):
 
 
 @pytest.mark.parametrize("name", FAMILIES)
-@settings(max_examples=15 * EXAMPLES_SCALE)
+@settings(max_examples=8 * EXAMPLES_SCALE)
 @given(cfg=configs(tiny=True, max_batch=2))
 def test_float64_matches_reference(name, cfg):
     with family(name):
@@ -63,7 +63,7 @@ def test_float64_matches_reference(name, cfg):
 
 @pytest.mark.parametrize("name", FAMILIES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
-@settings(max_examples=4 * EXAMPLES_SCALE)
+@settings(max_examples=3 * EXAMPLES_SCALE)
 @given(cfg=configs(tiny=True, max_batch=2))
 def test_low_precision_matches_reference(dtype, name, cfg):
     # TF32 is the caller's choice (off by default); this compares plain float32

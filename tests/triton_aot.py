@@ -142,6 +142,7 @@ def variants(full: bool):
             yield op, single, "deepface-l4", "bfloat16", False, False, 90  # bf16 wgmma, channel-major
             yield op, tiled, "deepface-l4", "bfloat16", True, True, 90     # batched mma.sync, banks
             yield op, tiled, "deepface-l4", "float32", False, False, 80    # Ampere, channel-major
+            yield op, tiled, "deepface-l4", "float32", True, False, 90     # batched TF32
             yield op, small[0], "genomics-wide", "float32", False, False, 90
             yield op, small[0], "genomics-wide", "bfloat16", True, False, 80
         yield op, tensor_cores[0], "huge", "bfloat16", True, False, 90  # int64 offsets

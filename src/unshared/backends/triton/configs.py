@@ -44,16 +44,17 @@ def _tiles(kernel: str, names: tuple[str, ...], rows) -> tuple[Candidate, ...]:
 #: windows through L1; one position is a 2-d product (wgmma on sm_90, M = the batch tile, or the
 #: reduction tile of the transposed weight gradient), several a batched one (mma.sync), whose
 #: gathers take a pointer per element of the (BLOCK_P, BLOCK_N, BLOCK_R) tile: at most 16 of
-#: them per thread, or ptxas spills (tests/test_triton_compile.py, UNSHARED_FULL_COMPILE=1).
+#: them per thread, and two pipeline stages, or ptxas spills (tests/test_triton_compile.py,
+#: UNSHARED_FULL_COMPILE=1).
 FORWARD = _tiles("forward_kernel", ("BLOCK_P", "BLOCK_N", "BLOCK_O", "BLOCK_R"), (
-    (1, 64, 16, 32, 4, 3), (1, 128, 16, 32, 8, 3), (2, 64, 16, 32, 8, 3), (4, 64, 16, 16, 8, 3),
-    (4, 32, 16, 16, 4, 3), (1, 64, 64, 32, 8, 3), (1, 16, 16, 64, 4, 3), (4, 16, 16, 32, 4, 3)))
+    (1, 64, 16, 32, 4, 3), (1, 128, 16, 32, 8, 3), (2, 64, 16, 32, 8, 2), (2, 32, 16, 32, 4, 2),
+    (1, 64, 64, 32, 8, 3), (1, 16, 16, 64, 4, 3), (4, 16, 16, 32, 4, 2)))
 INPUT_GRAD = _tiles("input_grad_kernel", ("BLOCK_P", "BLOCK_N", "BLOCK_R", "BLOCK_C"), (
-    (1, 64, 32, 16, 4, 3), (1, 128, 32, 16, 8, 3), (2, 64, 32, 16, 8, 3), (2, 128, 16, 16, 8, 3),
-    (4, 32, 16, 16, 4, 3), (1, 64, 32, 64, 8, 3), (1, 16, 64, 16, 4, 3), (4, 16, 32, 16, 8, 2)))
+    (1, 64, 32, 16, 4, 3), (1, 128, 32, 16, 8, 3), (2, 32, 32, 16, 4, 2), (2, 64, 16, 16, 8, 2),
+    (4, 16, 16, 16, 4, 2), (1, 64, 32, 64, 8, 3), (1, 16, 64, 16, 4, 3), (4, 16, 32, 16, 8, 2)))
 WEIGHT_GRAD = _tiles("weight_grad_kernel", ("BLOCK_P", "BLOCK_N", "BLOCK_O", "BLOCK_R"), (
-    (1, 32, 16, 64, 4, 3), (1, 64, 16, 64, 8, 3), (1, 32, 16, 128, 8, 3), (2, 32, 16, 64, 8, 3),
-    (4, 32, 16, 32, 8, 3), (4, 16, 16, 32, 4, 3)))
+    (1, 32, 16, 64, 4, 3), (1, 64, 16, 64, 8, 3), (1, 32, 16, 128, 8, 3), (2, 32, 16, 64, 8, 2),
+    (4, 32, 16, 32, 8, 2), (4, 16, 16, 32, 4, 2)))
 TENSOR_CORE = {"forward": FORWARD, "input_grad": INPUT_GRAD, "weight_grad": WEIGHT_GRAD}
 
 #: The channel dimension that decides a channel-poor layer: the products' narrow side.
@@ -98,9 +99,9 @@ def candidates(op: str, narrow: int, reduction: int) -> tuple[Candidate, ...]:
 #: The configurations used under the interpreter (no timing there): small tiles that still cross
 #: every block edge of the test shapes; BLOCK_P = 2 runs the batched product, 1 the 2-d one.
 INTERPRETER = {
-    "forward": Candidate("forward_kernel", (("BLOCK_P", 2), ("BLOCK_N", 16), ("BLOCK_O", 16), ("BLOCK_R", 32))),
-    "input_grad": Candidate("input_grad_kernel", (("BLOCK_P", 2), ("BLOCK_N", 16), ("BLOCK_R", 32), ("BLOCK_C", 16))),
-    "weight_grad": Candidate("weight_grad_kernel", (("BLOCK_P", 2), ("BLOCK_N", 16), ("BLOCK_O", 16), ("BLOCK_R", 32))),
+    "forward": Candidate("forward_kernel", (("BLOCK_P", 2), ("BLOCK_N", 16), ("BLOCK_O", 16), ("BLOCK_R", 32)), 4, 2),
+    "input_grad": Candidate("input_grad_kernel", (("BLOCK_P", 2), ("BLOCK_N", 16), ("BLOCK_R", 32), ("BLOCK_C", 16)), 4, 2),
+    "weight_grad": Candidate("weight_grad_kernel", (("BLOCK_P", 2), ("BLOCK_N", 16), ("BLOCK_O", 16), ("BLOCK_R", 32)), 4, 2),
 }
 
 #: CUDA's grid limits: the programs go on a 2-d grid, x up to 2^31 - 1, y up to 65535.
