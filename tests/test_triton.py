@@ -71,24 +71,30 @@ def test_low_precision_matches_reference(dtype, name, cfg):
         check_against_reference(cfg, dtype, seed=11, backend="triton", device=DEVICE)
 
 
+#: (channels, kernel) of a reduction of ones whose float32 sum is exact, and that sum rounded once:
+#: bfloat16 1006 -> 1008 (a tie: truncation gives 1004, a bfloat16 sum stalls at 256); float16
+#: 2100 (a float16 sum stalls at 2048). The weight gradient sums as many samples, the input
+#: gradient as many output channels.
+SUMS = {torch.bfloat16: (2, 503, 1008.0), torch.float16: (30, 70, 2100.0)}
+
+
 @pytest.mark.parametrize("name", FAMILIES)
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_half_precision_is_summed_in_float32_and_rounded_once(name, dtype):
-    # 3000 products of 1 * 1: exact in float32, then rounded once (bfloat16: 3008, float16: 3000);
-    # a half-precision sum stalls at 256 (bfloat16) or 2048 (float16), a truncating conversion
-    # gives 2992 (what Triton's interpreter does to float32 -> bfloat16 unless the kernel rounds)
-    exact = torch.tensor(3000.0).to(dtype).item()
+    channels, kernel, exact = SUMS[dtype]
+    terms = channels * kernel
+    ones = dict(dtype=dtype, device=DEVICE)
     with family(name):
-        x, w = torch.ones(1, 30, 100, dtype=dtype, device=DEVICE), torch.ones(1, 1, 30, 100, dtype=dtype, device=DEVICE)
+        x, w = torch.ones(1, channels, kernel, **ones), torch.ones(1, 1, channels, kernel, **ones)
         assert UF.locally_connected1d(x, w, backend="triton").item() == exact
-        xb = torch.ones(3000, 1, 1, dtype=dtype, device=DEVICE, requires_grad=True)
-        wb = torch.ones(1, 1, 1, 1, dtype=dtype, device=DEVICE, requires_grad=True)
-        UF.locally_connected1d(xb, wb, backend="triton").backward(torch.ones(3000, 1, 1, dtype=dtype, device=DEVICE))
-        assert wb.grad.item() == exact  # the weight gradient sums over the batch
-        xi = torch.ones(1, 1, 1, dtype=dtype, device=DEVICE, requires_grad=True)
-        wi = torch.ones(1, 3000, 1, 1, dtype=dtype, device=DEVICE, requires_grad=True)
-        UF.locally_connected1d(xi, wi, backend="triton").backward(torch.ones(1, 3000, 1, dtype=dtype, device=DEVICE))
-        assert xi.grad.item() == exact  # the input gradient sums over output channels
+        xb = torch.ones(terms, 1, 1, **ones, requires_grad=True)
+        wb = torch.ones(1, 1, 1, 1, **ones, requires_grad=True)
+        UF.locally_connected1d(xb, wb, backend="triton").backward(torch.ones(terms, 1, 1, **ones))
+        assert wb.grad.item() == exact
+        xi = torch.ones(1, 1, 1, **ones, requires_grad=True)
+        wi = torch.ones(1, terms, 1, 1, **ones, requires_grad=True)
+        UF.locally_connected1d(xi, wi, backend="triton").backward(torch.ones(1, terms, 1, **ones))
+        assert xi.grad.item() == exact
 
 
 @triton.jit

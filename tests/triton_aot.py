@@ -146,7 +146,7 @@ def variants(full: bool):
             yield op, small[0], "genomics-wide", "float32", False, False, 90
             yield op, small[0], "genomics-wide", "bfloat16", True, False, 80
         yield op, tensor_cores[0], "huge", "bfloat16", True, False, 90  # int64 offsets
-        smallest = min(tensor_cores, key=lambda c: math.prod(c.block.values()))
+        smallest = min(tensor_cores, key=lambda c: (math.prod(c.block.values()), -c.block["BLOCK_P"]))
         yield op, smallest, "deepface-l4", "float64", True, False, 90
 
 

@@ -54,7 +54,7 @@ INPUT_GRAD = _tiles("input_grad_kernel", ("BLOCK_P", "BLOCK_N", "BLOCK_R", "BLOC
     (4, 16, 16, 16, 4, 2), (1, 64, 32, 64, 8, 3), (1, 16, 64, 16, 4, 3), (4, 16, 32, 16, 8, 2)))
 WEIGHT_GRAD = _tiles("weight_grad_kernel", ("BLOCK_P", "BLOCK_N", "BLOCK_O", "BLOCK_R"), (
     (1, 32, 16, 64, 4, 3), (1, 64, 16, 64, 8, 3), (1, 32, 16, 128, 8, 3), (2, 32, 16, 64, 8, 2),
-    (4, 32, 16, 32, 8, 2), (4, 16, 16, 32, 4, 2)))
+    (2, 16, 16, 64, 4, 2), (4, 16, 16, 32, 4, 2)))
 TENSOR_CORE = {"forward": FORWARD, "input_grad": INPUT_GRAD, "weight_grad": WEIGHT_GRAD}
 
 #: The channel dimension that decides a channel-poor layer: the products' narrow side.
