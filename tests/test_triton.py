@@ -81,6 +81,8 @@ SUMS = {torch.bfloat16: (2, 503, 1008.0), torch.float16: (30, 70, 2100.0)}
 @pytest.mark.parametrize("name", FAMILIES)
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_half_precision_is_summed_in_float32_and_rounded_once(name, dtype):
+    if name == "small" and dtype == torch.float16:  # the same float32 sums as bfloat16, 2100 interpreted steps
+        pytest.skip("the channel-poor kernels' summation is checked in bfloat16")
     channels, kernel, exact = SUMS[dtype]
     terms = channels * kernel
     ones = dict(dtype=dtype, device=DEVICE)
