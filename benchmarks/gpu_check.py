@@ -23,6 +23,7 @@ import os
 import subprocess
 import sys
 import time
+import types
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -54,12 +55,9 @@ SMOKE_TESTS = ["tests/test_triton_launch.py", "-k", "refused or bucketing"]
 
 def gpu_cases() -> list[str]:
     """DeepFace, then the workload cases at batch 32 and 256 that ``harness/cases.py`` defines."""
-    from harness.cases import CASES
+    from harness.cases import CASES, GPU_WORKLOAD_CASES
 
-    from gpu_report import WORKLOADS
-
-    workloads = [k for k in CASES if k.startswith(WORKLOADS) and CASES[k].batch in (32, 256)]
-    return list(DEEPFACE_CASES) + sorted(workloads, key=lambda k: (-CASES[k].batch, k))
+    return list(DEEPFACE_CASES) + sorted(GPU_WORKLOAD_CASES, key=lambda k: (-CASES[k].batch, k))
 
 
 class Run:
@@ -96,29 +94,6 @@ def run_tests(run: Run, seconds: float, selection: list[str]) -> str:
     return summary
 
 
-def _provider(name: str):
-    """The harness's provider ``name`` (``unshared-auto`` is ``unshared`` in older harnesses)."""
-    from harness.providers import PROVIDERS as AVAILABLE
-
-    return AVAILABLE.get(name) or AVAILABLE[{"unshared-auto": "unshared"}.get(name, name)]
-
-
-def _layer(case, dtype, dev):
-    """``(weight, x, grad_out)`` of a case: the harness's nd cases, or its square 2d ones."""
-    import torch
-
-    import unshared
-
-    size = tuple(getattr(case, "input_size", None) or (case.size,) * 2)
-    nd = len(size)
-    cls = {1: unshared.LocallyConnected1d, 2: unshared.LocallyConnected2d, 3: unshared.LocallyConnected3d}[nd]
-    layer = cls(case.in_channels, case.out_channels, case.kernel, stride=case.stride, padding=case.padding,
-                input_size=size, bias=False, device=dev, dtype=dtype)
-    x = torch.randn(case.batch, case.in_channels, *size, device=dev, dtype=dtype, requires_grad=True)
-    grad_out = torch.randn(case.batch, case.out_channels, *layer.output_size, device=dev, dtype=dtype)
-    return layer.weight, x, grad_out
-
-
 def bench_one(run, key, dtype, device, providers, settings) -> list[dict]:
     """Every provider on one case and dtype: outputs checked against the first that runs, then
     each mode timed and its peak memory measured. Failures become rows with an error."""
@@ -126,18 +101,18 @@ def bench_one(run, key, dtype, device, providers, settings) -> list[dict]:
 
     from harness.cases import CASES, MODES, dtype_name, itemsize
     from harness.measure import measure
-    from harness.providers import check_same_output, output_tolerance
+    from harness.providers import PROVIDERS, case_tensors, check_same_output, output_tolerance
 
     case = CASES[key]
-    torch.manual_seed(0)
     dev = device.torch_device
-    weight, x, grad_out = _layer(case, dtype, dev)
+    layer, x, grad_out = case_tensors(case, device, dtype)
+    weight = layer.weight
     rows, reference = [], None
     for name in providers:
         base = dict(case=key, batch=case.batch, dtype=dtype_name(dtype), provider=name,
                     weight_bytes=case.weight_numel * itemsize(dtype))
         try:
-            steps = _provider(name)(case, weight, x, grad_out, device)
+            steps = PROVIDERS[name](case, weight, x, grad_out, device)
             output = steps.output()
             if reference is None:
                 reference = (name, output)
@@ -168,21 +143,18 @@ def per_operation(run, key, dtype, device, settings) -> list[dict]:
     TFLOP/s and GB/s (operands read and written once), to see which pass limits the layer."""
     import torch
 
-    import unshared
     from harness.cases import CASES, dtype_name, itemsize
     from harness.measure import measure
+    from harness.providers import case_tensors
     from unshared import _utils as U
     from unshared.backends import BACKENDS
 
     case = CASES[key]
-    dev, size = device.torch_device, itemsize(dtype)
-    layer = unshared.LocallyConnected2d(case.in_channels, case.out_channels, case.kernel, stride=case.stride,
-                                        padding=case.padding, input_size=case.size, bias=False, device=dev,
-                                        dtype=dtype)
-    g = U.Geometry((case.size,) * 2, (case.out_size,) * 2, (case.kernel,) * 2, (case.stride,) * 2,
-                   ((case.padding, case.padding),) * 2, (1, 1), 1, case.in_channels, case.out_channels)
-    x = torch.randn(case.batch, case.in_channels, case.size, case.size, device=dev, dtype=dtype)
-    gy = torch.randn(case.batch, case.out_channels, case.out_size, case.out_size, device=dev, dtype=dtype)
+    size = itemsize(dtype)
+    layer, x, gy = case_tensors(case, device, dtype)
+    x = x.detach()
+    g = U.Geometry(case.input_size, case.output_size, case.kernel_size, case.stride,
+                   tuple((p, p) for p in case.padding), (1,) * case.nd, 1, case.in_channels, case.out_channels)
     w = layer.weight.detach()
     flops = case.flops("forward")
     elements = {"forward": x.numel() + w.numel() + gy.numel(), "input_grad": gy.numel() + w.numel() + x.numel(),
@@ -229,11 +201,11 @@ def compile_worker(share: str, keys: list[str], dtypes) -> None:
                 gpu_passes.check(*job)
             else:
                 from harness.cases import CASES
+                from harness.providers import case_tensors
                 case = CASES[job[0]]
-                weight, x, grad_out = _layer(case, job[1], torch.device("cuda"))
-                fn = {3: UF.locally_connected1d, 4: UF.locally_connected2d, 5: UF.locally_connected3d}[x.dim()]
-                y = fn(x, weight, None, case.stride, case.padding, backend="triton")
-                torch.autograd.grad(y, (x, weight), grad_out)
+                layer, x, grad_out = case_tensors(case, types.SimpleNamespace(torch_device=torch.device("cuda")), job[1])
+                y = UF.locally_connected(x, layer.weight, None, case.stride, case.padding, backend="triton")
+                torch.autograd.grad(y, (x, layer.weight), grad_out)
         except Exception as error:  # the main process meets it again, and reports it
             print(f"compile worker {share}: {kind} {job}: {type(error).__name__}: {error}", file=sys.stderr)
 

@@ -170,8 +170,7 @@ def tuning_table(case_key: str) -> list[str]:
     from harness.cases import CASES
 
     case = CASES[case_key]
-    size = tuple(getattr(case, "input_size", None) or (case.size,) * 2)
-    wanted = f"{(len(size), *size)}"[:-1] + ","  # the geometry's encoding starts so: "(2, 63, 63,"
+    wanted = f"{(case.nd, *case.input_size)}"[:-1] + ","  # the geometry's encoding starts so: "(2, 63, 63,"
     lines = ["| key | candidate | ms |", "|---|---|---:|"]
     for key, times in tuning.timings().items():
         if wanted not in key or f"), {configs.bucket(case.batch)}," not in key:

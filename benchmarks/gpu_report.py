@@ -6,9 +6,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-WORKLOADS = ("genomics-1d", "genomics-1d-wide", "alltnn-1", "lc-resnet", "wide")
-
-
 def versions(device) -> str:
     import platform
 
@@ -22,7 +19,7 @@ def versions(device) -> str:
 
 def targets(rows, roofline) -> list[str]:
     """Issue 17's targets on what was measured ("" where a row is missing)."""
-    from harness.cases import CASES
+    from harness.cases import CASES, WORKLOADS
 
     found = {(r["case"], r["dtype"], r["mode"], r["provider"]): r["median_s"] for r in rows if "median_s" in r}
     lines = []
