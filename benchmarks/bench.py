@@ -29,12 +29,11 @@ import torch  # noqa: E402
 from harness.cases import CASES, DTYPES, MODES, Case, dtype_name  # noqa: E402
 from harness.devices import DEVICES, CpuDevice, CudaDevice, Device, busy_cores, measure_roofline  # noqa: E402
 from harness.measure import log, measure  # noqa: E402
-from harness.providers import (BACKENDS, PROVIDERS, check_against_reference, check_same_output, jax,  # noqa: E402
-                               jax_device, output_tolerance, uses_triton)
+from harness.providers import (BACKENDS, PROVIDERS, case_tensors, check_against_reference, check_same_output,  # noqa: E402
+                               jax, jax_device, output_tolerance, uses_triton)
 from harness.report import Row, cases_table, header, results_table, targets_table  # noqa: E402
 from unshared.backends import cpu, triton  # noqa: E402
 
-import unshared  # noqa: E402
 
 RESULTS = HERE / "results"
 
@@ -42,14 +41,7 @@ RESULTS = HERE / "results"
 def bench_case(key: str, case: Case, dtype: torch.dtype, device: Device, args) -> list[Row]:
     """Every provider on one case in one dtype: outputs checked against the first provider, then
     each mode timed and its peak memory measured."""
-    torch.manual_seed(0)
-    dev = device.torch_device
-    layer = unshared.LocallyConnected2d(case.in_channels, case.out_channels, case.kernel,
-                                        stride=case.stride, padding=case.padding,
-                                        input_size=(case.size, case.size), bias=False, device=dev, dtype=dtype)
-    x = torch.randn(case.batch, case.in_channels, case.size, case.size, device=dev, dtype=dtype,
-                    requires_grad=True)
-    grad_out = torch.randn(case.batch, case.out_channels, case.out_size, case.out_size, device=dev, dtype=dtype)
+    layer, x, grad_out = case_tensors(case, device, dtype)
     steps = {name: PROVIDERS[name](case, layer.weight, x, grad_out, device) for name in args.providers}
 
     baseline = args.providers[0]

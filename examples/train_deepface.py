@@ -1,8 +1,15 @@
-"""Train DeepFace (``unshared.models.DeepFace``) on several GPUs with torchrun: DDP, or FSDP2 with ``--fsdp``.
+"""Train DeepFace (``unshared.models.DeepFace``) on several GPUs with torchrun: DDP, FSDP2 with
+``--fsdp``, or its locally connected layers split by position with ``--position-parallel``.
 
 The locally connected layers are ordinary ``nn.Module``s, so PyTorch's own engines run them:
 ``DistributedDataParallel`` all-reduces their gradients, and FSDP2 (``fully_shard``) shards their
-weights (L4 alone has 62.7M) over the ranks.
+weights (L4 alone has 62.7M) over the ranks. Both move weights every step (DDP the gradients,
+FSDP2 three times the weights); ``--position-parallel`` (``unshared.distributed.PositionParallel``)
+moves activations instead: each rank of a position group holds the filters of its rows of L4, L5
+and L6's output positions, computes those rows on the group's common batch and exchanges only the
+halo rows its windows read; the other layers are replicated in the group. With
+``--position-parallel P`` the ranks form a (world / P data) x (P position) mesh, and DDP (or FSDP2
+with ``--fsdp``) runs over the data dimension.
 
     # 8 GPUs on one machine, DDP, bfloat16 autocast
     torchrun --standalone --nproc_per_node=8 examples/train_deepface.py --batch-size 64 --steps 1000 --bf16
@@ -10,13 +17,18 @@ weights (L4 alone has 62.7M) over the ranks.
     torchrun --standalone --nproc_per_node=8 examples/train_deepface.py --batch-size 64 --steps 1000 --bf16 --fsdp
     # an ImageFolder of aligned faces (needs torchvision), checkpoint at the end
     torchrun --standalone --nproc_per_node=8 examples/train_deepface.py --data /data/faces/train --epochs 15 --save deepface.pt
+    # L4-L6 split by position over all 8 GPUs: every rank trains on the same batch of 64
+    torchrun --standalone --nproc_per_node=8 examples/train_deepface.py --batch-size 64 --steps 1000 --position-parallel
+    # 4 data-parallel groups (DDP) of 2 position-parallel ranks
+    torchrun --standalone --nproc_per_node=8 examples/train_deepface.py --batch-size 64 --steps 1000 --position-parallel 2
     # a check on a CPU-only machine (2 processes, gloo)
     torchrun --standalone --nproc_per_node=2 examples/train_deepface.py --device cpu --steps 2 --batch-size 2 --num-classes 10
 
-Without ``--data`` every rank trains on one fixed random batch (152x152 images, random labels),
-so a falling loss shows that the steps work. ``--batch-size`` is per process: the global batch is
-``batch_size * world_size``. Rank 0 prints the loss averaged over all ranks. Run without
-torchrun, the script trains in one process.
+Without ``--data`` every data-parallel rank trains on one fixed random batch (152x152 images,
+random labels), so a falling loss shows that the steps work. ``--batch-size`` is per data-parallel
+rank: the global batch is ``batch_size * world_size / P`` (the ranks of a position group share
+their batch). Rank 0 prints the loss averaged over all ranks. Run without torchrun, the script
+trains in one process.
 """
 from __future__ import annotations
 
@@ -48,6 +60,9 @@ def parse_args(argv=None):
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                    help="cuda (one GPU per process, NCCL) or cpu (gloo)")
     p.add_argument("--fsdp", action="store_true", help="FSDP2 (fully_shard) instead of DDP")
+    p.add_argument("--position-parallel", type=int, nargs="?", const=0, default=None, metavar="P",
+                   help="split L4-L6 by output position over groups of P ranks (all ranks without P); "
+                        "DDP or FSDP2 over the world / P groups")
     p.add_argument("--bf16", action="store_true",
                    help="bfloat16: autocast with DDP, MixedPrecisionPolicy(param_dtype=bfloat16) with FSDP2")
     p.add_argument("--data", default=None, help="an ImageFolder directory of aligned faces (imports torchvision)")
@@ -82,24 +97,70 @@ def setup(device_type: str):
     return dist.get_rank(), dist.get_world_size(), device
 
 
-def build_model(args, num_classes: int, device: torch.device, world_size: int):
-    """DeepFace wrapped for data parallelism: DDP, or FSDP2 with one unit per big layer."""
+#: DeepFace's locally connected layers (``model.trunk`` indices) and how --position-parallel splits
+#: them: L4 reads the replicated C3 output and leaves its rows sharded, L5 passes sharded rows on,
+#: L6 gathers them for F7
+POSITION_PLAN = {"trunk.5": {"output_layouts": "rows"}, "trunk.7": {"input_layouts": "rows", "output_layouts": "rows"},
+                 "trunk.9": {"input_layouts": "rows"}}
+
+
+def make_mesh(args, device: torch.device, world_size: int):
+    """The (data, position) device mesh of ``--position-parallel``, or ``None``."""
+    if args.position_parallel is None:
+        return None
+    size = args.position_parallel or world_size
+    if size < 1 or world_size % size:
+        raise SystemExit(f"--position-parallel {size}: must divide the number of processes ({world_size})")
+    from torch.distributed.device_mesh import init_device_mesh
+
+    return init_device_mesh(device.type, (world_size // size, size), mesh_dim_names=("data", "position"))
+
+
+def split_by_position(model, mesh):
+    """L4-L6 split by output rows over ``mesh`` (1-d): weights, biases and gradients stay sharded."""
+    from torch.distributed.tensor import Shard
+    from torch.distributed.tensor.parallel import parallelize_module
+
+    from unshared.distributed import PositionParallel
+
+    plan = {name: PositionParallel(**{k: Shard(2) for k in layouts}) for name, layouts in POSITION_PLAN.items()}
+    return parallelize_module(model, mesh, plan)
+
+
+def build_model(args, num_classes: int, device: torch.device, mesh=None):
+    """DeepFace wrapped for data parallelism: DDP, or FSDP2 with one unit per big layer; with a
+    (data, position) ``mesh``, L4-L6 split over its position dimension first, and the data
+    parallelism over its data dimension (none when it has one rank)."""
     model = DeepFace(num_classes=num_classes, dropout=args.dropout, device=device)
+    data_mesh = None
+    if mesh is not None:
+        split_by_position(model, mesh["position"])
+        data_mesh = mesh["data"]
+        if data_mesh.size() == 1:
+            return model
     if not args.fsdp:
         # broadcasts rank 0's weights; gradients are all-reduced in buckets during backward
         ddp_kw = {"device_ids": [device.index]} if device.type == "cuda" else {}
-        return torch.nn.parallel.DistributedDataParallel(model, gradient_as_bucket_view=True, **ddp_kw)
+        if data_mesh is None:
+            return torch.nn.parallel.DistributedDataParallel(model, gradient_as_bucket_view=True, **ddp_kw)
+        # over a sub-mesh, DDP swaps the DTensor parameters for their local tensors (torch's TP +
+        # DDP recipe), which the module's state_dict then misses: the DTensors, which share the
+        # local tensors' storage and so follow the optimizer, are kept for counting and saving
+        parameters = dict(model.named_parameters())
+        ddp = torch.nn.parallel.DistributedDataParallel(model, device_mesh=data_mesh, gradient_as_bucket_view=True,
+                                                        **ddp_kw)
+        ddp.position_parallel_parameters = parameters
+        return ddp
 
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
     # Every rank builds the same weights (FSDP2 does not broadcast): one seed for all.
-    # FSDP2 takes only contiguous parameters; the locally connected weights are a strided view
-    # (kernel axes first), so they are re-laid out once, before sharding. The layers then copy the
-    # all-gathered weight into their order on each call (cheap on a GPU).
+    # FSDP2 takes only contiguous parameters: a weight stored as a strided view is re-laid out
+    # once, before sharding.
     for p in model.parameters():
         if not p.is_contiguous():
             p.data = p.data.contiguous()
-    kw = {}
+    kw = {"mesh": data_mesh}
     if args.bf16:
         kw["mp_policy"] = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
     # one FSDP unit per locally connected or linear layer (L4-L6, F7, F8): each is all-gathered
@@ -111,10 +172,19 @@ def build_model(args, num_classes: int, device: torch.device, world_size: int):
     return model
 
 
+def describe(args, mesh, world_size: int) -> str:
+    engine = "FSDP2" if args.fsdp else "DDP"
+    if mesh is None:
+        return f"{engine} on {world_size}"
+    data, position = mesh["data"].size(), mesh["position"].size()
+    split = f"L4-L6 position-parallel over {position}"
+    return split if data == 1 else f"{engine} over {data} x {split}"
+
+
 def count_local(model) -> tuple[int, int]:
     """(elements this rank holds, elements of the whole model)."""
     local = total = 0
-    for p in model.parameters():
+    for p in getattr(model, "position_parallel_parameters", dict(model.named_parameters())).values():
         total += p.numel()
         local += p.to_local().numel() if hasattr(p, "to_local") else p.numel()
     return local, total
@@ -161,21 +231,23 @@ def main(argv=None):
     log = print if rank == 0 else (lambda *a, **k: None)
     try:
         torch.manual_seed(args.seed)
+        mesh = make_mesh(args, device, world_size)
+        # the ranks of a position group train on the same examples: data ranks, not ranks, draw them
+        data_rank, data_size = (mesh["data"].get_local_rank(), mesh["data"].size()) if mesh else (rank, world_size)
         if args.data is not None:
-            dataset, sampler, loader = image_folder(args, world_size, rank)
+            dataset, sampler, loader = image_folder(args, data_size, data_rank)
             num_classes = len(dataset.classes)
             steps = (args.epochs * len(loader)) if args.epochs is not None else args.steps
             batches = batches_from(loader, sampler, math.ceil(steps / max(len(loader), 1)), device)
         else:
             num_classes, steps = args.num_classes, args.steps
-            batches = synthetic_batches(args, num_classes, device, rank)
+            batches = synthetic_batches(args, num_classes, device, data_rank)
 
-        model = build_model(args, num_classes, device, world_size)
+        model = build_model(args, num_classes, device, mesh)
         local, total = count_local(model)
-        log(f"DeepFace: {total:,} parameters, {num_classes} classes; {'FSDP2' if args.fsdp else 'DDP'} "
-            f"on {world_size} x {device.type} ({dist.get_backend()}); rank 0 holds {local:,} "
-            f"({local / total:.0%}); batch {args.batch_size} x {world_size} = {args.batch_size * world_size}",
-            flush=True)
+        log(f"DeepFace: {total:,} parameters, {num_classes} classes; {describe(args, mesh, world_size)} x "
+            f"{device.type} ({dist.get_backend()}); rank 0 holds {local:,} ({local / total:.0%}); "
+            f"batch {args.batch_size} x {data_size} = {args.batch_size * data_size}", flush=True)
         opt = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum,
                               weight_decay=args.weight_decay)
         # DDP: autocast runs the matmuls and convolutions in bfloat16 against float32 weights;
@@ -201,7 +273,7 @@ def main(argv=None):
                     raise FloatingPointError(f"step {step}: the loss is {mean}")
                 seconds = time.perf_counter() - t0
                 log(f"step {step}/{steps}  loss {mean:.4f}  {seconds * 1e3:.0f} ms  "
-                    f"{args.batch_size * world_size / seconds:.1f} images/s", flush=True)
+                    f"{args.batch_size * data_size / seconds:.1f} images/s", flush=True)
         log(f"trained {steps} steps in {time.perf_counter() - start:.1f} s", flush=True)
 
         if args.save:
@@ -215,8 +287,12 @@ def save(model, args):
     """The full (unsharded) state dict of DeepFace on rank 0, loadable with ``DeepFace().load_state_dict``."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
-    inner = model if args.fsdp else model.module
-    state = get_model_state_dict(inner, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    parameters = getattr(model, "position_parallel_parameters", None)
+    if parameters is not None:      # DDP over the data dimension of a position-parallel model
+        state = {n: (p.full_tensor() if hasattr(p, "full_tensor") else p).detach().cpu() for n, p in parameters.items()}
+    else:
+        inner = model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
+        state = get_model_state_dict(inner, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     if dist.get_rank() == 0:
         torch.save(state, args.save)
 

@@ -14,7 +14,7 @@ from typing import Callable
 import torch
 from unshared.backends import cpu as cpu_kernels
 
-from .cases import DEEPFACE, MiB, Case, itemsize
+from .cases import CPU_WORKLOAD_CASES, DEEPFACE, MiB, Case, itemsize
 from .measure import Clock, cuda_peak_transient_bytes, measure, rss_peak_transient_bytes
 
 
@@ -114,7 +114,7 @@ class CpuDevice(Device):
     """The CPU: host clock, memory as the resident-set high-water mark (:func:`rss_peak_transient_bytes`)."""
 
     kind, title, torch_device = "cpu", "CPU", torch.device("cpu")
-    default_cases = ("L4-8", "L4-64", "L5-8", "L5-64", "L6-8", "L6-64", "cifar-128")
+    default_cases = ("L4-8", "L4-64", "L5-8", "L5-64", "L6-8", "L6-64", "cifar-128", *CPU_WORKLOAD_CASES)
     quick_cases = ("L5-8", "L6-8")
     default_providers = ("unshared-cpu", "unshared-torch", "unfold+einsum", "jax")
     default_dtypes = ("float32",)
@@ -256,7 +256,7 @@ class Roofline:
     gbps: float
 
     def floor(self, case: Case, mode: str, dtype: torch.dtype) -> float:
-        """Seconds: max(flops / matmul rate, bytes moved once / bandwidth)."""
+        """Seconds: max(flops / matmul rate, bytes a step must move / bandwidth)."""
         return max(case.flops(mode) / (self.gflops[dtype] * 1e9),
                    case.bytes_moved(mode, itemsize(dtype)) / (self.gbps * 1e9))
 

@@ -3,6 +3,7 @@
 checks that they compute the same thing (against each other, and against the float64 reference)."""
 from __future__ import annotations
 
+import math
 import os
 import sys
 from dataclasses import dataclass
@@ -52,36 +53,59 @@ def torch_steps(forward: Callable, x: torch.Tensor, w: torch.Tensor, grad_out: t
     return Steps(fwd, run, lambda mode: device.peak_transient_bytes(run[mode]))
 
 
+def case_tensors(case: Case, device: Device, dtype: torch.dtype, seed: int = 0):
+    """The case's layer (no bias; the library's default weight layout), an input that requires
+    gradients, and a fixed random output gradient."""
+    torch.manual_seed(seed)
+    dev = device.torch_device
+    layer = getattr(unshared, f"LocallyConnected{case.nd}d")(case.in_channels, case.out_channels, case.kernel_size,
+                                                stride=case.stride, padding=case.padding,
+                                                input_size=case.input_size, bias=False, device=dev, dtype=dtype)
+    x = torch.randn(case.batch, case.in_channels, *case.input_size, device=dev, dtype=dtype, requires_grad=True)
+    grad_out = torch.randn(case.batch, case.out_channels, *case.output_size, device=dev, dtype=dtype)
+    return layer, x, grad_out
+
+
 def unshared_provider(backend: str) -> Callable[..., Steps]:
-    """Steps of ``unshared.functional.locally_connected2d`` with ``backend`` (no bias)."""
+    """Steps of ``unshared.functional.locally_connected`` with ``backend`` (no bias)."""
     def make(case: Case, w: torch.Tensor, x, grad_out, device: Device) -> Steps:
         def forward(x, w):
-            return UF.locally_connected2d(x, w, None, case.stride, case.padding, backend=backend)
-        # w is the layer's weight (its strided storage layout, read without a copy)
+            return UF.locally_connected(x, w, None, case.stride, case.padding, backend=backend)
+        # w is the layer's weight (its layout as the layer holds it, read without a copy)
         return torch_steps(forward, x, w, grad_out, device)
     return make
 
 
+def patches(x: torch.Tensor, case: Case) -> torch.Tensor:
+    """The unfold recipe's patch matrix ``(N, C * prod(kernel), L)``: ``F.unfold`` in 2d (what
+    people copy), ``F.pad`` + ``Tensor.unfold`` per dimension in 1d and 3d (``F.unfold`` is 2d only)."""
+    if case.nd == 2:
+        return F.unfold(x, case.kernel_size, padding=case.padding, stride=case.stride)
+    x = F.pad(x, [p for p in reversed(case.padding) for _ in range(2)])
+    for d, (k, s) in enumerate(zip(case.kernel_size, case.stride)):
+        x = x.unfold(2 + d, k, s)                          # (N, C, *out, *kernel) when done
+    n, c, nd = x.shape[0], x.shape[1], case.nd
+    x = x.permute(0, 1, *range(2 + nd, 2 + 2 * nd), *range(2, 2 + nd))  # (N, C, *kernel, *out)
+    return x.reshape(n, c * math.prod(case.kernel_size), case.positions)
+
+
 def unfold_einsum_steps(case: Case, w: torch.Tensor, x, grad_out, device: Device) -> Steps:
-    k, s, p, o = case.kernel, case.stride, case.padding, case.out_size
     w = w.detach().reshape(case.positions, case.out_channels, -1).contiguous()
 
     def forward(x, w):
-        cols = F.unfold(x, k, padding=p, stride=s)                   # (N, C*k*k, L)
-        return torch.einsum("ncl,loc->nol", cols, w).reshape(x.shape[0], -1, o, o)
+        return torch.einsum("ncl,loc->nol", patches(x, case), w).reshape(x.shape[0], -1, *case.output_size)
 
     return torch_steps(forward, x, w.requires_grad_(), grad_out, device)
 
 
 def unfold_bmm_steps(case: Case, w: torch.Tensor, x, grad_out, device: Device) -> Steps:
-    """``F.unfold``, then one batched matmul over positions (cuBLAS on a GPU): the explicit form
-    of the unfold recipe, with the patch tensor laid out position-major."""
-    k, s, p, o = case.kernel, case.stride, case.padding, case.out_size
+    """The unfold recipe with one batched matmul over positions (cuBLAS on a GPU): the explicit
+    form of the recipe, with the patch tensor laid out position-major."""
     w = w.detach().reshape(case.positions, case.out_channels, -1).transpose(1, 2).contiguous()  # (L, CK, O)
 
     def forward(x, w):
-        cols = F.unfold(x, k, padding=p, stride=s).permute(2, 0, 1)          # (L, N, C*k*k)
-        return torch.bmm(cols, w).permute(1, 2, 0).reshape(x.shape[0], -1, o, o)
+        cols = patches(x, case).permute(2, 0, 1)                             # (L, N, C*K)
+        return torch.bmm(cols, w).permute(1, 2, 0).reshape(x.shape[0], -1, *case.output_size)
 
     return torch_steps(forward, x, w.requires_grad_(), grad_out, device)
 
@@ -100,10 +124,9 @@ def jax_device(kind: str):
 
 
 def jax_steps(case: Case, w: torch.Tensor, x, grad_out, device: Device) -> Steps:
-    k, s, p, o = case.kernel, case.stride, case.padding, case.out_size
-    where, dtype = jax_device(device.kind), jnp.dtype(dtype_name(x.dtype))
-    # default dimension numbers (NCHW, OIHW, NCHW): rhs is (O, C*k*k, OH, OW), C-major in dim 1
-    rhs = w.detach().reshape(o, o, case.out_channels, -1).permute(2, 3, 0, 1)
+    nd, where, dtype = case.nd, jax_device(device.kind), jnp.dtype(dtype_name(x.dtype))
+    # default dimension numbers (NC*spatial): rhs is (O, C*prod(kernel), *output_size), C-major in dim 1
+    rhs = w.detach().reshape(*case.output_size, case.out_channels, -1).permute(nd, nd + 1, *range(nd))
     # through float32 on the host (exact for bfloat16/float16), then the same dtype on JAX's device
     xj, wj, gj = (jax.device_put(t.detach().float().cpu().contiguous().numpy(), where).astype(dtype)
                   for t in (x, rhs, grad_out))
@@ -112,8 +135,8 @@ def jax_steps(case: Case, w: torch.Tensor, x, grad_out, device: Device) -> Steps
     precision = jax.lax.Precision.HIGHEST if full else None
 
     def forward(x, w):  # bfloat16/float16 in and out; XLA chooses the accumulation type
-        return jax.lax.conv_general_dilated_local(x, w, (s, s), [(p, p), (p, p)], (k, k),
-                                                  precision=precision)
+        return jax.lax.conv_general_dilated_local(x, w, case.stride, [(p, p) for p in case.padding],
+                                                  case.kernel_size, precision=precision)
 
     compiled = {
         "forward": (jax.jit(forward), (xj, wj)),
@@ -139,7 +162,7 @@ def jax_steps(case: Case, w: torch.Tensor, x, grad_out, device: Device) -> Steps
 
 
 #: provider -> the unshared backend it runs
-BACKENDS = {"unshared": "auto", "unshared-torch": "torch", "unshared-cpu": "cpu", "unshared-triton": "triton"}
+BACKENDS = {"unshared-auto": "auto", "unshared-torch": "torch", "unshared-cpu": "cpu", "unshared-triton": "triton"}
 PROVIDERS = {
     **{name: unshared_provider(backend) for name, backend in BACKENDS.items()},
     "unfold+einsum": unfold_einsum_steps,

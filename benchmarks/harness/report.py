@@ -72,10 +72,11 @@ def header(device: Device, date: str, busy: float | None, roofline: Roofline, ar
     lines += [
         f"- times: median of the timed repetitions after {args.warmup} warm-up call{'s' * (args.warmup != 1)}, "
         f"{' and '.join(names)}; IQR = quartiles{device.timing_note()}",
-        f"- floor: max(flops / matmul rate{' of that dtype' if len(names) > 1 else ''}, bytes moved once "
-        f"/ bandwidth); flops = 2·N·P·O·C·K forward, 3x that forward+backward; bytes = "
-        f"{element}·(input + weight + output), doubled for forward+backward (grad_output, grad_input, "
-        f"grad_weight){element_note}",
+        f"- floor: max(flops / matmul rate{' of that dtype' if len(names) > 1 else ''}, bytes a step must "
+        f"move / bandwidth); flops = 2·N·P·O·C·K forward, 3x that forward+backward; bytes = "
+        f"{element}·(input + weight + output) forward, {element}·(2·input + 3·weight + 2·output) "
+        f"forward+backward (the weight read twice, by the forward and the input gradient, and its gradient "
+        f"written once; the input, the output and their gradients once each){element_note}",
         f"- speed-up: that provider's median / {baseline}'s median (> 1: {baseline} is faster)",
         f"- peak transient memory (torch providers): {device.memory_note()} "
         "JAX: XLA's buffer assignment for the compiled step (temp + output bytes).",

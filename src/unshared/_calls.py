@@ -125,7 +125,7 @@ def prepare(name: str, nd: int, input: Tensor, grid, out_channels: int, in_per_g
         x = _pad(x, pads, padding_mode, name)
         spatial, pads = tuple(x.shape[2:]), ((0, 0),) * nd
     geometry = U.Geometry(spatial, tuple(grid), tuple(kernel_size), stride, pads, dilation, groups, channels,
-                          out_channels, weight_grid, banks)
+                          out_channels, weight_grid, banks).untraced()
     return Prepared(x, geometry, unbatched)
 
 

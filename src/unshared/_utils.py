@@ -4,7 +4,9 @@ Everything here is pure Python (plus tensor metadata): no computation on tensor 
 """
 from __future__ import annotations
 
+import functools
 import math
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
@@ -155,6 +157,25 @@ def check_channels(name: str, in_channels, out_channels, lazy: bool = False) -> 
             raise ValueError(f"{name}: {arg} must be positive, got {arg}={value}")
 
 
+def traceable(fn):
+    """``fn`` without the tracer warnings of its own checks while ``torch.jit.trace`` traces.
+
+    The tracer turns every size into a traced value, so each shape check warns that it "might not
+    generalize"; but the checks read only the channel and spatial sizes, which the weight fixes,
+    never the batch size, which the traced graph keeps free. Warnings from other code still show.
+    """
+    @functools.wraps(fn)
+    def quiet(*args, **kwargs):
+        if not torch.jit.is_tracing():
+            return fn(*args, **kwargs)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=torch.jit.TracerWarning, module=r"unshared\.")
+            return fn(*args, **kwargs)
+
+    return quiet
+
+
+@traceable
 def check_layer_input(name: str, input, nd: int, in_channels: int, input_size) -> None:
     """A layer's own sizes, named when the input does not fit (the functional form checks the rest)."""
     if isinstance(input, torch.Tensor) and input.dim() in (nd + 1, nd + 2):
@@ -254,6 +275,14 @@ class Geometry:
         """Filter banks in the weight (one per position without sharing)."""
         return math.prod(self.weight_leading)
 
+    def untraced(self) -> "Geometry":
+        """This geometry in plain ints. Under ``torch.jit.trace`` the sizes it was built from are
+        traced values, whose arithmetic would be recorded as graph operators; every size here is
+        fixed by the weight (the batch size, which stays free, is not among them)."""
+        if not torch.jit.is_tracing():
+            return self
+        return Geometry.decode([int(v) for v in self.encode()])
+
     def unpadded(self, input_size) -> "Geometry":
         """This geometry for an input that was padded already (by a non-zero padding mode)."""
         return replace(self, input_size=tuple(input_size), padding=((0, 0),) * self.ndim)
@@ -281,8 +310,9 @@ _INDEX_CACHE: dict = {}
 
 def _cached(key, build):
     """``build(*key[1:])``, kept for later calls when it made plain tensors: never a fake or traced
-    tensor (made while ``torch.compile`` or an exporter traces), which must not outlive the trace."""
-    if torch.compiler.is_compiling():
+    tensor (made while ``torch.compile``, ``torch.jit.trace`` or an exporter traces), which must not
+    outlive the trace."""
+    if torch.compiler.is_compiling() or torch.jit.is_tracing():
         return build(*key[1:])
     value = _INDEX_CACHE.get(key)
     if value is None:

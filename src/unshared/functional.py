@@ -27,6 +27,7 @@ def _finish(y: Tensor, bias: Tensor | None, unbatched: bool) -> Tensor:
     return y.squeeze(0) if unbatched else y
 
 
+@U.traceable
 def _locally_connected(nd: int, input, weight, bias, stride, padding, dilation, groups, padding_mode,
                        backend, banks, name: str) -> Tensor:
     coords = None
@@ -64,6 +65,7 @@ def locally_connected(input: Tensor, weight: Tensor, bias: Tensor | None = None,
                               banks, f"locally_connected{nd}d")
 
 
+@U.traceable
 def low_rank_locally_connected(input: Tensor, basis: Tensor, combining_weights: Tensor, bias: Tensor | None = None,
                                stride=1, padding=0, dilation=1, groups: int = 1, *, padding_mode: str = "zeros",
                                backend: str = "auto") -> Tensor:
@@ -108,6 +110,7 @@ def low_rank_locally_connected(input: Tensor, basis: Tensor, combining_weights: 
     return _finish(y, bias, call.unbatched)
 
 
+@U.traceable
 def _transpose(nd: int, input, weight, bias, stride, padding, output_padding, groups, dilation, backend,
                name: str) -> Tensor:
     input, weight, bias = C.autocast(input, weight, bias)
@@ -142,7 +145,7 @@ def _transpose(nd: int, input, weight, bias, stride, padding, output_padding, gr
     C.check_bias(name, bias, out_channels, out_size)
     # the adjoint of the locally connected layer from the output back to this input grid
     g = U.Geometry(out_size, grid, kernel_size, stride, tuple((p, p) for p in padding), dilation, groups,
-                   out_channels, in_channels)
+                   out_channels, in_channels).untraced()
     y = ops.locally_connected_transpose(x, weight, g, choose_backend(x, weight, g, backend))
     return _finish(y, bias, unbatched)
 

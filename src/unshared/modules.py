@@ -9,7 +9,7 @@ import math
 import torch
 from torch import Tensor, nn
 from torch.nn.modules.lazy import LazyModuleMixin
-from torch.nn.parameter import UninitializedParameter
+from torch.nn.parameter import UninitializedParameter, is_lazy
 
 from . import _utils as U
 from . import functional as UF
@@ -24,7 +24,16 @@ __all__ = [
 class PositionParameters:
     """Parameter set-up shared by the family's layers, from their ``_set_input_size``,
     ``_weight_shape``, ``_bias_shape`` and ``reset_parameters``: uninitialised until the first input
-    for lazy layers; otherwise ``input_size`` is required, and the weight is laid out kernel-major."""
+    for lazy layers; otherwise ``input_size`` is required, and the weight is laid out kernel-major.
+    ``torch.jit.script`` is refused with the ways that work (:meth:`__prepare_scriptable__`)."""
+
+    def __prepare_scriptable__(self):
+        """Called by ``torch.jit.script`` on every submodule: the layers are Python (argument checks,
+        backend choice, custom operators), which TorchScript cannot compile."""
+        raise RuntimeError(
+            f"{type(self).__name__} cannot be compiled by torch.jit.script; use torch.compile (JIT), "
+            f"torch.export (a graph to save or deploy, also for ONNX: torch.onnx.export(..., dynamo=True)), "
+            f"or torch.jit.trace (standard operators, any batch size)")
 
     def _set_up_parameters(self, lazy: bool, bias: bool, input_size, factory_kwargs) -> None:
         if lazy:
@@ -158,19 +167,57 @@ class LocallyConnectedNd(PositionParameters, nn.Module):
 
 class LazyInitialization(LazyModuleMixin):
     """Lazy layers of the family: ``in_channels`` and ``input_size`` from the first input, then
-    the layer's own ``_set_input_size``, ``_weight_shape``, ``_bias_shape`` and ``reset_parameters``."""
+    the layer's own ``_set_input_size``, ``_weight_shape``, ``_bias_shape`` and ``reset_parameters``.
+
+    A state dict loaded before the first input (as into ``nn.LazyConv2d``) materialises the
+    parameters and sets the sizes its weight determines (the layer's ``_sizes_from_weight``); a
+    size it leaves open (a plain layer's ``input_size``: with stride > 1 several give one output
+    grid) comes from the first input, which must produce the loaded grid.
+    """
 
     def reset_parameters(self) -> None:
         if not self.has_uninitialized_params() and self.in_channels != 0:
             super().reset_parameters()
 
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
+                              unexpected_keys, error_msgs):
+        weight = state_dict.get(prefix + "weight")
+        if isinstance(self.weight, UninitializedParameter) and isinstance(weight, Tensor) and not is_lazy(weight):
+            self._sizes_from_state(tuple(weight.shape), state_dict.get(prefix + "bias"))
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
+                                      unexpected_keys, error_msgs)
+
+    def _sizes_from_state(self, shape: tuple[int, ...], bias) -> None:
+        """Set the sizes a loaded weight of ``shape`` determines, after checking it (and the bias)
+        against the layer's arguments; on a mismatch raise ``ValueError`` and change nothing."""
+        name, nd = type(self).__name__, self._nd
+        if len(shape) != 2 * nd + 2 or 0 in shape:
+            raise ValueError(f"{name}: the state_dict's weight has shape {shape}, not a {nd}d layer's "
+                             f"{2 * nd + 2} positive dimensions")
+        before = self.in_channels, self.input_size, self.output_size
+        try:
+            self._sizes_from_weight(shape)
+            found, needed = [shape], [self._weight_shape()]
+            if isinstance(bias, Tensor) and self.bias is not None:
+                found.append(tuple(bias.shape))
+                needed.append(self._bias_shape())
+            if found != needed:
+                raise ValueError(f"{name}: the state_dict's weight and bias have shapes {tuple(found)}, but this "
+                                 f"layer's arguments ({self.extra_repr()}) need {tuple(needed)}")
+        except ValueError:
+            self.in_channels, self.input_size, self.output_size = before
+            raise
+
     def initialize_parameters(self, input: Tensor) -> None:
-        if not self.has_uninitialized_params():
-            return
         nd = self._nd
+        if not self.has_uninitialized_params() and self.input_size is not None:
+            return
         if not isinstance(input, Tensor) or input.dim() not in (nd + 1, nd + 2):
             raise ValueError(f"{type(self).__name__}: expected a {nd + 2}-d (batched) or {nd + 1}-d "
                              f"(unbatched) input, got {getattr(input, 'shape', type(input).__name__)}")
+        if not self.has_uninitialized_params():  # loaded from a state dict: the input completes the sizes
+            self._input_size_after_loading(tuple(input.shape[-nd:]))
+            return
         self.in_channels = input.shape[-nd - 1]
         U.check_groups(self.in_channels, self.out_channels, self.groups)
         self._set_input_size(tuple(input.shape[-nd:]))
@@ -185,6 +232,20 @@ class LazyInitialization(LazyModuleMixin):
 
 class _LazyLocallyConnectedMixin(LazyInitialization):
     """Takes ``nn.LazyConvNd``'s arguments."""
+
+    def _sizes_from_weight(self, shape: tuple[int, ...]) -> None:
+        """A loaded weight ``(*output_size, C_out, C_in // groups, *kernel_size)`` fixes
+        ``in_channels`` and ``output_size``, but not ``input_size`` (the first input sets it)."""
+        self.in_channels = shape[self._nd + 1] * self.groups
+        self.output_size = shape[: self._nd]
+
+    def _input_size_after_loading(self, spatial: tuple[int, ...]) -> None:
+        loaded = self.output_size
+        self._set_input_size(spatial)
+        if self.output_size != loaded:
+            produced, self.input_size, self.output_size = self.output_size, None, loaded
+            raise ValueError(f"{type(self).__name__}: the loaded state_dict was made for output size {loaded}, "
+                             f"but input of spatial size {spatial} gives output size {produced}")
 
     def __init__(self, out_channels: int, kernel_size, stride=1, padding=0, dilation=1,
                  groups: int = 1, bias: bool = True, padding_mode: str = "zeros", device=None,

@@ -109,6 +109,11 @@ class _LocallyConnectedTransposeNd(PositionParameters, nn.Module):
 class _LazyTransposeMixin(LazyInitialization):
     """Takes ``nn.LazyConvTransposeNd``'s arguments."""
 
+    def _sizes_from_weight(self, shape: tuple[int, ...]) -> None:
+        """A loaded weight ``(*input_size, C_in, C_out // groups, *kernel_size)`` fixes every size."""
+        self.in_channels = shape[self._nd]
+        self._set_input_size(shape[: self._nd])
+
     def __init__(self, out_channels: int, kernel_size, stride=1, padding=0, output_padding=0, groups: int = 1,
                  bias: bool = True, dilation=1, padding_mode: str = "zeros", device=None, dtype=None, *,
                  shared_bias: bool = False, backend: str = "auto") -> None:

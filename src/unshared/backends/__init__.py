@@ -16,12 +16,14 @@ cannot compute a call. :func:`choose_backend` picks one: an explicit ``backend=`
 ``ValueError`` with its reason when it cannot run); ``"auto"`` follows the rules in its docstring.
 :mod:`.ops` turns the backends' three operations into one differentiable custom operator;
 :mod:`.settings` holds the tunable numbers (:func:`settings` changes them for a block of code);
-:mod:`.selection` measures the CUDA candidates for ``"auto"``.
+:mod:`.selection` measures the CUDA candidates for ``"auto"``; :mod:`.flops` gives FLOP counters
+the operators' counts.
 """
 from __future__ import annotations
 
 import torch
 
+from . import flops  # noqa: F401  (FLOP formulas of the operators, for FlopCounterMode)
 from .registry import BACKENDS, check_backend_name
 from .selection import choices, clear_choices, measuring
 from .settings import Settings, current_settings, settings
@@ -43,8 +45,9 @@ def choose_backend(x: torch.Tensor, w: torch.Tensor, geometry, backend: str = "a
 
     An explicit ``backend`` wins, and raises ``ValueError`` with its reason when it cannot run.
     ``"auto"``, in order: shared filter banks with at least ``min_positions_per_conv`` positions
-    per bank on average run as convolutions (``conv``); while ``torch.onnx.export`` traces, the
-    composite backend (ONNX has no custom operators); CUDA tensors: the faster of Triton and the
+    per bank on average run as convolutions (``conv``); while ``torch.onnx.export`` or
+    ``torch.jit.trace`` traces, the composite backend (neither records custom operators: the
+    traced graph is then standard operators, with the batch size left free); CUDA tensors: the faster of Triton and the
     PyTorch backend, measured once per shape (Triton alone when measuring is off, the PyTorch
     backend when Triton cannot run); CPU tensors: the compiled kernels (``cpu``) when they can run
     (built, float32/float64); otherwise the PyTorch backend.
@@ -52,13 +55,16 @@ def choose_backend(x: torch.Tensor, w: torch.Tensor, geometry, backend: str = "a
     check_backend_name(backend)
     if backend != "auto":
         reason = BACKENDS[backend].can_run(x, w, geometry)
+        if reason is None and torch.jit.is_tracing() and not getattr(BACKENDS[backend], "STANDARD_OPERATORS", False):
+            reason = ("torch.jit.trace records standard operators only; use backend='auto' or 'composite' "
+                      "(or torch.export / torch.compile, which keep the custom operator)")
         if reason is not None:
             raise ValueError(f"backend={backend!r} cannot compute this call: {reason}")
         return backend
     if (geometry.banks is not None and BACKENDS["conv"].can_run(x, w, geometry) is None
             and geometry.positions >= _min_positions_per_conv() * geometry.bank_count):
         return "conv"
-    if torch.onnx.is_in_onnx_export():
+    if torch.onnx.is_in_onnx_export() or torch.jit.is_tracing():
         return "composite"
     if x.device.type == "cuda" and BACKENDS["triton"].can_run(x, w, geometry) is None:
         return "auto" if measuring() else "triton"

@@ -69,7 +69,7 @@ def _place(term: torch.Tensor, g: Geometry, offset) -> torch.Tensor:
         t = term.movedim(dim, -1)
         if s > 1:  # insert s - 1 zeros after every element, then drop the trailing ones
             t = F.pad(t.unsqueeze(-1), (0, s - 1)).flatten(-2)[..., : (o - 1) * s + 1]
-        term = F.pad(t, (i * dil, size - i * dil - t.shape[-1])).movedim(-1, dim)
+        term = F.pad(t, (i * dil, size - i * dil - ((o - 1) * s + 1))).movedim(-1, dim)  # t: (o - 1) * s + 1 long
     return term
 
 

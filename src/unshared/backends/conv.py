@@ -34,10 +34,11 @@ def bank_runs(g: Geometry) -> list[list[Run | None]] | str:
     if g.banks is None:
         return ("every position has its own filters: nothing for a convolution to share (this "
                 "backend computes shared banks and low-rank layers)")
-    return _runs(g.banks, g.weight_grid)
+    if torch.compiler.is_compiling():  # Dynamo traces the plain function (it warns on lru_cache)
+        return _runs(g.banks, g.weight_grid)
+    return _remembered_runs(g.banks, g.weight_grid)
 
 
-@functools.lru_cache(maxsize=64)
 def _runs(banks, weight_grid):
     result = []
     for d, (coords, size) in enumerate(zip(banks, weight_grid)):
@@ -54,6 +55,9 @@ def _runs(banks, weight_grid):
             runs.append((where[0], step, len(where)))
         result.append(runs)
     return result
+
+
+_remembered_runs = functools.lru_cache(maxsize=64)(_runs)
 
 
 def can_run(x: torch.Tensor, w: torch.Tensor, g: Geometry) -> str | None:
@@ -96,11 +100,13 @@ def low_rank_forward(x: torch.Tensor, basis: torch.Tensor, alpha: torch.Tensor, 
     ``x``: ``(N, C, *input_size)``; ``basis``: ``(rank, O, C/groups, *kernel)``; ``alpha``:
     ``(rank, *output_size)``; returns ``(N, O, *output_size)``.
     """
-    rank, groups, og = basis.shape[0], g.groups, g.out_channels // g.groups
+    # sizes from the geometry, and int(): torch.jit.trace then records the batch size alone
+    n, rank, groups, og = x.shape[0], int(basis.shape[0]), g.groups, g.out_channels // g.groups
+    filter_shape = (g.in_channels // groups, *g.kernel_size)
     xp = _zero_pad(x, g)
     # filters ordered (group, basis, out_per_group) so that the conv's groups stay contiguous
-    filters = basis.view(rank, groups, og, *basis.shape[2:]).transpose(0, 1).reshape(-1, *basis.shape[2:])
+    filters = basis.view(rank, groups, og, *filter_shape).transpose(0, 1).reshape(-1, *filter_shape)
     z = CONV_FUNCTIONS[g.ndim](xp, filters, None, g.stride, 0, g.dilation, groups)
-    z = z.view(x.shape[0], groups, rank, og, *g.output_size)
+    z = z.view(n, groups, rank, og, *g.output_size)
     y = (z * alpha.view(1, 1, rank, 1, *g.output_size)).sum(2)
-    return y.reshape(x.shape[0], g.out_channels, *g.output_size)
+    return y.reshape(n, g.out_channels, *g.output_size)
