@@ -1,14 +1,19 @@
-"""One prepared run that turns a few minutes on a CUDA GPU into numbers (and, with ``--smoke``, the
-same code path on the CPU in about a minute, so that it cannot rot)::
+"""One prepared run that turns five minutes on a CUDA GPU into numbers (and, with ``--smoke``, the
+same code path on the CPU in a few minutes, so that it cannot rot)::
 
-    python benchmarks/gpu_check.py --out DIR            # on a CUDA machine: at most ~8 minutes
+    python benchmarks/gpu_check.py --out DIR            # on a CUDA machine: at most ~5 minutes
     python benchmarks/gpu_check.py --smoke --out DIR    # on the CPU: Triton's interpreter, tiny shapes
+    python benchmarks/gpu_check.py --readme-table DIR/results.json   # the README's GPU table
 
-It needs PyTorch with CUDA, Triton and this checkout (JAX only when importable), and writes into
-DIR: ``results.md`` (the tables), ``results.json`` (every measurement), ``log.txt`` (everything
-printed), ``tests.txt`` (the CUDA tests' output) and ``choices.json`` (the Triton autotuner's
-configurations and ``backend="auto"``'s measured choices). Each step has a share of ``--budget``
-seconds; what does not fit is skipped and said so, and whatever was measured is written.
+Steps, each with its share of ``--budget`` seconds (what does not fit is skipped and said so):
+a correctness pass of every Triton kernel family against float64 on the GPU
+(``benchmarks/gpu_passes.py``; its table opens the results, and families that fail are not
+timed), the roofline (matmul rate, copy bandwidth), the cases (DeepFace L4/L5/L6 and the workload
+cases of ``harness/cases.py`` at batch 32 and 256, float32 with TF32 and bfloat16, every
+provider), the per-operation table and every configuration the Triton launcher timed at
+L4-256, the host time of a tiny layer per call against cuDNN, and last the CUDA tests (warm
+Triton caches by then). DIR gets ``results.md`` (also as ``cuda-DATE-DEVICE.md``, the name under
+``benchmarks/results/``), ``results.json``, ``log.txt``, ``tests.txt`` and ``choices.json``.
 """
 from __future__ import annotations
 
@@ -18,6 +23,7 @@ import os
 import subprocess
 import sys
 import time
+import types
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -25,18 +31,33 @@ REPO = HERE.parent
 sys.path[:0] = [str(HERE), str(REPO / "src")]
 
 HOW_TO_READ = """How to read the output (DIR/results.md):
-- one row per case (DeepFace L4/L5/L6 at batch 32 and 256), dtype, mode and provider: median ms of
-  CUDA-event timings after warm-up, the roofline floor (max of flops / measured matmul rate and
-  bytes a step must move / measured copy bandwidth) and time/floor (1.0 = at the device's limit), each provider's
-  time over the Triton kernels' (> 1: Triton faster), and the peak transient memory per weight;
-- 'error' rows say why a provider did not run (out of memory, a failed kernel);
-- the targets table checks DeepFace L4 batch 256 forward+backward: time/floor <= 1.5, unfold+bmm
-  at least 10x slower and holding at least 5x the transient memory;
-- tests.txt: the CUDA tests at DeepFace sizes; choices.json: what the autotuner and auto chose."""
+- first the correctness pass: relative error (||ours - float64|| / ||float64||) of each kernel
+  family's forward, input and weight gradients, 'ok' within the tolerance and when a second
+  (direct) launch gives the same result;
+- one row per case, dtype, mode and provider: median ms of CUDA-event timings after warm-up, the
+  roofline floor (max of flops / measured matmul rate and bytes / measured copy bandwidth) and
+  time/floor (1.0 = at the device's limit), each provider's time over the Triton kernels' (> 1:
+  Triton faster), and the peak transient memory per weight; 'error' rows say why a provider did not run;
+- the targets table (issue 17): L4-256 forward+backward within 4x of the floor, forward within
+  2x; workloads at batch 256 3x faster than unfold+bmm and JAX and within 6x of the floor;
+  unshared-auto within 1.1x of the fastest provider;
+- the launcher's timings: every Triton configuration tried at L4-256 (to tune the lists in
+  src/unshared/backends/triton/configs.py); host time: per call, synchronised every call;
+- tests.txt: the CUDA tests (DeepFace sizes, autocast, torch.compile, CUDA graphs)."""
 
 SMOKE_CASES = ("tiny",)
-GPU_CASES = ("L4-256", "L4-32", "L5-256", "L5-32", "L6-256", "L6-32")  # the target first
-TEST_SELECTION = "deepface or grid or sharing or agree or refused"
+DEEPFACE_CASES = ("L4-256", "L4-32", "L5-256", "L5-32", "L6-256", "L6-32")  # the target first
+PROVIDERS = ("unshared-auto", "unshared-triton", "unshared-torch", "unfold+bmm", "jax")
+TESTS = ["tests/test_triton.py", "-k", "deepface or autocast or block_edges",
+         "tests/test_triton_launch.py", "tests/test_compile.py"]
+SMOKE_TESTS = ["tests/test_triton_launch.py", "-k", "refused or bucketing"]
+
+
+def gpu_cases() -> list[str]:
+    """DeepFace, then the workload cases at batch 32 and 256 that ``harness/cases.py`` defines."""
+    from harness.cases import CASES, GPU_WORKLOAD_CASES
+
+    return list(DEEPFACE_CASES) + sorted(GPU_WORKLOAD_CASES, key=lambda k: (-CASES[k].batch, k))
 
 
 class Run:
@@ -57,14 +78,13 @@ class Run:
         return self.budget - (time.monotonic() - self.start)
 
 
-def run_tests(run: Run, seconds: float) -> str:
-    """The CUDA tests (DeepFace sizes, banks, grid rows, module/functional) in a subprocess."""
-    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_triton.py",
-           "-k", TEST_SELECTION]
+def run_tests(run: Run, seconds: float, selection: list[str]) -> str:
+    """The CUDA tests in a subprocess (Triton's on-disk cache is warm by then)."""
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *selection]
     run.log(f"tests: {' '.join(cmd[1:])} (at most {seconds:.0f} s)")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")])}
     try:
-        out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=seconds, env=env)
+        out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=max(seconds, 1), env=env)
         text, summary = out.stdout + out.stderr, (out.stdout.strip().splitlines() or ["(no output)"])[-1]
     except subprocess.TimeoutExpired as timeout:
         text = f"{timeout.stdout or ''}\n{timeout.stderr or ''}\nTIMED OUT after {seconds:.0f} s"
@@ -86,12 +106,13 @@ def bench_one(run, key, dtype, device, providers, settings) -> list[dict]:
     case = CASES[key]
     dev = device.torch_device
     layer, x, grad_out = case_tensors(case, device, dtype)
+    weight = layer.weight
     rows, reference = [], None
     for name in providers:
         base = dict(case=key, batch=case.batch, dtype=dtype_name(dtype), provider=name,
                     weight_bytes=case.weight_numel * itemsize(dtype))
         try:
-            steps = PROVIDERS[name](case, layer.weight, x, grad_out, device)
+            steps = PROVIDERS[name](case, weight, x, grad_out, device)
             output = steps.output()
             if reference is None:
                 reference = (name, output)
@@ -143,7 +164,7 @@ def per_operation(run, key, dtype, device, settings) -> list[dict]:
         module = BACKENDS[backend]
         calls = {"forward": lambda: module.forward(x, w, g),
                  "input_grad": lambda: module.input_grad(gy, w, g, torch.contiguous_format),
-                 "weight_grad": lambda: module.weight_grad(x, gy, g, True)}
+                 "weight_grad": lambda: module.weight_grad(x, gy, g, U.is_kernel_major(w))}
         for op, call in calls.items():
             try:
                 t = measure(call, device.clock(), settings["budget"], settings["min_reps"], settings["max_reps"],
@@ -159,63 +180,76 @@ def per_operation(run, key, dtype, device, settings) -> list[dict]:
     return rows
 
 
-def report(run, rows, roofline, device, args, tests_summary, date, operations=()) -> None:
-    """results.md and results.json from the rows measured so far."""
-    from harness.cases import CASES, DTYPES, dtype_name
-    from harness.report import Row, results_table, targets_table
+def compile_worker(share: str, keys: list[str], dtypes) -> None:
+    """Compile (``kernel.warmup``, nothing runs) every Triton candidate that the correctness pass and
+    the cases will use, this worker's share (``"K/N"``) of them, in the order the main process
+    reaches them: Triton's on-disk cache is then warm when it gets there."""
+    import torch
 
-    by_name = {dtype_name(d): d for d in DTYPES.values()}
-    measured = [Row(r["case"], CASES[r["case"]], by_name[r["dtype"]], r["mode"], r["provider"], r["timing"],
-                    r["peak_bytes"]) for r in rows if "timing" in r]
-    baseline = args.providers[0]
-    for r in rows:
-        if "timing" in r and roofline is not None:
-            floor = roofline.floor(CASES[r["case"]], r["mode"], by_name[r["dtype"]])
-            r["floor_s"], r["time_over_floor"] = floor, r["median_s"] / floor
-    lines = [f"# unshared GPU check{' (--smoke, CPU: timings meaningless)' if args.smoke else ''}", "",
-             f"- date: {date}", *device.describe(None),
-             f"- tests ({TEST_SELECTION}): {tests_summary}"]
-    if roofline is not None:
-        lines += ["- measured matmul rate: " + ", ".join(f"{dtype_name(d)} {g / 1e3:.1f} TFLOP/s"
-                                                          for d, g in roofline.gflops.items())
-                  + f" (float32 with TF32 {'allowed' if args.tf32 else 'not allowed'}); copy bandwidth "
-                    f"{roofline.gbps:.0f} GB/s (read + write)"]
-    lines += ["- times: CUDA events (host clock for JAX) after warm-up, the L2 cache overwritten before each; "
-              "floor = max(flops / matmul rate, bytes a step must move / bandwidth); speed-up = provider median / "
-              f"{args.providers[0]} median (> 1: {args.providers[0]} is faster)", ""]
-    if measured and roofline is not None:
-        lines.append(results_table(measured, roofline, baseline, True, 3))
-        lines.append(targets_table(measured, roofline))
-    if operations:
-        lines += ["Per operation (each pass alone; GB/s counts its three operands once):", "",
-                  "| case | dtype | backend | operation | median ms | TFLOP/s | GB/s |", "|---|---|---|---|---:|---:|---:|"]
-        lines += [f"| {o['case']} | {o['dtype']} | {o['backend']} | {o['op']} | "
-                  + (f"{o['median_s'] * 1e3:.3f} | {o['tflops']:.1f} | {o['gbps']:.0f} |" if "median_s" in o
-                     else f"{o['error']} | | |") for o in operations]
-        lines.append("")
-    errors = [r for r in rows if "error" in r]
-    if errors:
-        lines += ["Did not run:", ""] + [f"- {r['case']} {r['dtype']} {r['mode']} {r['provider']}: {r['error']}"
-                                         for r in errors] + [""]
-    (run.out / "results.md").write_text("\n".join(lines))
-    clean = [{k: v for k, v in r.items() if k != "timing"} for r in rows]
-    (run.out / "results.json").write_text(json.dumps(dict(date=date, smoke=args.smoke, tests=tests_summary,
-                                                          rows=clean, operations=list(operations)), indent=1))
+    import gpu_passes
+    import unshared.functional as UF
+    from unshared.backends.triton import tuning
+
+    tuning.compile_only(True)
+    index, count = map(int, share.split("/"))
+    jobs = [("check", job) for job in gpu_passes.plan(dtypes)] + [("case", (k, d)) for k in keys for d in dtypes]
+    for number, (kind, job) in enumerate(jobs):
+        if number % count != index:
+            continue
+        try:
+            if kind == "check":
+                gpu_passes.check(*job)
+            else:
+                from harness.cases import CASES
+                from harness.providers import case_tensors
+                case = CASES[job[0]]
+                layer, x, grad_out = case_tensors(case, types.SimpleNamespace(torch_device=torch.device("cuda")), job[1])
+                y = UF.locally_connected(x, layer.weight, None, case.stride, case.padding, backend="triton")
+                torch.autograd.grad(y, (x, layer.weight), grad_out)
+        except Exception as error:  # the main process meets it again, and reports it
+            print(f"compile worker {share}: {kind} {job}: {type(error).__name__}: {error}", file=sys.stderr)
+
+
+def start_compile_workers(run: Run, keys: list[str]) -> list:
+    """Worker processes that compile ahead (a few cores each; the GPU machine has 16)."""
+    count = max(1, min(8, (os.cpu_count() or 2) - 4))
+    workers = []
+    for index in range(count):
+        log = (run.out / f"compile-{index}.txt").open("w")
+        workers.append(subprocess.Popen([sys.executable, __file__, "--compile-worker", f"{index}/{count}",
+                                         "--cases", ",".join(keys), "--out", str(run.out)],
+                                        stdout=log, stderr=subprocess.STDOUT, cwd=REPO))
+    run.log(f"compiling ahead in {count} worker processes")
+    return workers
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python benchmarks/gpu_check.py", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", type=Path, required=True, help="folder for the results")
+    parser.add_argument("--out", type=Path, help="folder for the results")
     parser.add_argument("--smoke", action="store_true", help="CPU, Triton's interpreter, tiny shapes")
     parser.add_argument("--budget", type=float, default=None,
-                        help="seconds for the whole run (default: 450 on a GPU, 100 with --smoke)")
-    parser.add_argument("--cases", help=f"comma-separated (default: {','.join(GPU_CASES)}; smoke: tiny)")
+                        help="seconds for the whole run (default: 290 on a GPU, 240 with --smoke)")
+    parser.add_argument("--cases", help="comma-separated (default: DeepFace L4/L5/L6 and the workloads at 32 and 256)")
     parser.add_argument("--no-tf32", dest="tf32", action="store_false", help="float32 without TF32")
-    parser.add_argument("--skip-tests", action="store_true", help="only the benchmark")
+    parser.add_argument("--skip-tests", action="store_true", help="no CUDA tests")
+    parser.add_argument("--readme-table", type=Path, metavar="RESULTS_JSON", help="print the README's GPU table")
+    parser.add_argument("--compile-worker", metavar="K/N", help=argparse.SUPPRESS)
+    parser.add_argument("--no-compile-workers", dest="workers", action="store_false", help="compile in this process only")
     args = parser.parse_args(argv)
+    if args.compile_worker:
+        import torch
+        torch.backends.cuda.matmul.allow_tf32 = args.tf32
+        compile_worker(args.compile_worker, args.cases.split(","), [torch.float32, torch.bfloat16])
+        return 0
+    if args.readme_table:
+        import gpu_report
+        print(gpu_report.readme_table(args.readme_table))
+        return 0
+    if args.out is None:
+        parser.error("--out is required")
     if args.smoke:
         os.environ.setdefault("TRITON_INTERPRET", "1")  # before the Triton backend is first used
-    budget = args.budget or (100.0 if args.smoke else 450.0)
+    budget = args.budget or (240.0 if args.smoke else 290.0)
     run = Run(args.out, budget)
     print(HOW_TO_READ, file=sys.stderr)
 
@@ -223,6 +257,8 @@ def main(argv=None) -> int:
 
     import torch
 
+    import gpu_passes
+    import gpu_report
     from harness.devices import CpuDevice, CudaDevice, measure_roofline
     from harness.providers import jax_device
     from unshared.backends import choices as auto_choices
@@ -235,52 +271,60 @@ def main(argv=None) -> int:
     device = CpuDevice() if args.smoke else CudaDevice()
     if not args.smoke:
         torch.backends.cuda.matmul.allow_tf32 = args.tf32
-    keys = args.cases.split(",") if args.cases else list(SMOKE_CASES if args.smoke else GPU_CASES)
+    keys = args.cases.split(",") if args.cases else list(SMOKE_CASES if args.smoke else gpu_cases())
     dtypes = [torch.float32, torch.bfloat16]
-    args.providers = ["unshared-triton", "unshared-torch", "unfold+bmm"] + (["jax"] if jax_device(device.kind) else [])
-    run.log(f"{date}; cases {keys}; providers {args.providers}; budget {budget:.0f} s")
-    for line in device.describe(None):
-        run.log(line)
+    providers = [p for p in PROVIDERS if p != "jax" or jax_device(device.kind)]
+    state: dict = dict(selection=SMOKE_TESTS if args.smoke else TESTS)
+    run.log(f"{date}; cases {keys}; providers {providers}; budget {budget:.0f} s; {gpu_report.versions(device)}")
 
-    tests_summary = "skipped (--skip-tests)" if args.skip_tests else run_tests(run, min(150.0, run.left() * 0.35))
+    workers = start_compile_workers(run, keys) if args.workers and not args.smoke else []
+    # 1. correctness first (about a fifth of the budget); failed families are not timed
+    state["checks"] = gpu_passes.run_checks(run.log, budget * (0.45 if args.smoke else 0.2), dtypes,
+                                                 device.torch_device.type)
+    failed = set().union(*gpu_passes.failed_families(state["checks"]).values())
+    if failed:
+        gpu_passes.exclude(failed)
+        state["excluded"] = ", ".join(sorted(failed)) + " (failed the correctness pass)"
+    gpu_report.report(run, [], None, device, args, state, date)
 
-    roofline, rows, operations = None, [], []
+    roofline, rows = None, []
     try:
         run.log("roofline: matmul rates and copy bandwidth ...")
         roofline = measure_roofline(device, dtypes, 3 if args.smoke else 10)
-        run.log("roofline: " + ", ".join(f"{d} {g:.0f} GFLOP/s" for d, g in roofline.gflops.items())
-                + f", {roofline.gbps:.0f} GB/s")
     except Exception as error:
         run.log(f"roofline failed: {type(error).__name__}: {error}")
-    settings = (dict(budget=0.0, min_reps=2, max_reps=2, warmup=1) if args.smoke
-                else dict(budget=0.25, min_reps=5, max_reps=40, warmup=3))
-    spent = []
+    # 2. the cases, the target first, until what is left is the host-time and the tests' share
+    reserve = 0.0 if args.skip_tests else (20.0 if args.smoke else min(75.0, budget * 0.25))
+    spent, state["skipped"] = [], []
     for key in keys:
         for dtype in dtypes:
-            estimate = max(spent) if spent else 0.0
-            if run.left() < estimate + 15:
-                run.log(f"skipped {key} {dtype} and the rest: {run.left():.0f} s left")
-                break
+            if run.left() - reserve < (max(spent) if spent else 0.0) + 5:
+                state["skipped"].append(f"{key} {dtype}")
+                continue
             started = time.monotonic()
-            rows += bench_one(run, key, dtype, device, args.providers, settings)
-            if key == keys[0]:
-                operations += per_operation(run, key, dtype, device, settings)
+            target = key == keys[0]
+            settings = (dict(budget=0.0, min_reps=2, max_reps=2, warmup=1) if args.smoke else
+                        dict(budget=0.25 if target else 0.1, min_reps=5, max_reps=40 if target else 20, warmup=3))
+            rows += bench_one(run, key, dtype, device, providers, settings)
+            if target:
+                state.setdefault("operations", []).extend(per_operation(run, key, dtype, device, settings))
             spent.append(time.monotonic() - started)
-            report(run, rows, roofline, device, args, tests_summary, date, operations)  # what is measured so far
-        else:
-            continue
-        break
-
-    try:  # backend="auto": one training step through the measured choice
-        import unshared
-        layer = unshared.LocallyConnected2d(16, 16, 5, input_size=25 if not args.smoke else 6,
-                                            device=device.torch_device)
-        x = torch.randn(8, 16, *(2 * (25 if not args.smoke else 6,)), device=device.torch_device)
-        layer(x).square().sum().backward()
+            gpu_report.report(run, rows, roofline, device, args, state, date)
+        if key == keys[0] and not args.smoke:
+            state["tuning"] = gpu_passes.tuning_table(key)
+    if state["skipped"]:
+        run.log(f"skipped (time budget): {', '.join(state['skipped'])}")
+    # 3. host time of a tiny layer, 4. the CUDA tests with what is left
+    try:
+        state["host"], state["host_rows"] = gpu_passes.host_time(run.log, device, 2.0 if args.smoke else 8.0)
     except Exception as error:
-        run.log(f"auto step failed: {type(error).__name__}: {error}")
-    (run.out / "choices.json").write_text(json.dumps(dict(autotuner=chosen_configs(), auto=auto_choices()), indent=1))
-    report(run, rows, roofline, device, args, tests_summary, date, operations)
+        run.log(f"host time failed: {type(error).__name__}: {error}")
+    for worker in workers:  # whatever they still compile is not needed any more
+        worker.kill()
+    if not args.skip_tests:
+        state["tests"] = run_tests(run, max(60.0 if args.smoke else 20.0, run.left() - 5), state["selection"])
+    (run.out / "choices.json").write_text(json.dumps(dict(triton=chosen_configs(), auto=auto_choices()), indent=1))
+    gpu_report.report(run, rows, roofline, device, args, state, date)
     run.log(f"done in {time.monotonic() - run.start:.0f} s; results in {run.out}")
     print((run.out / "results.md").read_text())
     print(HOW_TO_READ)

@@ -18,7 +18,7 @@
 #endif
 
 /* Bumped whenever lc_call or an entry point changes: the Python side checks it. */
-#define LC_ABI_VERSION 1
+#define LC_ABI_VERSION 2
 
 LC_EXPORT int unshared_abi_version(void) { return LC_ABI_VERSION; }
 
@@ -114,12 +114,58 @@ static int lc_run(const lc_job *job, lc_range_fn fn, int64_t total, size_t scrat
 
 /* ------------------------------------------------------------------------- the calls */
 
+/* *acc += a * b, or 0 on int64 overflow (a, b >= 0). */
+static int lc_madd(int64_t *acc, int64_t a, int64_t b)
+{
+    int64_t product;
+    return !__builtin_mul_overflow(a, b, &product) && !__builtin_add_overflow(*acc, product, acc);
+}
+
+/* Whether every element of an (n, C, d, h, w) tensor of these sizes and (non-negative) strides
+ * lies within `extent` elements of its pointer: the largest offset is sum((size - 1) * stride). */
+static int lc_inside(const int64_t size[5], const int64_t stride[5], int64_t extent)
+{
+    int64_t last = 0;
+    for (int d = 0; d < 5; d++)
+        if (stride[d] < 0 || !lc_madd(&last, size[d] - 1, stride[d])) return 0;
+    return last < extent;
+}
+
+/* Everything a kernel will read or compute, checked before any runs: sizes, the extents of x, y
+ * and w, the bank indices, and that no coordinate (o * s - pad + k * dil, i + pad - k * dil, both
+ * bounded by in + pad + (k - 1) * dil + (out - 1) * s) nor buffer size overflows. */
 static int lc_check(const lc_call *c)
 {
     if (c->n <= 0 || c->groups <= 0 || c->cg <= 0 || c->og <= 0 || c->banks <= 0) return LC_BAD_ARGUMENT;
-    for (int d = 0; d < 3; d++)
+    int64_t K = 1, P = 1, C, O, R, W, bound;
+    for (int d = 0; d < 3; d++) {
         if (c->in[d] <= 0 || c->out[d] <= 0 || c->k[d] <= 0 || c->s[d] <= 0 || c->dil[d] <= 0 || c->pad[d] < 0)
             return LC_BAD_ARGUMENT;
+        bound = c->in[d];
+        if (!lc_madd(&bound, c->pad[d], 1) || !lc_madd(&bound, c->k[d] - 1, c->dil[d]) ||
+            !lc_madd(&bound, c->out[d] - 1, c->s[d]) || __builtin_mul_overflow(K, c->k[d], &K) ||
+            __builtin_mul_overflow(P, c->out[d], &P))
+            return LC_TOO_LARGE;
+    }
+    /* the internal buffers: a channels-last copy of x (n * in * C) and gyt (P * O * npad), 8-byte elements */
+    int64_t copy, gyt;
+    if (__builtin_mul_overflow(c->n, 8, &copy) || __builtin_add_overflow(c->n, 64, &gyt) ||
+        __builtin_mul_overflow(gyt, 8, &gyt) || __builtin_mul_overflow(c->groups, c->cg, &C) || __builtin_mul_overflow(c->groups, c->og, &O) ||
+        __builtin_mul_overflow(K, c->cg, &R) || __builtin_mul_overflow(c->banks, O, &W) ||
+        __builtin_mul_overflow(W, R, &W) || __builtin_mul_overflow(copy, C, &copy) ||
+        __builtin_mul_overflow(gyt, P, &gyt) || __builtin_mul_overflow(gyt, O, &gyt))
+        return LC_TOO_LARGE;
+    for (int d = 0; d < 3; d++)
+        if (__builtin_mul_overflow(copy, c->in[d], &copy)) return LC_TOO_LARGE;
+    const int64_t xsize[5] = {c->n, C, c->in[0], c->in[1], c->in[2]};
+    const int64_t ysize[5] = {c->n, O, c->out[0], c->out[1], c->out[2]};
+    if (!c->x || !lc_inside(xsize, c->xs, c->x_extent)) return LC_BAD_X;
+    if (!c->y || !lc_inside(ysize, c->ys, c->y_extent)) return LC_BAD_Y;
+    if (!c->w || W > c->w_extent) return LC_BAD_W;
+    if (!c->bank) return c->banks == P ? LC_OK : LC_BAD_BANK;  /* one bank per position */
+    if (c->bank_len != P) return LC_BAD_BANK;
+    for (int64_t p = 0; p < P; p++)
+        if (c->bank[p] < 0 || c->bank[p] >= c->banks) return LC_BAD_BANK;
     return LC_OK;
 }
 
@@ -198,18 +244,13 @@ static int lc_weight_grad(lc_job *j, const lc_kernels *k, int threads)
     int status = LC_NO_MEMORY;
     if (start && order && fill) {
         status = LC_OK;
-        for (int64_t p = 0; p < j->P; p++) {
-            if (c->bank[p] < 0 || c->bank[p] >= c->banks) status = LC_BAD_ARGUMENT;
-            else start[c->bank[p] + 1]++;
-        }
+        for (int64_t p = 0; p < j->P; p++) start[c->bank[p] + 1]++;  /* indices checked by lc_check */
         for (int64_t b = 0; b < c->banks; b++) start[b + 1] += start[b];
         memcpy(fill, start, (size_t)c->banks * sizeof(int64_t));
-        if (status == LC_OK) {
-            for (int64_t p = 0; p < j->P; p++) order[fill[c->bank[p]]++] = p;
-            j->order = order;
-            j->start = start;
-            status = lc_run(j, k->weight_grad, c->banks, k->patch_scratch(j), threads);
-        }
+        for (int64_t p = 0; p < j->P; p++) order[fill[c->bank[p]]++] = p;
+        j->order = order;
+        j->start = start;
+        status = lc_run(j, k->weight_grad, c->banks, k->patch_scratch(j), threads);
     }
     free(start);
     free(order);
@@ -221,11 +262,12 @@ static int lc_weight_grad(lc_job *j, const lc_kernels *k, int threads)
 static int lc_patch_op(const lc_call *c, int dtype, int isa, int threads, int weight_grad)
 {
     const lc_kernels *k = kernels_for(isa, dtype);
-    if (!k || lc_check(c)) return LC_BAD_ARGUMENT;
+    int status = k ? lc_check(c) : LC_BAD_ARGUMENT;
+    if (status) return status;
     lc_job j;
     void *block;
     lc_job_init(&j, c);
-    int status = lc_channel_inner(&j, dtype, threads, &block);
+    status = lc_channel_inner(&j, dtype, threads, &block);
     if (status == LC_OK)
         status = weight_grad ? lc_weight_grad(&j, k, threads)
                              : lc_run(&j, k->forward, j.P, k->patch_scratch(&j), threads);
@@ -246,7 +288,8 @@ LC_EXPORT int unshared_weight_grad(const lc_call *c, int dtype, int isa, int thr
 LC_EXPORT int unshared_input_grad(const lc_call *c, int dtype, int isa, int threads)
 {
     const lc_kernels *k = kernels_for(isa, dtype);
-    if (!k || lc_check(c)) return LC_BAD_ARGUMENT;
+    int status = k ? lc_check(c) : LC_BAD_ARGUMENT;
+    if (status) return status;
     if (k->half && c->n <= k->half->lanes) k = k->half;
     lc_job j;
     lc_job_init(&j, c);
@@ -255,7 +298,7 @@ LC_EXPORT int unshared_input_grad(const lc_call *c, int dtype, int isa, int thre
     void *block;
     j.gyt = lc_alloc_lines((size_t)(j.P * j.O * j.npad) * item, &block);
     if (!j.gyt) return LC_NO_MEMORY;
-    int status = lc_run(&j, k->transpose_gy, j.P, 0, threads);
+    status = lc_run(&j, k->transpose_gy, j.P, 0, threads);
     if (status == LC_OK)
         status = lc_run(&j, k->input_grad, c->in[0] * c->in[1], 2 * (size_t)j.K * sizeof(lc_pair), threads);
     free(block);

@@ -1,8 +1,10 @@
 /* The compiled CPU kernels of unshared's "cpu" backend: the interface (called through ctypes).
  *
  * A call is described as 3-d: 1d and 2d layers have leading spatial sizes 1 (stride 0). Every
- * size and stride is an int64 count of elements; the Python side validates everything before
- * calling, so that no value here can address memory outside the tensors it names.
+ * size and stride is an int64 count of elements. The entry points trust no caller: before any
+ * kernel runs they check every size, that the largest offset each kernel computes in x, y and w
+ * stays inside the extent given for it, that every bank index is in range and that no coordinate
+ * or buffer size overflows (dispatch.c: lc_check), and refuse the call with a status otherwise.
  */
 #ifndef UNSHARED_CPU_H
 #define UNSHARED_CPU_H
@@ -13,7 +15,9 @@
 
 enum { LC_FLOAT32 = 0, LC_FLOAT64 = 1 };
 enum { LC_PORTABLE = 0, LC_AVX2 = 1, LC_AVX512 = 2, LC_ISAS = 3 };
-enum { LC_OK = 0, LC_NO_MEMORY = 1, LC_BAD_ARGUMENT = 2 };
+/* Statuses: a refused call (2 and up) computes nothing. */
+enum { LC_OK = 0, LC_NO_MEMORY = 1, LC_BAD_ARGUMENT = 2, LC_BAD_X = 3, LC_BAD_Y = 4, LC_BAD_W = 5,
+       LC_BAD_BANK = 6, LC_TOO_LARGE = 7 };
 
 /* One locally connected call (mirrored by a ctypes.Structure in unshared/backends/cpu.py). */
 typedef struct {
@@ -26,6 +30,8 @@ typedef struct {
     int64_t kernel_major;             /* R ordered (kernel, Cg) if 1, (Cg, kernel) if 0 */
     const int64_t *bank;              /* (positions,) bank of each output position; NULL: itself */
     int64_t banks;                    /* filter banks in w */
+    int64_t x_extent, y_extent;       /* elements of x's and y's memory from their pointers on */
+    int64_t w_extent, bank_len;       /* the same for w; entries of bank (0 without it) */
 } lc_call;
 
 /* ---- internal: shared by the ISA translation units and the dispatcher ---- */

@@ -102,6 +102,7 @@ def test_every_instruction_set_on_random_configurations(isa, cfg):
 @pytest.mark.skipif(shutil.which("cc") is None, reason="needs a C compiler")
 def test_portable_only_build_as_on_other_cpus(tmp_path, monkeypatch):
     # what other CPUs (aarch64) build: no x86 kernels; compiled here with LC_PORTABLE_ONLY
+    monkeypatch.delenv("UNSHARED_CPU_ISA", raising=False)  # the caller's choice is not this build's
     csrc = Path(__file__).resolve().parents[1] / "csrc"
     library = tmp_path / "portable_only.so"
     subprocess.run(["cc", "-O2", "-std=gnu11", "-fPIC", "-shared", "-DLC_PORTABLE_ONLY", "-o", str(library),
@@ -116,7 +117,8 @@ def test_portable_only_build_as_on_other_cpus(tmp_path, monkeypatch):
 
 
 @requires_kernels
-def test_instruction_set_is_chosen_and_forced():
+def test_instruction_set_is_chosen_and_forced(monkeypatch):
+    monkeypatch.delenv("UNSHARED_CPU_ISA", raising=False)  # the default, whatever the caller set
     assert "portable" in cpu.available_isas()
     assert cpu.current_isa() == cpu.available_isas()[-1]  # the best by default
     with cpu.use_isa("portable"):
@@ -128,6 +130,18 @@ def test_instruction_set_is_chosen_and_forced():
         with pytest.raises(ValueError, match=f"cannot use isa='{isa}' here: this CPU runs"):
             with cpu.use_isa(isa):
                 pass
+
+
+@requires_kernels
+def test_these_tests_pass_whatever_instruction_set_the_caller_sets():
+    # tests that check the default choice (or build their own library) must not inherit the caller's
+    # UNSHARED_CPU_ISA: the worst and the best instruction set, each set for the whole run
+    for isa in sorted({"portable", cpu.available_isas()[-1]}):
+        env = {**os.environ, "UNSHARED_CPU_ISA": isa}
+        run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__, "-k",
+                              "chosen_and_forced or portable_only_build"], env=env, capture_output=True, text=True,
+                             timeout=600, cwd=Path(__file__).parent)
+        assert run.returncode == 0 and "2 passed" in run.stdout, (isa, run.stdout[-3000:])
 
 
 @requires_kernels

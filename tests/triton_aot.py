@@ -1,104 +1,162 @@
 """Compile the Triton kernels ahead of time for a GPU target, without a GPU (a helper of
-``tests/test_triton_compile.py``, run in a subprocess so that ``TRITON_INTERPRET`` is unset when
-the kernels are defined). Prints one JSON line per variant::
+``tests/test_triton_compile.py`` and ``tests/test_triton_sass.py``, run in a subprocess so that
+``TRITON_INTERPRET`` is unset when the kernels are defined). Each variant is compiled with the
+arguments the launcher passes for a real layer (``SHAPES``: the layouts it chooses, on meta
+tensors) and Triton's specialization of them (integers divisible by 16, aligned pointers), so
+the code is the code a GPU would run. Prints one JSON line per variant::
 
     python tests/triton_aot.py [--full]
 """
 import itertools
 import json
+import math
 import os
 import re
 import subprocess
 import sys
 import tempfile
+from collections import Counter
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # a checkout without install
 
+import torch  # noqa: E402
 import triton  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
-from unshared.backends.triton import configs, kernels  # noqa: E402
+from unshared._utils import Geometry, empty_weight, weight_memory  # noqa: E402
+from unshared.backends.triton import configs, launch  # noqa: E402
 
-KERNELS = {"forward": "forward_kernel", "input_grad": "input_grad_kernel", "weight_grad": "weight_grad_kernel"}
-DTYPES = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16", "float64": "fp64"}
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "float64": torch.float64}
+POINTER = {torch.float32: "*fp32", torch.float16: "*fp16", torch.bfloat16: "*bf16", torch.float64: "*fp64",
+           torch.int64: "*i64"}
 CUOBJDUMP = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
 
 
-def compile_kernel(name, config, dtype, kernel_major, banks, arch, index64=False):
-    """``triton.compile`` one kernel variant for ``sm_{arch}``; returns the compiled kernel."""
-    import triton.language as tl
+def _deepface_l4(banks: bool) -> Geometry:
+    shared = dict(weight_grid=(11, 11), banks=(tuple(i // 5 for i in range(55)),) * 2) if banks else {}
+    return Geometry((63, 63), (55, 55), (9, 9), (1, 1), ((0, 0),) * 2, (1, 1), 1, 16, 16, **shared)
 
-    fn = getattr(kernels, KERNELS[name])
-    fn = getattr(fn, "fn", fn)  # the JIT function under the autotuner
-    element = DTYPES[dtype]
-    signature = {}
-    for index, arg in enumerate(fn.arg_names):
+
+#: The layers compiled for, with their batch: DeepFace L4 at batch 256 (the tensor-core target),
+#: a channel-poor genomics layer (4 -> 8 channels, kernel 10, length 20,000), and int64 offsets
+#: (a 3d layer whose input passes 2^31 elements).
+SHAPES = {
+    "deepface-l4": (lambda banks: _deepface_l4(banks), 256),
+    "genomics-wide": (lambda banks: Geometry((20000,), (19991,), (10,), (1,), ((0, 0),), (1,), 1, 4, 8), 256),
+    "huge": (lambda banks: Geometry((128, 128, 128), (126, 126, 126), (3, 3, 3), (1, 1, 1), ((0, 0),) * 3,
+                                    (1, 1, 1), 1, 16, 16), 80),
+}
+
+
+def tensors(op, g: Geometry, n: int, dtype, kernel_major: bool, small: bool) -> dict:
+    """The ``*_ptr`` tensors (meta) that the launcher passes for this call, in its layouts."""
+    layout = launch.layouts(op, small, dtype, kernel_major)
+    shape_w = (*g.weight_leading, g.out_channels, g.in_channels // g.groups, *g.kernel_size)
+    matrix, _ = weight_memory(empty_weight(shape_w, g.ndim, kernel_major=kernel_major, dtype=dtype, device="meta"))
+    x = torch.empty((n, g.in_channels, *g.input_size), dtype=dtype, device="meta")
+    y = torch.empty((n, g.out_channels, *g.output_size), dtype=dtype, device="meta")
+    if op == "forward":
+        return dict(x_ptr=launch.arrange(x, layout["x"]), w_ptr=matrix,
+                    y_ptr=launch.empty_output(y.shape, y, layout["y"], torch.contiguous_format))
+    if op == "input_grad":
+        return dict(gy_ptr=launch.arrange(y, layout["gy"]), w_ptr=matrix,
+                    gx_ptr=launch.empty_output(x.shape, x, layout["gx"], torch.contiguous_format))
+    target = matrix if g.banks is None else torch.empty(matrix.shape, device="meta",
+                                                        dtype=torch.float64 if dtype == torch.float64 else torch.float32)
+    return dict(x_ptr=launch.arrange(x, layout["x"]), gy_ptr=launch.arrange(y, layout["gy"]), gw_ptr=target)
+
+
+def compile_variant(op, candidate, shape, dtype_name, kernel_major, banks, arch):
+    """``triton.compile`` one kernel variant for ``sm_{arch}`` with the launcher's arguments."""
+    make, n = SHAPES[shape]
+    g, dtype = make(banks), DTYPES[dtype_name]
+    torch.backends.cuda.matmul.allow_tf32 = True  # float32 as the benchmarks run it: TF32 products
+    named = launch.arguments(op, g, n, dtype, kernel_major, "meta",
+                             tensors(op, g, n, dtype, kernel_major, candidate.small), candidate)
+    fn = launch._kernel_of(candidate)
+    signature, constexprs, attrs = {}, {}, {}
+    for index, name in enumerate(fn.arg_names):
+        value = named[name]
         if fn.params[index].is_constexpr:
-            signature[arg] = "constexpr"
-        elif arg == "bank_ptr":
-            signature[arg] = "*i64"
-        elif arg == "gw_ptr" and banks:  # the banks' accumulator
-            signature[arg] = "*fp64" if dtype == "float64" else "*fp32"
-        elif arg.endswith("_ptr"):
-            signature[arg] = f"*{element}"
+            signature[name], constexprs[name] = "constexpr", value
+        elif isinstance(value, torch.Tensor):
+            signature[name], attrs[(index,)] = POINTER[value.dtype], [["tt.divisibility", 16]]  # allocations: aligned
         else:
-            signature[arg] = "i32"
-    blocks = dict(zip(("BLOCK_N", "BLOCK_O", "BLOCK_R", "BLOCK_C"), config[:4]))
-    constexprs = dict(HAS_BANKS=banks, KERNEL_MAJOR=kernel_major, UPCAST=False, INDEX64=index64,
-                      PRECISION="tf32" if dtype == "float32" else "ieee",
-                      ACC=tl.float64 if dtype == "float64" else tl.float32, **blocks)
-    source = ASTSource(fn=fn, signature=signature, constexprs=constexprs)
+            signature[name] = "i32" if -2**31 <= value < 2**31 else "i64"
+            if value % 16 == 0:
+                attrs[(index,)] = [["tt.divisibility", 16]]
+    source = ASTSource(fn=fn, signature=signature, constexprs=constexprs, attrs=attrs)
     return triton.compile(source, target=GPUTarget("cuda", arch, 32),
-                          options=dict(num_warps=config[4], num_stages=config[5]))
+                          options=dict(num_warps=candidate.num_warps, num_stages=candidate.num_stages))
 
 
-def resource_usage(compiled) -> dict[str, int]:
-    """``REG``, ``STACK``, ``SHARED``, ``LOCAL`` of the kernel, read off its cubin by cuobjdump."""
+def _cuobjdump(compiled, *flags) -> str:
     with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
         f.write(compiled.asm["cubin"])
         f.flush()
-        out = subprocess.run([CUOBJDUMP, "-res-usage", f.name], capture_output=True, text=True, check=True).stdout
-    return {key: int(value) for key, value in re.findall(r"(REG|STACK|SHARED|LOCAL):(\d+)", out)}
+        return subprocess.run([CUOBJDUMP, *flags, f.name], capture_output=True, text=True, check=True).stdout
 
 
-def matrix_m(name, config) -> int:
-    """The M dimension of the kernel's ``tl.dot`` (the batch tile, or the reduction tile of the
-    transposed weight gradient)."""
-    return config[2] if name == "weight_grad" else config[0]
+def features(compiled) -> dict:
+    """Resources (``REG``, ``STACK``, ``SHARED``, ``LOCAL``) and the instructions that the design
+    promises, counted in the PTX and the SASS."""
+    usage = {k: int(v) for k, v in re.findall(r"(REG|STACK|SHARED|LOCAL):(\d+)", _cuobjdump(compiled, "-res-usage"))}
+    ptx, sass = compiled.asm["ptx"], _cuobjdump(compiled, "-sass")
+    widths = Counter()  # bytes per global load instruction (cp.async: its size operand)
+    for op, size in re.findall(r"\b(ld\.global[\w.]*|cp\.async\.c[ag]\.shared\.global)\s[^;]*?(?:,\s*(0x\w+))?\s*(?:,\s*%\w+)?;", ptx):
+        if size:
+            widths[("ca" if ".ca." in op else "cg", int(size, 16))] += 1
+        else:
+            vector = int(re.search(r"\.v(\d)", op).group(1)) if ".v" in op else 1
+            widths[("ld", vector * int(re.search(r"\.[bfus](\d+)$", op).group(1)) // 8)] += 1
+    return dict(usage, shared_bytes=compiled.metadata.shared,
+                wgmma=ptx.count("wgmma.mma_async"), mma_sync=ptx.count("mma.sync"),
+                loads={f"{kind}{size}": count for (kind, size), count in sorted(widths.items())},
+                loads16=sum(count for (_, size), count in widths.items() if size == 16),
+                ca16=widths[("ca", 16)],
+                cvt_rn_bf16=len(re.findall(r"cvt\.rn\.bf16", ptx)), cvt_rz_bf16=len(re.findall(r"cvt\.rz\.bf16", ptx)),
+                sass_hgmma=sass.count("HGMMA"), sass_hmma=sass.count("HMMA"),
+                sass_ldg128=len(re.findall(r"LDG(?:STS)?\.E[\w.]*\.128", sass)),
+                sass_local=len(re.findall(r"\b(?:LDL|STL)\b", sass)))
 
 
 def variants(full: bool):
-    """(kernel, config index, dtype, kernel_major, banks, arch, index64) to compile: in full, every
-    configuration x dtype x weight layout x banks x architecture with int32 offsets, plus int64
-    offsets and float64 once per kernel; quickly, a spread of these."""
-    for name in KERNELS:
-        tiles = configs.CONFIGS[name]
-        smallest = min(range(len(tiles)), key=lambda i: tiles[i][0] * tiles[i][2])
-        largest = max(range(len(tiles)), key=lambda i: tiles[i][0] * tiles[i][2])
+    """(op, candidate, shape, dtype, kernel_major, banks, arch) to compile: in full, every candidate
+    x dtype x weight layout x banks x architecture; quickly, a spread that still covers every kernel
+    family, both layouts, both architectures, banks, int64 offsets and float64."""
+    for op in launch.OPS:
+        tensor_cores = configs.TENSOR_CORE[op]
+        small = configs.small_candidates(op, 8, 40)
         if full:
-            for index in range(len(tiles)):
-                for dtype, kernel_major, banks, arch in itertools.product(
-                        ("float32", "float16", "bfloat16"), (True, False), (False, True), (80, 90)):
-                    yield name, index, dtype, kernel_major, banks, arch, False
+            for c, dtype, km, banks, arch in itertools.product(tensor_cores, ("float32", "float16", "bfloat16"),
+                                                               (True, False), (False, True), (80, 90)):
+                yield op, c, "deepface-l4", dtype, km, banks, arch
+            for c, dtype, km, arch in itertools.product(small, ("float32", "bfloat16"), (True, False), (80, 90)):
+                yield op, c, "genomics-wide", dtype, km, False, arch
         else:
-            yield name, 0, "bfloat16", True, False, 90, False
-            yield name, largest, "float32", True, True, 90, False     # the biggest tile, TF32, banks
-            yield name, largest, "bfloat16", False, False, 80, False  # channel-major on Ampere
-        yield name, largest, "bfloat16", True, False, 90, True        # int64 offsets
-        yield name, smallest, "float64", True, False, 90, False
+            single = next(c for c in tensor_cores if c.block["BLOCK_P"] == 1 and c.num_warps == 4)
+            tiled = max(tensor_cores, key=lambda c: (c.block["BLOCK_P"], c.num_warps))
+            yield op, single, "deepface-l4", "float32", True, False, 90   # TF32 wgmma, kernel-major
+            yield op, single, "deepface-l4", "bfloat16", False, False, 90  # bf16 wgmma, channel-major
+            yield op, tiled, "deepface-l4", "bfloat16", True, True, 90     # batched mma.sync, banks
+            yield op, tiled, "deepface-l4", "float32", False, False, 80    # Ampere, channel-major
+            yield op, tiled, "deepface-l4", "float32", True, False, 90     # batched TF32
+            yield op, small[0], "genomics-wide", "float32", False, False, 90
+            yield op, small[0], "genomics-wide", "bfloat16", True, False, 80
+        yield op, tensor_cores[0], "huge", "bfloat16", True, False, 90  # int64 offsets
+        smallest = min(tensor_cores, key=lambda c: (math.prod(c.block.values()), -c.block["BLOCK_P"]))
+        yield op, smallest, "deepface-l4", "float64", True, False, 90
 
 
 def main(full: bool) -> None:
-    for name, index, dtype, kernel_major, banks, arch, index64 in variants(full):
-        config = configs.CONFIGS[name][index]
-        record = dict(kernel=name, config=list(config), dtype=dtype, kernel_major=kernel_major, banks=banks,
-                      arch=arch, index64=index64, m=matrix_m(name, config))
+    for op, candidate, shape, dtype, kernel_major, banks, arch in variants(full):
+        record = dict(op=op, candidate=str(candidate), kernel=candidate.kernel, blocks=candidate.block,
+                      warps=candidate.num_warps, small=candidate.small, shape=shape, dtype=dtype,
+                      kernel_major=kernel_major, banks=banks, arch=arch)
         try:
-            compiled = compile_kernel(name, config, dtype, kernel_major, banks, arch, index64)
-            record.update(resource_usage(compiled), shared_bytes=compiled.metadata.shared,
-                          wgmma="wgmma" in compiled.asm["ptx"])
+            record.update(features(compile_variant(op, candidate, shape, dtype, kernel_major, banks, arch)))
         except Exception as error:  # reported, and failed by the test
             record["error"] = f"{type(error).__name__}: {error}"[:2000]
         print(json.dumps(record), flush=True)

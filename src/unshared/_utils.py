@@ -82,11 +82,33 @@ def normalize_padding(padding, kernel_size, stride, dilation) -> tuple[tuple[int
     return tuple((p, p) for p in pads)
 
 
+#: The largest padded input size (``input_size + padding`` on both sides), kernel size, stride and
+#: dilation per dimension. Every coordinate a kernel computes (``o * stride - padding + k *
+#: dilation``, ``i + padding - k * dilation``, the padded sizes themselves) then lies below 2^33, far
+#: from int64 overflow, on every backend: a larger value is refused, never computed wrong.
+MAX_EXTENT = 2**31 - 1
+
+
+def check_extents(input_size, kernel_size, stride, padding, dilation) -> None:
+    """``ValueError`` naming the value when a size, the padding, the stride or the dilation
+    passes :data:`MAX_EXTENT` (``padding``: ``((lo, hi), ...)``)."""
+    for name, values in (("kernel_size", kernel_size), ("stride", stride), ("dilation", dilation)):
+        if any(v > MAX_EXTENT for v in values):
+            raise ValueError(f"{name}={tuple(values)} is too large: at most {MAX_EXTENT} per dimension")
+    padded = tuple(i + lo + hi for i, (lo, hi) in zip(input_size, padding))
+    if any(p > MAX_EXTENT for p in padded):
+        shown = tuple(lo if lo == hi else (lo, hi) for lo, hi in padding)
+        raise ValueError(f"padding={shown} with input_size={tuple(input_size)} is too large: the padded input "
+                         f"size {padded} must be at most {MAX_EXTENT} per dimension")
+
+
 def output_size(input_size, kernel_size, stride, padding, dilation) -> tuple[int, ...]:
     """``floor((i + lo + hi - d * (k - 1) - 1) / s) + 1`` per dimension.
 
-    Raises ``ValueError`` when the (dilated) kernel is larger than the padded input.
+    Raises ``ValueError`` when the (dilated) kernel is larger than the padded input, or when a
+    value passes :data:`MAX_EXTENT`.
     """
+    check_extents(input_size, kernel_size, stride, padding, dilation)
     out = []
     for i, k, s, (lo, hi), d in zip(input_size, kernel_size, stride, padding, dilation):
         span = d * (k - 1) + 1
@@ -101,9 +123,14 @@ def output_size(input_size, kernel_size, stride, padding, dilation) -> tuple[int
 
 
 def transposed_output_size(input_size, kernel_size, stride, padding, output_padding, dilation) -> tuple[int, ...]:
-    """``(i - 1) * s - 2 * p + d * (k - 1) + output_padding + 1`` per dimension (``nn.ConvTranspose``)."""
-    return tuple((i - 1) * s - 2 * p + d * (k - 1) + op + 1
-                 for i, k, s, p, op, d in zip(input_size, kernel_size, stride, padding, output_padding, dilation))
+    """``(i - 1) * s - 2 * p + d * (k - 1) + output_padding + 1`` per dimension (``nn.ConvTranspose``).
+
+    Raises ``ValueError`` when a value passes :data:`MAX_EXTENT` (the output is the input of the
+    locally connected layer this one is the adjoint of)."""
+    out = tuple((i - 1) * s - 2 * p + d * (k - 1) + op + 1
+                for i, k, s, p, op, d in zip(input_size, kernel_size, stride, padding, output_padding, dilation))
+    check_extents(out, kernel_size, stride, tuple((p, p) for p in padding), dilation)
+    return out
 
 
 def check_padding_mode(padding_mode: str) -> str:

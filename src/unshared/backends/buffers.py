@@ -5,7 +5,8 @@ arithmetic that fills it (measured: 120 ms to first-touch 251 MiB on a 2-core ma
 huge pages). PyTorch's CPU allocator uses huge pages only when ``THP_MEM_ALLOC_ENABLE=1`` is set
 before its first allocation, so the backends map their large buffers here, anonymously, with
 ``MADV_HUGEPAGE``; the tensor owns the mapping, which is unmapped when the tensor dies. Other
-devices, small buffers and platforms without ``MADV_HUGEPAGE`` get plain ``torch.empty``.
+devices, small buffers, platforms without ``MADV_HUGEPAGE`` and kernels that refuse the mapping or
+the advice (no transparent huge pages: ``madvise`` fails with ``EINVAL``) get plain ``torch.empty``.
 """
 from __future__ import annotations
 
@@ -26,8 +27,16 @@ def empty_buffer(shape, *, dtype=None, device=None, zero: bool = False) -> torch
     device = torch.device(device) if device is not None else torch.device("cpu")
     numel = math.prod(shape)
     nbytes = numel * torch.empty((), dtype=dtype).element_size()
+    plain = (torch.zeros if zero else torch.empty)
     if device.type != "cpu" or nbytes < current_settings().huge_page_bytes or not hasattr(mmap, "MADV_HUGEPAGE"):
-        return (torch.zeros if zero else torch.empty)(shape, dtype=dtype, device=device)
-    mapping = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
-    mapping.madvise(mmap.MADV_HUGEPAGE)
+        return plain(shape, dtype=dtype, device=device)
+    try:
+        mapping = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    except OSError:
+        return plain(shape, dtype=dtype, device=device)
+    try:
+        mapping.madvise(mmap.MADV_HUGEPAGE)
+    except OSError:
+        mapping.close()
+        return plain(shape, dtype=dtype, device=device)
     return torch.frombuffer(mapping, dtype=dtype, count=numel).view(shape)

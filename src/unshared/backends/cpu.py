@@ -11,7 +11,11 @@ no patch buffer) and keep register tiles sized for the thin matrices of locally 
   patch holds it (no scatter, no atomics), vectors along the batch.
 
 The instruction set is chosen at run time (AVX-512, AVX2+FMA, or portable vector code); force one
-with :func:`use_isa` or ``UNSHARED_CPU_ISA=avx512|avx2|portable``. Threads: ``torch.get_num_threads()``
+with :func:`use_isa` or ``UNSHARED_CPU_ISA=avx512|avx2|portable``. ``UNSHARED_CPU_LIBRARY=<path>``
+(read at import) loads the kernels from another build, e.g. one with sanitizers (tests/test_sanitizer.py).
+The C entry points trust no caller: each call passes every tensor's extent (the elements its
+memory holds from the data pointer on), and C checks every offset it will compute against it, and
+every bank index, before any kernel runs; a refused call raises ``ValueError``. Threads: ``torch.get_num_threads()``
 per call (POSIX threads started and joined by the call; no OpenMP). float32 and float64;
 float16/bfloat16 are left to the PyTorch backend (``can_run`` says so). Inputs whose channel
 stride is not 1 are copied channels-last by the kernels first (small next to the weight).
@@ -37,9 +41,14 @@ __all__ = ["can_run", "forward", "input_grad", "weight_grad", "use_isa", "availa
 
 #: The instruction sets of the kernels, in the library's numbering.
 ISAS = ("portable", "avx2", "avx512")
-ABI_VERSION = 1  # must match LC_ABI_VERSION in csrc/dispatch.c
+ABI_VERSION = 2  # must match LC_ABI_VERSION in csrc/dispatch.c
 _DTYPES = {torch.float32: 0, torch.float64: 1}
-_STATUS = {1: MemoryError, 2: RuntimeError}
+#: The refusals of the C entry points (csrc/unshared_cpu.h), by status.
+_REFUSED = {2: "a size, the dtype or the instruction set is invalid",
+            3: "the input (or its gradient) reaches past the memory it was given",
+            4: "the output (or its gradient) reaches past the memory it was given",
+            5: "the weight (or its gradient) reaches past the memory it was given",
+            6: "a filter-bank index is out of range", 7: "a size or a coordinate overflows int64"}
 #: Calls with fewer multiply-adds than this (~20 us of work) run on the calling thread alone:
 #: starting and joining a thread costs tens of microseconds.
 SERIAL_BELOW = 1 << 20
@@ -54,11 +63,14 @@ class _Call(ctypes.Structure):
                 ("inp", _i64 * 3), ("out", _i64 * 3), ("k", _i64 * 3), ("s", _i64 * 3), ("pad", _i64 * 3),
                 ("dil", _i64 * 3), ("x", ctypes.c_void_p), ("xs", _i64 * 5), ("y", ctypes.c_void_p),
                 ("ys", _i64 * 5), ("w", ctypes.c_void_p), ("kernel_major", _i64), ("bank", ctypes.c_void_p),
-                ("banks", _i64)]
+                ("banks", _i64), ("x_extent", _i64), ("y_extent", _i64), ("w_extent", _i64), ("bank_len", _i64)]
 
 
 def library_path() -> Path | None:
-    """The compiled kernels installed next to the package (``unshared/_cpu_kernels*.so``), or None."""
+    """The compiled kernels: ``UNSHARED_CPU_LIBRARY`` when set, else those installed next to the
+    package (``unshared/_cpu_kernels*.so``), or None."""
+    if os.environ.get("UNSHARED_CPU_LIBRARY"):
+        return Path(os.environ["UNSHARED_CPU_LIBRARY"])
     here = Path(__file__).resolve().parent.parent
     for suffix in importlib.machinery.EXTENSION_SUFFIXES:
         if (here / f"_cpu_kernels{suffix}").is_file():
@@ -159,6 +171,11 @@ def _bank_array(banks: tuple[tuple[int, ...], ...], weight_grid: tuple[int, ...]
     return (_i64 * len(flat))(*flat)
 
 
+def _extent(t: torch.Tensor) -> int:
+    """Elements of ``t``'s memory from its data pointer on (what C may address)."""
+    return t.untyped_storage().nbytes() // t.element_size() - t.storage_offset()
+
+
 def _launch(op: str, g: Geometry, n: int, x: torch.Tensor, y: torch.Tensor, w: torch.Tensor,
             kernel_major: bool) -> None:
     """Run ``unshared_<op>`` on ``x`` (input or its gradient), ``y`` (output or its gradient) and
@@ -173,15 +190,18 @@ def _launch(op: str, g: Geometry, n: int, x: torch.Tensor, y: torch.Tensor, w: t
                  (_i64 * 3)(*_spatial3(g.kernel_size, 1)), (_i64 * 3)(*_spatial3(g.stride, 1)),
                  (_i64 * 3)(*_spatial3(pad, 0)), (_i64 * 3)(*_spatial3(g.dilation, 1)),
                  x.data_ptr(), (_i64 * 5)(*_strides(x)), y.data_ptr(), (_i64 * 5)(*_strides(y)),
-                 w.data_ptr(), int(kernel_major), None if banks is None else ctypes.addressof(banks), g.bank_count)
+                 w.data_ptr(), int(kernel_major), None if banks is None else ctypes.addressof(banks), g.bank_count,
+                 _extent(x), _extent(y), _extent(w), 0 if banks is None else len(banks))
     work = n * g.positions * g.out_channels * g.in_channels // g.groups * g.kernel_volume
     threads = 1 if work < SERIAL_BELOW else torch.get_num_threads()
     status = getattr(lib, f"unshared_{op}")(ctypes.byref(call), _DTYPES[x.dtype], ISAS.index(current_isa()),
                                              threads)
+    if status == 1:
+        raise MemoryError(f"the compiled CPU kernels ran out of memory in {op} for {g}, batch {n}, {x.dtype}")
     if status:
-        raise _STATUS.get(status, RuntimeError)(
-            f"the compiled CPU kernels failed in {op} (status {status}: "
-            f"{'out of memory' if status == 1 else 'arguments refused'}) for {g}, batch {n}, {x.dtype}")
+        raise (ValueError if status in _REFUSED else RuntimeError)(
+            f"the compiled CPU kernels refused {op} (status {status}: {_REFUSED.get(status, 'unknown')}) for {g}, "
+            f"batch {n}, {x.dtype}")
 
 
 def _check_dtypes(op: str, *tensors: torch.Tensor) -> torch.dtype:

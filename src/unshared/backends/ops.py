@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from .._utils import Geometry, empty_weight, is_kernel_major, memory_format_of
-from . import func, selection
+from . import checks, func, selection
 from .registry import BACKENDS
 
 __all__ = ["locally_connected", "locally_connected_transpose"]
@@ -56,7 +56,12 @@ def _run(name: str, stage: str, sample: Tensor, weight: Tensor, g: Geometry, ope
     when that one fails (a kernel that does not compile or launch) the PyTorch backend, with one
     warning and the choice remembered."""
     if name != "auto":
-        return getattr(BACKENDS[name], operation)(*args)
+        module = BACKENDS.get(name)
+        if module is None or getattr(module, "STANDARD_OPERATORS", False):
+            raise ValueError(f"unshared.{operation}: backend must be 'auto' or one of "
+                             f"{tuple(n for n, m in BACKENDS.items() if not getattr(m, 'STANDARD_OPERATORS', False))}"
+                             f", got backend={name!r}")
+        return getattr(module, operation)(*args)
     chosen = selection.resolve(sample, weight, g, stage)
     try:
         return getattr(BACKENDS[chosen], operation)(*args)
@@ -71,50 +76,77 @@ def _run(name: str, stage: str, sample: Tensor, weight: Tensor, g: Geometry, ope
 
 @torch.library.custom_op("unshared::forward", mutates_args=())
 def _forward(x: Tensor, weight: Tensor, geometry: list[int], backend: str) -> Tensor:
-    g = Geometry.decode(geometry)
+    e = checks.entry(geometry)
+    checks.check_forward(e, x, weight)
+    g = e.geometry
+    if e.empty:  # every patch is padding
+        return _empty_forward(x, g).zero_()
     return _run(backend, "forward", x, weight, g, "forward", x, weight, g)
 
 
 @torch.library.custom_op("unshared::input_grad", mutates_args=())
 def _input_grad(grad_output: Tensor, weight: Tensor, geometry: list[int], backend: str,
                 channels_last: bool) -> Tensor:
-    g = Geometry.decode(geometry)
+    e = checks.entry(geometry)
+    checks.check_input_grad(e, grad_output, weight)
+    g = e.geometry
     fmt = _input_grad_format(channels_last, grad_output.dim())
+    if e.empty:
+        return _empty_input_grad(grad_output, g, channels_last)
     return _run(backend, "backward", grad_output, weight, g, "input_grad", grad_output, weight, g, fmt)
 
 
 @torch.library.custom_op("unshared::weight_grad", mutates_args=())
 def _weight_grad(x: Tensor, grad_output: Tensor, geometry: list[int], backend: str,
                  kernel_major: bool) -> Tensor:
-    g = Geometry.decode(geometry)
-    layout = empty_weight((*g.weight_leading, g.out_channels, g.in_channels // g.groups, *g.kernel_size), g.ndim,
-                          kernel_major=kernel_major, device="meta")  # the weight's layout, for the choice
+    e = checks.entry(geometry)
+    checks.check_weight_grad(e, x, grad_output)
+    g = e.geometry
+    if e.empty:
+        return _empty_weight_grad(x, g, kernel_major).zero_()
+    layout = empty_weight(e.weight_shape, g.ndim, kernel_major=kernel_major, device="meta")  # for the choice
     return _run(backend, "backward", grad_output, layout, g, "weight_grad", x, grad_output, g, kernel_major)
 
 
 # ----------------------------------------------------------------------------- shapes (fake/meta)
 # The layouts here are the ones every backend returns: outputs and input gradients in the input's
 # memory format, weight gradients kernel-major or channel-major as asked (the weight's layout).
+# The fake implementations check their arguments as the real ones do.
 
-@_forward.register_fake
-def _(x, weight, geometry, backend):
-    g = Geometry.decode(geometry)
+def _empty_forward(x, g):
     return torch.empty((x.shape[0], g.out_channels, *g.output_size), dtype=x.dtype, device=x.device,
                        memory_format=memory_format_of(x))
 
 
-@_input_grad.register_fake
-def _(grad_output, weight, geometry, backend, channels_last):
-    g = Geometry.decode(geometry)
+def _empty_input_grad(grad_output, g, channels_last):
     return torch.empty((grad_output.shape[0], g.in_channels, *g.input_size), dtype=grad_output.dtype,
                        device=grad_output.device, memory_format=_input_grad_format(channels_last, grad_output.dim()))
 
 
-@_weight_grad.register_fake
-def _(x, grad_output, geometry, backend, kernel_major):
-    g = Geometry.decode(geometry)
+def _empty_weight_grad(x, g, kernel_major):
     shape = (*g.weight_leading, g.out_channels, g.in_channels // g.groups, *g.kernel_size)
     return empty_weight(shape, g.ndim, kernel_major=kernel_major, dtype=x.dtype, device=x.device)
+
+
+@_forward.register_fake
+def _(x, weight, geometry, backend):
+    e = checks.entry(geometry)
+    checks.check_forward(e, x, weight)
+    return _empty_forward(x, e.geometry)
+
+
+@_input_grad.register_fake
+def _(grad_output, weight, geometry, backend, channels_last):
+    e = checks.entry(geometry)
+    checks.check_input_grad(e, grad_output, weight)
+    return _empty_input_grad(grad_output, e.geometry, channels_last)
+
+
+@_weight_grad.register_fake
+def _(x, grad_output, geometry, backend, kernel_major):
+    e = checks.entry(geometry)
+    checks.check_weight_grad(e, x, grad_output)
+    return _empty_weight_grad(x, e.geometry, kernel_major)
 
 
 # ----------------------------------------------------------------------------- derivatives

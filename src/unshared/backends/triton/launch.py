@@ -1,39 +1,54 @@
-"""Fused Triton GPU kernels for the locally connected layer (host side: checks, allocation, launch).
+"""Fused Triton GPU kernels for the locally connected layer (host side: checks, layouts, arguments).
 
-The kernels (:mod:`unshared.backends.triton.kernels`) gather patches on the fly, so neither a
-patch tensor nor a padded copy of the input is ever made; zero padding happens in the kernels.
-float32 uses TF32 when PyTorch allows it for matmuls; float16/bfloat16 are multiplied on tensor
-cores and summed in float32; float64 stays float64.
+The kernels (:mod:`.kernels`, tensor cores; :mod:`.small`, channel-poor layers) gather patches on
+the fly, so neither a patch tensor nor a padded copy of the input is ever made; zero padding
+happens in the kernels. float32 uses TF32 when PyTorch allows it for matmuls; float16/bfloat16
+are multiplied on tensor cores and summed in float32; float64 stays float64. Which kernel and
+tile runs is measured once per key on a GPU and then launched directly (:mod:`.tuning`).
 
-Triton is imported only when a kernel is launched. On a machine without a GPU the kernels run on
-CPU tensors under ``TRITON_INTERPRET=1`` (slow; for tests on small shapes).
+The kernels take any strides; the launcher copies a large operand into the layout its loads
+want (:func:`layouts`) and leaves small ones as they are, where a copy would cost more than it
+saves; the stride of 1 it leaves is passed as a constant, so that Triton can vectorise along it. Triton is imported only when a kernel is launched. On a machine without a GPU the
+kernels run on CPU tensors under ``TRITON_INTERPRET=1`` (slow; for tests on small shapes).
 """
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import math
 
 import torch
 
 from ..._utils import Geometry, empty_weight, flat_bank_index, memory_format_of, weight_memory
-from . import configs
+from . import configs, tuning
 
 __all__ = ["can_run", "forward", "input_grad", "weight_grad", "chosen_configs", "TRITON_INSTALLED"]
 
 #: Whether Triton is installed (checked without importing it).
 TRITON_INSTALLED = importlib.util.find_spec("triton") is not None
 DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
-_KERNEL_OF = {"forward": "forward_kernel", "input_grad": "input_grad_kernel", "weight_grad": "weight_grad_kernel"}
+OPS = ("forward", "input_grad", "weight_grad")
+#: Below this many elements an operand is used in the layout it comes in (a copy costs a launch).
+COPY_ELEMENTS = 1 << 16
 
 
-def _programs(g: Geometry, n: int, kernel: str, blocks: dict[str, int]) -> int:
-    """Programs of one launch with the given block sizes."""
-    cg, og = g.in_channels // g.groups, g.out_channels // g.groups
-    if kernel == "forward":
-        return -(-n // blocks["BLOCK_N"]) * -(-og // blocks["BLOCK_O"]) * g.groups * g.positions
-    if kernel == "input_grad":
-        return -(-n // blocks["BLOCK_N"]) * -(-cg // blocks["BLOCK_C"]) * g.groups * math.prod(g.input_size)
-    return -(-g.kernel_volume * cg // blocks["BLOCK_R"]) * -(-og // blocks["BLOCK_O"]) * g.groups * g.positions
+def _cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def _programs(op: str, g: Geometry, n: int, c: configs.Candidate) -> int:
+    """Programs of one launch of candidate ``c``."""
+    b, cg, og = c.block, g.in_channels // g.groups, g.out_channels // g.groups
+    if op == "forward":
+        return _cdiv(n, b["BLOCK_N"]) * _cdiv(og, b["BLOCK_O"]) * g.groups * _cdiv(g.positions, b["BLOCK_P"])
+    if op == "input_grad":
+        return _cdiv(n, b["BLOCK_N"]) * _cdiv(cg, b["BLOCK_C"]) * g.groups * _cdiv(math.prod(g.input_size), b["BLOCK_P"])
+    return _cdiv(g.kernel_volume * cg, b["BLOCK_R"]) * _cdiv(og, b["BLOCK_O"]) * g.groups * _cdiv(g.positions, b["BLOCK_P"])
+
+
+def _options(op: str, g: Geometry) -> tuple[configs.Candidate, ...]:
+    narrow = (g.in_channels if op == "input_grad" else g.out_channels) // g.groups
+    return configs.candidates(op, narrow, g.kernel_volume * g.in_channels // g.groups)
 
 
 def can_run(x: torch.Tensor, w: torch.Tensor, g: Geometry) -> str | None:
@@ -48,28 +63,24 @@ def can_run(x: torch.Tensor, w: torch.Tensor, g: Geometry) -> str | None:
     if x.dtype == torch.bfloat16 and x.device.type == "cuda" and torch.cuda.get_device_capability(x.device) < (8, 0):
         return (f"bfloat16 needs a GPU of compute capability 8.0 or newer, {x.device} has "
                 f"{torch.cuda.get_device_capability(x.device)}")
-    for kernel in _KERNEL_OF:
-        blocks = configs.INTERPRETER_BLOCKS if configs.interpreting() else configs.smallest_blocks(kernel)
-        programs = _programs(g, x.shape[0], kernel, blocks)
+    for op in OPS:
+        options = (configs.INTERPRETER[op],) if configs.interpreting() else _options(op, g)
+        programs = max(_programs(op, g, x.shape[0], c) for c in options)
         if configs.grid(programs)[1] > configs.MAX_GRID_Y:
-            return (f"the {kernel.replace('_', ' ')} would need {programs:,} programs, more than a CUDA grid "
+            return (f"the {op.replace('_', ' ')} would need {programs:,} programs, more than a CUDA grid "
                     f"holds ({configs.MAX_GRID_X:,} x {configs.MAX_GRID_Y:,})")
     return None
 
 
-def _kernels():
-    from . import kernels
-    return kernels
+def _kernel_of(c: configs.Candidate):
+    from . import kernels, small
+    return getattr(small if c.small else kernels, c.kernel)
 
 
 def chosen_configs() -> dict[str, dict[str, str]]:
-    """The configuration the autotuner chose per kernel and key (empty before the first launch
-    and under the interpreter), for reports."""
-    if not TRITON_INSTALLED or configs.interpreting():
-        return {}
-    k = _kernels()
-    return {name: {str(key): str(config) for key, config in getattr(k, attr).cache.items()}
-            for name, attr in _KERNEL_OF.items()}
+    """The configuration chosen per key, and the time of every candidate measured (empty before
+    the first launch and under the interpreter), for reports."""
+    return {"chosen": tuning.chosen(), "timings": tuning.timings()}
 
 
 def _spatial3(values, fill: int) -> list[int]:
@@ -83,16 +94,29 @@ def _strides(t: torch.Tensor, name: str) -> dict[str, int]:
     return dict(zip((name + a for a in "ncdhw"), [t.stride(0), t.stride(1), *_spatial3(t.stride()[2:], 0)]))
 
 
-def _geometry_args(g: Geometry, n: int, positions: int, *unused: str) -> dict[str, int]:
+def _unit_dim(t: torch.Tensor) -> int:
+    """The dimension (of ``n, c, d, h, w``) whose stride is 1 and which is the longest such, or -1:
+    the kernels then multiply by a constant 1 there, which lets Triton vectorise along it."""
+    sizes = [t.shape[0], t.shape[1], *_spatial3(t.shape[2:], 1)]
+    strides = [t.stride(0), t.stride(1), *_spatial3(t.stride()[2:], 0)]
+    units = [d for d in range(5) if strides[d] == 1]
+    return max(units, key=lambda d: (sizes[d], d)) if units else -1
+
+
+def _geometry_args(g: Geometry, n: int, positions: int, op: str) -> dict[str, int]:
     (ID, IH, IW), (OD, OH, OW) = _spatial3(g.input_size, 1), _spatial3(g.output_size, 1)
     (KD, KH, KW), (SD, SH, SW) = _spatial3(g.kernel_size, 1), _spatial3(g.stride, 1)
     (PD, PH, PW), (DD, DH, DW) = _spatial3([lo for lo, _ in g.padding], 0), _spatial3(g.dilation, 1)
     cg = g.in_channels // g.groups
-    args = dict(N=n, Cg=cg, Og=g.out_channels // g.groups, G=g.groups, R=g.kernel_volume * cg,
-                P=positions, N_BUCKET=configs.bucket(n), P_BUCKET=configs.bucket(positions),
-                ID=ID, IH=IH, IW=IW, OD=OD, OH=OH, OW=OW, KD=KD, KH=KH, KW=KW,
+    args = dict(N=n, Cg=cg, Og=g.out_channels // g.groups, G=g.groups, R=g.kernel_volume * cg, P=positions,
+                ID=ID, IH=IH, IW=IW, OH=OH, OW=OW, KH=KH, KW=KW,
                 SD=SD, SH=SH, SW=SW, PD=PD, PH=PH, PW=PW, DD=DD, DH=DH, DW=DW)
-    return {k: v for k, v in args.items() if k not in unused}
+    if op == "input_grad":  # the kernel offsets that reach an input position: every STEP-th, J in all
+        steps = [s // math.gcd(s, d) for s, d in zip((SD, SH, SW), (DD, DH, DW))]
+        counts = [_cdiv(k, step) for k, step in zip((KD, KH, KW), steps)]
+        args.update(OD=OD, KD=KD, STEP_D=steps[0], STEP_H=steps[1], STEP_W=steps[2], JH=counts[1], JW=counts[2],
+                    J=math.prod(counts))
+    return args
 
 
 def _tf32_allowed() -> bool:
@@ -105,55 +129,105 @@ def _tf32_allowed() -> bool:
     return bool(matmul.allow_tf32)
 
 
-def _dtype_args(dtype: torch.dtype) -> dict:
+def _dtype_args(dtype: torch.dtype, small: bool) -> dict:
     import triton.language as tl
 
     interpreting = configs.interpreting()
-    precision = "tf32" if dtype == torch.float32 and not interpreting and _tf32_allowed() else "ieee"
-    return dict(UPCAST=dtype == torch.bfloat16 and interpreting, PRECISION=precision,
-                ACC=tl.float64 if dtype == torch.float64 else tl.float32)
+    args = dict(UPCAST=dtype == torch.bfloat16 and interpreting, ACC=tl.float64 if dtype == torch.float64 else tl.float32)
+    if not small:
+        args["PRECISION"] = "tf32" if dtype == torch.float32 and not interpreting and _tf32_allowed() else "ieee"
+    return args
 
 
-def _launch(kernel_name: str, g: Geometry, n: int, *args, **kwargs):
-    """Launch ``kernel_name`` on the device of the first tensor argument (Triton launches on the
-    current device), on a 2-d grid; block sizes come from the autotuner on a GPU and are fixed
-    under the interpreter."""
-    kernel = getattr(_kernels(), _KERNEL_OF[kernel_name])
-    if configs.interpreting():
-        kernel[configs.grid(_programs(g, n, kernel_name, configs.INTERPRETER_BLOCKS))](
-            *args, **kwargs, **configs.INTERPRETER_BLOCKS)
-        return
-    with torch.cuda.device(args[0].device):
-        kernel[lambda meta: configs.grid(_programs(g, n, kernel_name, meta))](*args, **kwargs)
+def layouts(op: str, small: bool, dtype: torch.dtype, kernel_major: bool) -> dict[str, str]:
+    """The layout the kernels of one family read or write each tensor of ``op`` in:
+    ``"channels"`` (channel stride 1: the tensor-core tiles are ``(batch, channel)`` blocks at a
+    position, and a kernel-major patch runs over channels), ``"batch"`` (batch stride 1: TF32
+    products need both operands of the weight gradient contiguous along its reduction, the
+    batch) or ``"contiguous"`` (a channel-major patch runs along the last spatial dimension, and
+    the channel-poor kernels' slabs along the positions)."""
+    if small:
+        return dict.fromkeys(("x", "y", "gy", "gx"), "contiguous")
+    if op == "forward":
+        return dict(x="channels" if kernel_major else "batch", y="channels")
+    if op == "input_grad":
+        return dict(gy="channels", gx="channels")
+    return dict(x="batch", gy="batch")
 
 
-def _patch_source(x: torch.Tensor, kernel_major: bool) -> torch.Tensor:
-    """``x`` laid out so that consecutive reduction indices of a patch are consecutive addresses
-    (coalesced loads, for dilation 1): channel stride 1 for a kernel-major weight (whose patches
-    run over channels), plain contiguous for a channel-major one (runs along the last spatial
-    dimension). At most one copy of the input, small next to the weight."""
-    if kernel_major:
-        return x if x.stride(1) == 1 else x.movedim(1, -1).contiguous().movedim(-1, 1)
-    return x.contiguous()
+def arrange(t: torch.Tensor, layout: str) -> torch.Tensor:
+    """``t`` ``(N, C, *spatial)`` in ``layout`` (a copy unless it is; none when ``t`` is small, where
+    a copy costs more than it saves: the kernels take any strides)."""
+    if t.numel() < COPY_ELEMENTS:
+        return t
+    if layout == "contiguous":
+        return t.contiguous()
+    dim = 1 if layout == "channels" else 0
+    return t if t.stride(dim) == 1 else t.movedim(dim, -1).contiguous().movedim(-1, dim)
 
 
-def _channels_inner(t: torch.Tensor) -> torch.Tensor:
-    """``t`` ``(N, C, *spatial)`` with channel stride 1 (a copy unless it has it): a tile of a
-    ``(batch, channel)`` block at one position is then a run of contiguous channels per sample,
-    not one memory sector per element (the kernels read and write such tiles)."""
-    return t if t.stride(1) == 1 else t.movedim(1, -1).contiguous().movedim(-1, 1)
-
-
-def _batch_inner(t: torch.Tensor) -> torch.Tensor:
-    """``t`` ``(N, C, *spatial)`` with batch stride 1 (a copy): the weight gradient's reduction runs
-    over the batch, and TF32 tensor cores (wgmma) need both operands contiguous along it."""
-    return t if t.stride(0) == 1 else t.movedim(0, -1).contiguous().movedim(-1, 0)
-
-
-def _empty_channels_inner(shape, like: torch.Tensor) -> torch.Tensor:
-    """An uninitialised ``(N, C, *spatial)`` tensor whose channel stride is 1."""
+def empty_output(shape, like: torch.Tensor, layout: str, fmt: torch.memory_format) -> torch.Tensor:
+    """An uninitialised ``(N, C, *spatial)`` output in ``layout`` (``"channels"``: channel stride 1,
+    when large), else in the final format ``fmt``."""
     n, c, *spatial = shape
-    return torch.empty((n, *spatial, c), dtype=like.dtype, device=like.device).movedim(-1, 1)
+    if layout == "channels" and math.prod(shape) >= COPY_ELEMENTS:
+        return torch.empty((n, *spatial, c), dtype=like.dtype, device=like.device).movedim(-1, 1)
+    return torch.empty(shape, dtype=like.dtype, device=like.device, memory_format=fmt)
+
+
+_NO_BANKS: dict = {}
+
+
+def _bank_args(g: Geometry, device) -> dict:
+    """The bank index pointer (a one-element placeholder without banks) and the ``HAS_BANKS`` flag."""
+    banks = flat_bank_index(g, device)
+    if banks is None:
+        key = torch.device(device)
+        banks = _NO_BANKS.get(key)
+        if banks is None or torch.compiler.is_compiling():
+            banks = torch.zeros(1, dtype=torch.int64, device=device)
+            _NO_BANKS[key] = banks
+        return dict(bank_ptr=banks, HAS_BANKS=False)
+    return dict(bank_ptr=banks, HAS_BANKS=True)
+
+
+def _key(op: str, g: Geometry, n: int, dtype: torch.dtype, kernel_major: bool, device) -> tuple:
+    precision = "tf32" if dtype == torch.float32 and _tf32_allowed() else "ieee"
+    return (op, tuple(g.encode()), configs.bucket(n), dtype, kernel_major, precision, str(device))
+
+
+def arguments(op: str, g: Geometry, n: int, dtype, kernel_major: bool, device, tensors: dict,
+              c: configs.Candidate) -> dict:
+    """Every argument of candidate ``c``'s kernel by name, constexprs included: ``tensors`` are the
+    ``*_ptr`` tensors (the bank index is added here); their strides, the geometry and the flags."""
+    strides = {}
+    for name, prefix in (("x_ptr", "sx"), ("y_ptr", "sy"), ("gy_ptr", "sg"), ("gx_ptr", "sx")):
+        if name in tensors:
+            strides.update(_strides(tensors[name], prefix))
+            strides[prefix.upper() + "_UNIT"] = _unit_dim(tensors[name])
+    positions = math.prod(g.input_size) if op == "input_grad" else g.positions
+    return dict(_geometry_args(g, n, positions, op), **_bank_args(g, device), **tensors, **strides,
+                KERNEL_MAJOR=kernel_major, INDEX64=_index64(*tensors.values()), **_dtype_args(dtype, c.small),
+                **c.block)
+
+
+def _launch(op: str, g: Geometry, n: int, dtype, kernel_major: bool, device, prepare, reset=None):
+    """Launch ``op``; ``prepare(layouts)`` returns ``(the *_ptr tensors by name, the output)`` in
+    those layouts (called at most once per kernel family). Returns the output written."""
+    prepared: dict[bool, tuple[dict, torch.Tensor]] = {}
+    used: list[bool] = []
+
+    def args(c: configs.Candidate) -> dict:
+        if c.small not in prepared:
+            prepared[c.small] = prepare(layouts(op, c.small, dtype, kernel_major))
+        used[:] = [c.small]
+        return arguments(op, g, n, dtype, kernel_major, device, prepared[c.small][0], c)
+
+    options = (configs.INTERPRETER[op],) if configs.interpreting() else _options(op, g)
+    with torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext():
+        tuning.launch(op, _key(op, g, n, dtype, kernel_major, device), options, _kernel_of, args,
+                      lambda c: configs.grid(_programs(op, g, n, c)), reset)
+    return prepared[used[0]][1]
 
 
 def _index64(*tensors: torch.Tensor) -> bool:
@@ -162,26 +236,19 @@ def _index64(*tensors: torch.Tensor) -> bool:
                for t in tensors if t.numel())
 
 
-def _bank_args(g: Geometry, device) -> dict:
-    """The bank index pointer (any valid pointer without banks) and the ``HAS_BANKS`` flag."""
-    banks = flat_bank_index(g, device)
-    return dict(bank=banks if banks is not None else torch.empty(1, dtype=torch.int64, device=device),
-                HAS_BANKS=banks is not None)
-
-
 def forward(x: torch.Tensor, w: torch.Tensor, g: Geometry) -> torch.Tensor:
     """``(N, C, *input_size)`` -> ``(N, O, *output_size)`` in the input's memory format."""
-    n = x.shape[0]
-    fmt = memory_format_of(x)
+    n, fmt = x.shape[0], memory_format_of(x)
+    shape = (n, g.out_channels, *g.output_size)
     if n == 0:
-        return torch.empty((n, g.out_channels, *g.output_size), dtype=x.dtype, device=x.device, memory_format=fmt)
-    y = _empty_channels_inner((n, g.out_channels, *g.output_size), x)
+        return torch.empty(shape, dtype=x.dtype, device=x.device, memory_format=fmt)
     matrix, kernel_major = weight_memory(w)
-    x = _patch_source(x, kernel_major)
-    banks = _bank_args(g, x.device)
-    _launch("forward", g, n, x, matrix, banks.pop("bank"), y, **_geometry_args(g, n, g.positions, "OD", "KD"),
-            **_strides(x, "sx"), **_strides(y, "sy"), **banks, KERNEL_MAJOR=kernel_major, **_dtype_args(x.dtype),
-            INDEX64=_index64(x, y, matrix))
+
+    def prepare(layout):
+        y = empty_output(shape, x, layout["y"], fmt)
+        return dict(x_ptr=arrange(x, layout["x"]), w_ptr=matrix, y_ptr=y), y
+
+    y = _launch("forward", g, n, x.dtype, kernel_major, x.device, prepare)
     return y.contiguous(memory_format=fmt)
 
 
@@ -189,22 +256,22 @@ def input_grad(gy: torch.Tensor, w: torch.Tensor, g: Geometry,
                memory_format: torch.memory_format = torch.contiguous_format) -> torch.Tensor:
     """``(N, O, *output_size)`` -> ``(N, C, *input_size)`` in ``memory_format``."""
     n = gy.shape[0]
+    shape = (n, g.in_channels, *g.input_size)
     if n == 0:
-        return torch.empty((n, g.in_channels, *g.input_size), dtype=gy.dtype, device=gy.device,
-                           memory_format=memory_format)
-    gy = _channels_inner(gy)
-    gx = _empty_channels_inner((n, g.in_channels, *g.input_size), gy)
+        return torch.empty(shape, dtype=gy.dtype, device=gy.device, memory_format=memory_format)
     matrix, kernel_major = weight_memory(w)
-    banks = _bank_args(g, gy.device)
-    _launch("input_grad", g, n, gy, matrix, banks.pop("bank"), gx,
-            **_geometry_args(g, n, math.prod(g.input_size)), **_strides(gy, "sg"), **_strides(gx, "sx"),
-            **banks, KERNEL_MAJOR=kernel_major, **_dtype_args(gy.dtype), INDEX64=_index64(gy, gx, matrix))
+
+    def prepare(layout):
+        gx = empty_output(shape, gy, layout["gx"], memory_format)
+        return dict(gy_ptr=arrange(gy, layout["gy"]), w_ptr=matrix, gx_ptr=gx), gx
+
+    gx = _launch("input_grad", g, n, gy.dtype, kernel_major, gy.device, prepare)
     return gx.contiguous(memory_format=memory_format)
 
 
 def weight_grad(x: torch.Tensor, gy: torch.Tensor, g: Geometry, kernel_major: bool = True) -> torch.Tensor:
-    """Public-shaped weight gradient, kernel-major or channel-major; with banks the positions
-    of each bank are summed (atomically, in float32 or float64)."""
+    """Public-shaped weight gradient, kernel-major or channel-major; with banks the positions of
+    each bank are summed (atomically, in float32 or float64)."""
     n = x.shape[0]
     shape = (*g.weight_leading, g.out_channels, g.in_channels // g.groups, *g.kernel_size)
     gw = empty_weight(shape, g.ndim, kernel_major=kernel_major, dtype=x.dtype, device=x.device)
@@ -215,14 +282,12 @@ def weight_grad(x: torch.Tensor, gy: torch.Tensor, g: Geometry, kernel_major: bo
     if g.banks is not None:
         target = torch.zeros(gws.shape, dtype=torch.float64 if x.dtype == torch.float64 else torch.float32,
                              device=x.device)
-    if x.dtype == torch.float32 and not configs.interpreting():  # TF32 operands contiguous along the batch
-        x, gy = _batch_inner(x), _batch_inner(gy)
-    else:
-        x, gy = _patch_source(x, kernel_major), _channels_inner(gy)
-    banks = _bank_args(g, x.device)
-    _launch("weight_grad", g, n, x, gy, banks.pop("bank"), target, **_geometry_args(g, n, g.positions, "OD", "KD"),
-            **_strides(x, "sx"), **_strides(gy, "sg"), **banks, KERNEL_MAJOR=kernel_major,
-            **_dtype_args(x.dtype), INDEX64=_index64(x, gy, target))
+
+    def prepare(layout):
+        return dict(x_ptr=arrange(x, layout["x"]), gy_ptr=arrange(gy, layout["gy"]), gw_ptr=target), target
+
+    _launch("weight_grad", g, n, x.dtype, kernel_major, x.device, prepare,
+            reset=target.zero_ if g.banks is not None else None)
     if target is not gws:
         gws.copy_(target)
     return gw
