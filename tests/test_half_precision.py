@@ -29,11 +29,8 @@ except ImportError:
     HAVE_TRITON = False
 
 
-def case(backend, dtype, exact=False):
+def case(backend, dtype):
     marks = [pytest.mark.skipif(not HAVE_TRITON, reason="Triton is not installed")] if backend == "triton" else []
-    if exact and backend == "triton" and dtype == torch.bfloat16 and not torch.cuda.is_available():
-        marks.append(pytest.mark.xfail(strict=True, reason="Triton's interpreter converts the float32 sum to "
-                                                          "bfloat16 by truncation, not to the nearest"))
     return pytest.param(backend, dtype, marks=marks, id=f"{backend}-{str(dtype)[6:]}")
 
 
@@ -41,7 +38,6 @@ def case(backend, dtype, exact=False):
 #: compiled kernels take float32 and float64); "conv" computes shared filter banks.
 BACKENDS = ("torch", "cpu", "composite", "conv", "triton")
 CASES = [case(b, d) for b in BACKENDS for d in DTYPES]
-EXACT = [case(b, d, exact=True) for b in BACKENDS for d in DTYPES]
 
 
 def device(backend):
@@ -80,7 +76,7 @@ def test_the_exact_cases_tell_the_wrong_sums_apart(dtype):
     assert abs(expected(dtype) - exact) <= ulp / 2
 
 
-@pytest.mark.parametrize("backend,dtype", EXACT)
+@pytest.mark.parametrize("backend,dtype", CASES)
 def test_equal_products_sum_in_float32(backend, dtype):
     if backend == "cpu" and CPU_AUTO == "cpu":
         with pytest.raises(ValueError, match=rf"dtype {dtype} is not supported by the compiled kernels"):
@@ -106,7 +102,7 @@ def test_equal_products_sum_in_float32(backend, dtype):
     assert w.grad.item() == want
 
 
-@pytest.mark.parametrize("backend,dtype", [c for c in EXACT if c.values[0] != "conv"])
+@pytest.mark.parametrize("backend,dtype", [c for c in CASES if c.values[0] != "conv"])
 def test_transposed_forward_sums_in_float32(backend, dtype):
     kw = dict(dtype=dtype, backend=backend)
     y = UF.locally_connected_transpose1d(filled(1, 1, N, 1, **kw), filled(TERM[dtype], 1, N, 1, 1, **kw),
