@@ -2,6 +2,8 @@
 ``torch.jit.trace`` records them (for any batch size), ``torch.jit.script`` says what to use
 instead, and ``torch.compile`` compiles every layer kind without a warning."""
 import io
+import subprocess
+import sys
 import warnings
 from pathlib import Path
 
@@ -93,6 +95,29 @@ def test_flops_of_a_network_by_module():
     assert by_module["Sequential.0"][torch.ops.unshared.forward] == first
     assert by_module["Sequential.2"][torch.ops.unshared.forward] == second
     assert counter.get_total_flops() == first + second
+
+
+@pytest.mark.parametrize("counter_first", [False, True])
+def test_flops_counted_whichever_is_imported_first(counter_first):
+    # import unshared leaves torch.utils.flop_counter (which imports Triton) alone and registers
+    # the formulas when it is imported; imported before, it registers them at once
+    imports = ["import torch.utils.flop_counter", "import unshared"]
+    code = "; ".join([*(imports if counter_first else imports[::-1]),
+                      "import sys, torch",
+                      "print('torch.utils.flop_counter' in sys.modules)",
+                      "from torch.utils.flop_counter import FlopCounterMode",
+                      "layer = unshared.LocallyConnected2d(4, 4, 3, input_size=6)",
+                      "counter = FlopCounterMode(display=False)",
+                      "exec('with counter: layer(torch.randn(2, 4, 6, 6, requires_grad=True)).sum().backward()')",
+                      "print(counter.get_total_flops())"])
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["True", str(3 * 2 * 2 * 16 * 4 * 4 * 9)]
+
+
+def test_import_unshared_leaves_the_flop_counter_unloaded():
+    code = "import sys, unshared; print('torch.utils.flop_counter' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=True).stdout.split() == ["False"]
 
 
 # ----------------------------------------------------------------------------- torch.jit

@@ -23,10 +23,12 @@ from __future__ import annotations
 
 import torch
 
-from . import flops  # noqa: F401  (FLOP formulas of the operators, for FlopCounterMode)
+from . import flops
 from .registry import BACKENDS, check_backend_name
 from .selection import choices, clear_choices, measuring
 from .settings import Settings, current_settings, settings
+
+flops.register_when_imported()  # FLOP formulas of the operators, for FlopCounterMode
 
 __all__ = ["BACKENDS", "choose_backend", "check_backend_name", "settings", "Settings", "current_settings",
            "measuring", "clear_choices", "choices"]
