@@ -128,3 +128,11 @@ def test_the_coverage_table_names_tests_that_exist():
         if test not in names.get(current, ()):
             missing.append(f"{current}::{test}")
     assert cited > 50 and not missing, f"tests/COVERAGE.md names tests that do not exist: {missing}"
+
+
+def test_every_module_is_under_400_lines():
+    # the layering rule of DESIGN.md: one module, one job, under 400 lines (the C sources too)
+    root = Path(__file__).resolve().parents[1]
+    files = [*(root / "src" / "unshared").rglob("*.py"), *(root / "csrc").glob("*.[ch]")]
+    long = {str(p.relative_to(root)): n for p in files if (n := len(p.read_text().splitlines())) >= 400}
+    assert not long, f"modules of 400 lines or more: {long}"
