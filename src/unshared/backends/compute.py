@@ -28,7 +28,7 @@ def input_grad_format(channels_last: bool, dim: int) -> torch.memory_format:
     return torch.channels_last if dim == 4 else torch.channels_last_3d
 
 
-def _run(name: str, stage: str, sample: Tensor, weight: Tensor, g: Geometry, operation: str, *args):
+def _run(name: str, stage: str, sample: Tensor, weight: Tensor | None, g: Geometry, operation: str, *args):
     """``BACKENDS[name].operation(*args)``; with ``"auto"`` the measured (or preferred) backend, and
     when that one fails (a kernel that does not compile or launch) the PyTorch backend, with one
     warning and the choice remembered."""
@@ -76,7 +76,9 @@ def weight_grad(e: Entry, x: Tensor, grad_output: Tensor, backend: str, kernel_m
     g = e.geometry
     if e.empty:
         return empty_weight_grad(x, g, kernel_major).zero_()
-    layout = empty_weight(e.weight_shape, g.ndim, kernel_major=kernel_major, device="meta")  # for the choice
+    layout = None  # the weight's layout, for auto's choice
+    if backend == "auto":
+        layout = empty_weight(e.weight_shape, g.ndim, kernel_major=kernel_major, device="meta")
     return _run(backend, "backward", grad_output, layout, g, "weight_grad", x, grad_output, g, kernel_major)
 
 

@@ -7,8 +7,9 @@ Dynamo-disabling wrapper, schema defaults, the autograd wrapper), which a small 
 calls :class:`Forward` or :class:`InputGrad` here instead: plain CPU or CUDA tensors (no subclass,
 no functorch wrapper, not meta), no dispatch or ``__torch_function__`` mode (``FlopCounterMode``, fake
 tensors, proxies), not compiling, not tracing. Both paths run the same checks and the same
-backend code (:mod:`.compute`), so they agree bit for bit. A second derivative (``create_graph``)
-is computed by the registered operators, which are differentiable at every order.
+backend code (:mod:`.compute`), so they agree bit for bit. Derivatives taken with
+``create_graph`` (second derivatives) or under a dispatch mode run as the registered operators,
+which are differentiable at every order and seen by the mode.
 """
 from __future__ import annotations
 
@@ -37,20 +38,26 @@ def needs_grad(first: Tensor, second: Tensor) -> bool:
     return torch.is_grad_enabled() and (first.requires_grad or second.requires_grad)
 
 
+def _by_operator() -> bool:
+    """Whether a derivative must run as the registered operator: with ``create_graph`` (its own
+    derivatives are then recorded), or under a dispatch mode (``FlopCounterMode`` around the backward)."""
+    return torch.is_grad_enabled() or bool(torch._C._len_torch_dispatch_stack())
+
+
 def _input_grad(e: Entry, grad_output, weight, backend, channels_last):
-    if torch.is_grad_enabled():  # create_graph: the differentiable operator
+    if _by_operator():
         return torch.ops.unshared.input_grad(grad_output, weight, e.encoded, backend, channels_last)
     return compute.input_grad(e, grad_output, weight, backend, channels_last)
 
 
 def _weight_grad(e: Entry, x, grad_output, backend, kernel_major):
-    if torch.is_grad_enabled():
+    if _by_operator():
         return torch.ops.unshared.weight_grad(x, grad_output, e.encoded, backend, kernel_major)
     return compute.weight_grad(e, x, grad_output, backend, kernel_major)
 
 
 def _forward(e: Entry, x, weight, backend):
-    if torch.is_grad_enabled():
+    if _by_operator():
         return torch.ops.unshared.forward(x, weight, e.encoded, backend)
     return compute.forward(e, x, weight, backend)
 
