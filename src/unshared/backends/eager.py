@@ -27,10 +27,11 @@ _PLAIN = (Tensor, nn.Parameter)
 
 def applies(first: Tensor, second: Tensor) -> bool:
     """Whether the fast path may compute a call on these tensors now."""
+    if torch.compiler.is_compiling():  # first: Dynamo folds it, and traces none of the rest
+        return False
     return (type(first) in _PLAIN and type(second) in _PLAIN and (first.is_cpu or first.is_cuda)
             and not torch._C._len_torch_dispatch_stack() and not torch._C._is_torch_function_mode_enabled()
-            and not torch._C._are_functorch_transforms_active()
-            and not torch.compiler.is_compiling() and not torch.jit.is_tracing())
+            and not torch._C._are_functorch_transforms_active() and not torch.jit.is_tracing())
 
 
 def needs_grad(first: Tensor, second: Tensor) -> bool:
