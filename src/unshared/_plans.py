@@ -6,7 +6,8 @@ only on the call's arguments and its tensors' metadata, never on their data. The
 configuration does it all; later calls whose key (:func:`key`) is equal reuse its :class:`Plan`
 and only check what the key does not hold. A call that raises stores nothing, so bad input
 raises the same error every time. No key (no plan) for tensor subclasses, argument values whose
-equality is looser than their meaning (``1 == 1.0 == True``), while ``torch.compile`` or
+equality is looser than their meaning (``1 == 1.0 == True``: only ints, strings and tuples of 1 to
+3 ints make keys), while ``torch.compile`` or
 ``torch.jit.trace`` traces, nor for non-zero padding modes (their padding is a computation).
 """
 from __future__ import annotations
@@ -37,12 +38,13 @@ class Plan(NamedTuple):
 _PLANS: dict[tuple, Plan] = {}
 
 
+_INT_TUPLES = {(int,), (int, int), (int, int, int)}
+
+
 def _exact(value) -> bool:
-    """Whether ``value``'s equality is as strict as its meaning: ints, strings, None, tuples of ints."""
+    """Whether ``value``'s equality is as strict as its meaning: ints, strings, None, 1 to 3 ints."""
     kind = type(value)
-    if kind is int or kind is str or value is None:
-        return True
-    return kind is tuple and all(type(v) is int for v in value)
+    return kind is int or kind is str or value is None or (kind is tuple and tuple(map(type, value)) in _INT_TUPLES)
 
 
 def key(name: str, input, weight, bias, arguments: tuple) -> tuple | None:
