@@ -222,3 +222,21 @@ def test_gpu_check_smoke_runs_the_same_code_path_on_the_cpu(tmp_path):
             ("float32", "forward", "unfold+bmm")} <= measured
     assert "passed" in data["tests"] and "How to read" in out.stdout
     assert "| tiny | 2 | float32 | forward | unshared-triton |" in (tmp_path / "results.md").read_text()
+
+
+def test_overhead_benchmark_writes_its_table(tmp_path):
+    # benchmarks/overhead.py on few calls: every layer, mode and provider, the header's facts
+    output = tmp_path / "overhead.md"
+    out = subprocess.run([sys.executable, str(REPO / "benchmarks" / "overhead.py"), "--device", "cpu", "--calls", "2",
+                          "--samples", "3", "--warmup", "1", "--output", str(output)],
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    text = output.read_text()
+    assert text in out.stdout
+    for field in ("- date: ", "load average at start: ", f"torch {torch.__version__}", "torch.set_num_threads(1)"):
+        assert field in text
+    for nd in (1, 2, 3):
+        for mode in ("forward", "forward+backward"):
+            for provider in ("unshared", f"nn.Conv{nd}d", "unfold+einsum"):
+                assert re.search(rf"^\| {nd}d \| {re.escape(mode)} \| {re.escape(provider)} \| \d+\.\d \| "
+                                 rf"\d+\.\d-\d+\.\d \| \d+\.\d\d \|$", text, re.M), (nd, mode, provider)

@@ -10,6 +10,7 @@ import torch
 from torch import Tensor
 
 from . import _calls as C
+from . import _plans as P
 from . import _utils as U
 from .backends import BACKENDS, check_backend_name, choose_backend, ops
 
@@ -27,18 +28,31 @@ def _finish(y: Tensor, bias: Tensor | None, unbatched: bool) -> Tensor:
     return y.squeeze(0) if unbatched else y
 
 
+def _planned(plan: P.Plan, operation, input: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    """A call of a configuration seen before (its checks passed): ``operation`` on its plan."""
+    x = input.unsqueeze(0) if plan.unbatched else input
+    return _finish(operation(x, weight, plan.geometry, plan.backend, plan.entry), bias, plan.unbatched)
+
+
 @U.traceable
 def _locally_connected(nd: int, input, weight, bias, stride, padding, dilation, groups, padding_mode,
                        backend, banks, name: str) -> Tensor:
-    coords = None
-    if banks is not None:
+    key = coords = None
+    if banks is None:
+        input, weight, bias = C.autocast(input, weight, bias)
+        if padding_mode == "zeros":  # a configuration seen before: its checks passed, its plan is kept
+            key = P.key(name, input, weight, bias, (stride, padding, dilation, groups, backend))
+            plan = P.lookup(key)
+            if plan is not None:
+                return _planned(plan, ops.locally_connected, input, weight, bias)
+    else:
         C.check_tensors(name, nd, input, {"weight": weight, "bias": bias}, 2 * nd + 2, _WEIGHT_LAYOUT)
         coords = U.check_banks(banks, tuple(weight.shape[:nd]), name)
         C.check_bias(name, bias, weight.shape[nd], weight.shape[:nd], "per filter bank")
         if bias is not None and bias.dim() > 1:
             # per position, gathered before autocast's cast: its gradient sums in the parameter's dtype
             bias = bias[(slice(None), *U.bank_coordinates(coords, bias.device))]
-    input, weight, bias = C.autocast(input, weight, bias)
+        input, weight, bias = C.autocast(input, weight, bias)
     C.check_tensors(name, nd, input, {"weight": weight, "bias": bias}, 2 * nd + 2, _WEIGHT_LAYOUT)
     leading = tuple(weight.shape[:nd])
     grid = leading if coords is None else tuple(len(c) for c in coords)
@@ -46,8 +60,9 @@ def _locally_connected(nd: int, input, weight, bias, stride, padding, dilation, 
     call = C.prepare(name, nd, input, grid, out_channels, in_per_group, tuple(weight.shape[nd + 2:]), stride,
                      padding, dilation, groups, padding_mode, None if coords is None else leading, coords)
     C.check_bias(name, bias, out_channels, grid)
-    y = ops.locally_connected(call.x, weight, call.geometry, choose_backend(call.x, weight, call.geometry, backend))
-    return _finish(y, bias, call.unbatched)
+    chosen = choose_backend(call.x, weight, call.geometry, backend)
+    P.store(key, call.geometry, chosen, call.unbatched)
+    return _finish(ops.locally_connected(call.x, weight, call.geometry, chosen), bias, call.unbatched)
 
 
 def locally_connected(input: Tensor, weight: Tensor, bias: Tensor | None = None, stride=1, padding=0,
@@ -139,6 +154,10 @@ def low_rank_locally_connected(input: Tensor, basis: Tensor, combining_weights: 
 def _transpose(nd: int, input, weight, bias, stride, padding, output_padding, groups, dilation, backend,
                name: str) -> Tensor:
     input, weight, bias = C.autocast(input, weight, bias)
+    key = P.key(name, input, weight, bias, (stride, padding, output_padding, groups, dilation, backend))
+    plan = P.lookup(key)
+    if plan is not None:
+        return _planned(plan, ops.locally_connected_transpose, input, weight, bias)
     C.check_tensors(name, nd, input, {"weight": weight, "bias": bias}, 2 * nd + 2,
                     "*input_size, in_channels, out_channels // groups, *kernel_size")
     grid, in_channels = tuple(weight.shape[:nd]), weight.shape[nd]
@@ -171,8 +190,9 @@ def _transpose(nd: int, input, weight, bias, stride, padding, output_padding, gr
     # the adjoint of the locally connected layer from the output back to this input grid
     g = U.Geometry(out_size, grid, kernel_size, stride, tuple((p, p) for p in padding), dilation, groups,
                    out_channels, in_channels).untraced()
-    y = ops.locally_connected_transpose(x, weight, g, choose_backend(x, weight, g, backend))
-    return _finish(y, bias, unbatched)
+    chosen = choose_backend(x, weight, g, backend)
+    P.store(key, g, chosen, unbatched)
+    return _finish(ops.locally_connected_transpose(x, weight, g, chosen), bias, unbatched)
 
 
 def locally_connected_transpose(input: Tensor, weight: Tensor, bias: Tensor | None = None, stride=1, padding=0,

@@ -106,7 +106,14 @@ _LIB, _REASON = _load()
 def available_isas() -> tuple[str, ...]:
     """The instruction sets this CPU runs, worst first (empty when the kernels are not built)."""
     lib = _LIB
-    return () if lib is None else tuple(name for i, name in enumerate(ISAS) if lib.unshared_isa_supported(i))
+    known = _SUPPORTED.get("isas")
+    if known is None or known[0] is not lib:  # asked once per loaded library
+        known = lib, () if lib is None else tuple(name for i, name in enumerate(ISAS) if lib.unshared_isa_supported(i))
+        _SUPPORTED["isas"] = known
+    return known[1]
+
+
+_SUPPORTED: dict[str, tuple] = {}
 
 
 def current_isa() -> str:
@@ -154,10 +161,11 @@ def _spatial3(values, fill: int) -> list[int]:
     return [fill] * (3 - len(values)) + list(values)
 
 
-def _strides(t: torch.Tensor) -> list[int]:
+def _strides(t: torch.Tensor) -> tuple[int, ...]:
     """``(N, C, *spatial)`` strides as ``n, c, d, h, w`` (0 for the missing dimensions; the channel
     stride of a single channel is reported as 1, which is what it is)."""
-    return [t.stride(0), 1 if t.shape[1] == 1 else t.stride(1), *_spatial3(t.stride()[2:], 0)]
+    strides = t.stride()
+    return (strides[0], 1 if t.shape[1] == 1 else strides[1], *(0,) * (5 - len(strides)), *strides[2:])
 
 
 @functools.lru_cache(maxsize=64)
@@ -176,6 +184,42 @@ def _extent(t: torch.Tensor) -> int:
     return t.untyped_storage().nbytes() // t.element_size() - t.storage_offset()
 
 
+#: Prepared call structures (everything but the data pointers and extents), per geometry object,
+#: batch size, strides and weight layout: a layer's calls repeat them.
+_PREPARED: dict[tuple, tuple] = {}
+
+
+def _prepare(g: Geometry, n: int, xs: tuple[int, ...], ys: tuple[int, ...], kernel_major: bool) -> tuple:
+    """``(g, lc_call template, bank array, multiply-adds)`` of calls with these sizes and strides."""
+    banks = None if g.banks is None else _bank_array(g.banks, g.weight_grid)
+    pad = [lo for lo, _ in g.padding]
+    template = _Call(n, g.groups, g.in_channels // g.groups, g.out_channels // g.groups,
+                     (_i64 * 3)(*_spatial3(g.input_size, 1)), (_i64 * 3)(*_spatial3(g.output_size, 1)),
+                     (_i64 * 3)(*_spatial3(g.kernel_size, 1)), (_i64 * 3)(*_spatial3(g.stride, 1)),
+                     (_i64 * 3)(*_spatial3(pad, 0)), (_i64 * 3)(*_spatial3(g.dilation, 1)),
+                     None, (_i64 * 5)(*xs), None, (_i64 * 5)(*ys), None, int(kernel_major),
+                     None if banks is None else ctypes.addressof(banks), g.bank_count, 0, 0, 0,
+                     0 if banks is None else len(banks))
+    work = n * g.positions * g.out_channels * g.in_channels // g.groups * g.kernel_volume
+    return g, template, banks, work  # the bank array lives as long as the template that points to it
+
+
+def _call_of(g: Geometry, n: int, x: torch.Tensor, y: torch.Tensor, w: torch.Tensor,
+             kernel_major: bool) -> tuple[_Call, int]:
+    """The filled ``lc_call`` of one call, and its multiply-adds."""
+    xs, ys = _strides(x), _strides(y)
+    key = (id(g), n, xs, ys, kernel_major)
+    prepared = _PREPARED.get(key)
+    if prepared is None or prepared[0] is not g:  # (an id is reused only once its geometry is gone)
+        if len(_PREPARED) >= 256:
+            _PREPARED.clear()
+        prepared = _PREPARED[key] = _prepare(g, n, xs, ys, kernel_major)
+    call = _Call.from_buffer_copy(prepared[1])  # a copy per call: threads may share a layer
+    call.x, call.y, call.w = x.data_ptr(), y.data_ptr(), w.data_ptr()
+    call.x_extent, call.y_extent, call.w_extent = _extent(x), _extent(y), _extent(w)
+    return call, prepared[3]
+
+
 def _launch(op: str, g: Geometry, n: int, x: torch.Tensor, y: torch.Tensor, w: torch.Tensor,
             kernel_major: bool) -> None:
     """Run ``unshared_<op>`` on ``x`` (input or its gradient), ``y`` (output or its gradient) and
@@ -183,16 +227,7 @@ def _launch(op: str, g: Geometry, n: int, x: torch.Tensor, y: torch.Tensor, w: t
     lib = _LIB
     if lib is None:
         raise RuntimeError(_REASON)
-    banks = None if g.banks is None else _bank_array(g.banks, g.weight_grid)
-    pad = [lo for lo, _ in g.padding]
-    call = _Call(n, g.groups, g.in_channels // g.groups, g.out_channels // g.groups,
-                 (_i64 * 3)(*_spatial3(g.input_size, 1)), (_i64 * 3)(*_spatial3(g.output_size, 1)),
-                 (_i64 * 3)(*_spatial3(g.kernel_size, 1)), (_i64 * 3)(*_spatial3(g.stride, 1)),
-                 (_i64 * 3)(*_spatial3(pad, 0)), (_i64 * 3)(*_spatial3(g.dilation, 1)),
-                 x.data_ptr(), (_i64 * 5)(*_strides(x)), y.data_ptr(), (_i64 * 5)(*_strides(y)),
-                 w.data_ptr(), int(kernel_major), None if banks is None else ctypes.addressof(banks), g.bank_count,
-                 _extent(x), _extent(y), _extent(w), 0 if banks is None else len(banks))
-    work = n * g.positions * g.out_channels * g.in_channels // g.groups * g.kernel_volume
+    call, work = _call_of(g, n, x, y, w, kernel_major)
     threads = 1 if work < SERIAL_BELOW else torch.get_num_threads()
     status = getattr(lib, f"unshared_{op}")(ctypes.byref(call), _DTYPES[x.dtype], ISAS.index(current_isa()),
                                              threads)

@@ -9,29 +9,39 @@ it without graph breaks and ``device="meta"`` tensors get shapes without computa
 The geometry travels as a flat ``list[int]`` (:meth:`Geometry.encode`), shared filter banks
 included. The backend name ``"auto"`` inside an op means "choose now, with real tensors" (CUDA:
 :mod:`.selection` measures once per key); the choice is never made while tracing. Backends made of standard operators (``composite``, ``conv``: their module sets
-``STANDARD_OPERATORS``) are called directly and differentiated by autograd.
+``STANDARD_OPERATORS``) are called directly and differentiated by autograd. What the ops compute
+is :mod:`.compute`; eager calls that nothing observes (plain tensors, no mode, no tracer) skip
+the dispatcher and call it through :mod:`.eager`, with the same checks and results.
 """
 import torch
 from torch import Tensor
 
-from .._utils import Geometry, empty_weight, is_kernel_major, memory_format_of
-from . import checks, func, selection
+from .._utils import Geometry, is_kernel_major, memory_format_of
+from . import checks, compute, eager, func
 from .registry import BACKENDS
 
 __all__ = ["locally_connected", "locally_connected_transpose"]
 
 
-def locally_connected(x: Tensor, weight: Tensor, geometry: Geometry, backend: str) -> Tensor:
-    """``(N, C, *input_size)`` -> ``(N, O, *output_size)`` without bias; zero padding only."""
+def locally_connected(x: Tensor, weight: Tensor, geometry: Geometry, backend: str,
+                      entry: checks.Entry | None = None) -> Tensor:
+    """``(N, C, *input_size)`` -> ``(N, O, *output_size)`` without bias; zero padding only.
+    ``entry``: ``geometry``'s :class:`~.checks.Entry`, when the caller keeps it."""
     module = BACKENDS.get(backend)  # "auto": chosen inside the operator
     if getattr(module, "STANDARD_OPERATORS", False):
         return module.forward(x, weight, geometry)
+    if eager.applies(x, weight):
+        e = entry or checks.entry_of(geometry)
+        if eager.needs_grad(x, weight):
+            return eager.Forward.apply(x, weight, e, backend)
+        return compute.forward(e, x, weight, backend)
     if func.transforms_active():  # torch.func cannot differentiate the operator itself
         return func.Forward.apply(x, weight, geometry.encode(), backend)
     return torch.ops.unshared.forward(x, weight, geometry.encode(), backend)
 
 
-def locally_connected_transpose(x: Tensor, weight: Tensor, geometry: Geometry, backend: str) -> Tensor:
+def locally_connected_transpose(x: Tensor, weight: Tensor, geometry: Geometry, backend: str,
+                                entry: checks.Entry | None = None) -> Tensor:
     """The adjoint of :func:`locally_connected` in its input: ``(N, O, *output_size)`` ->
     ``(N, C, *input_size)`` of ``geometry`` (the transposed layer's forward)."""
     module = BACKENDS.get(backend)
@@ -39,114 +49,58 @@ def locally_connected_transpose(x: Tensor, weight: Tensor, geometry: Geometry, b
     if getattr(module, "STANDARD_OPERATORS", False):
         if not hasattr(module, "input_grad"):
             raise ValueError(f"backend={backend!r} cannot compute a transposed layer")
-        return module.input_grad(x, weight, geometry, _input_grad_format(channels_last, x.dim()))
+        return module.input_grad(x, weight, geometry, compute.input_grad_format(channels_last, x.dim()))
+    if eager.applies(x, weight):
+        e = entry or checks.entry_of(geometry)
+        if eager.needs_grad(x, weight):
+            return eager.InputGrad.apply(x, weight, e, backend, channels_last)
+        return compute.input_grad(e, x, weight, backend, channels_last)
     if func.transforms_active():
         return func.InputGrad.apply(x, weight, geometry.encode(), backend, channels_last)
     return torch.ops.unshared.input_grad(x, weight, geometry.encode(), backend, channels_last)
-
-
-def _input_grad_format(channels_last: bool, dim: int) -> torch.memory_format:
-    if not channels_last or dim not in (4, 5):
-        return torch.contiguous_format
-    return torch.channels_last if dim == 4 else torch.channels_last_3d
-
-
-def _run(name: str, stage: str, sample: Tensor, weight: Tensor, g: Geometry, operation: str, *args):
-    """``BACKENDS[name].operation(*args)``; with ``"auto"`` the measured (or preferred) backend, and
-    when that one fails (a kernel that does not compile or launch) the PyTorch backend, with one
-    warning and the choice remembered."""
-    if name != "auto":
-        module = BACKENDS.get(name)
-        if module is None or getattr(module, "STANDARD_OPERATORS", False):
-            raise ValueError(f"unshared.{operation}: backend must be 'auto' or one of "
-                             f"{tuple(n for n, m in BACKENDS.items() if not getattr(m, 'STANDARD_OPERATORS', False))}"
-                             f", got backend={name!r}")
-        return getattr(module, operation)(*args)
-    chosen = selection.resolve(sample, weight, g, stage)
-    try:
-        return getattr(BACKENDS[chosen], operation)(*args)
-    except Exception as error:
-        if chosen == "torch":
-            raise
-        fallback = selection.failed(sample, weight, g, stage, chosen, error)
-        return getattr(BACKENDS[fallback], operation)(*args)
 
 
 # ----------------------------------------------------------------------------- the ops
 
 @torch.library.custom_op("unshared::forward", mutates_args=())
 def _forward(x: Tensor, weight: Tensor, geometry: list[int], backend: str) -> Tensor:
-    e = checks.entry(geometry)
-    checks.check_forward(e, x, weight)
-    g = e.geometry
-    if e.empty:  # every patch is padding
-        return _empty_forward(x, g).zero_()
-    return _run(backend, "forward", x, weight, g, "forward", x, weight, g)
+    return compute.forward(checks.entry(geometry), x, weight, backend)
 
 
 @torch.library.custom_op("unshared::input_grad", mutates_args=())
 def _input_grad(grad_output: Tensor, weight: Tensor, geometry: list[int], backend: str,
                 channels_last: bool) -> Tensor:
-    e = checks.entry(geometry)
-    checks.check_input_grad(e, grad_output, weight)
-    g = e.geometry
-    fmt = _input_grad_format(channels_last, grad_output.dim())
-    if e.empty:
-        return _empty_input_grad(grad_output, g, channels_last)
-    return _run(backend, "backward", grad_output, weight, g, "input_grad", grad_output, weight, g, fmt)
+    return compute.input_grad(checks.entry(geometry), grad_output, weight, backend, channels_last)
 
 
 @torch.library.custom_op("unshared::weight_grad", mutates_args=())
 def _weight_grad(x: Tensor, grad_output: Tensor, geometry: list[int], backend: str,
                  kernel_major: bool) -> Tensor:
-    e = checks.entry(geometry)
-    checks.check_weight_grad(e, x, grad_output)
-    g = e.geometry
-    if e.empty:
-        return _empty_weight_grad(x, g, kernel_major).zero_()
-    layout = empty_weight(e.weight_shape, g.ndim, kernel_major=kernel_major, device="meta")  # for the choice
-    return _run(backend, "backward", grad_output, layout, g, "weight_grad", x, grad_output, g, kernel_major)
+    return compute.weight_grad(checks.entry(geometry), x, grad_output, backend, kernel_major)
 
 
 # ----------------------------------------------------------------------------- shapes (fake/meta)
-# The layouts here are the ones every backend returns: outputs and input gradients in the input's
-# memory format, weight gradients kernel-major or channel-major as asked (the weight's layout).
 # The fake implementations check their arguments as the real ones do.
-
-def _empty_forward(x, g):
-    return torch.empty((x.shape[0], g.out_channels, *g.output_size), dtype=x.dtype, device=x.device,
-                       memory_format=memory_format_of(x))
-
-
-def _empty_input_grad(grad_output, g, channels_last):
-    return torch.empty((grad_output.shape[0], g.in_channels, *g.input_size), dtype=grad_output.dtype,
-                       device=grad_output.device, memory_format=_input_grad_format(channels_last, grad_output.dim()))
-
-
-def _empty_weight_grad(x, g, kernel_major):
-    shape = (*g.weight_leading, g.out_channels, g.in_channels // g.groups, *g.kernel_size)
-    return empty_weight(shape, g.ndim, kernel_major=kernel_major, dtype=x.dtype, device=x.device)
-
 
 @_forward.register_fake
 def _(x, weight, geometry, backend):
     e = checks.entry(geometry)
     checks.check_forward(e, x, weight)
-    return _empty_forward(x, e.geometry)
+    return compute.empty_forward(x, e.geometry)
 
 
 @_input_grad.register_fake
 def _(grad_output, weight, geometry, backend, channels_last):
     e = checks.entry(geometry)
     checks.check_input_grad(e, grad_output, weight)
-    return _empty_input_grad(grad_output, e.geometry, channels_last)
+    return compute.empty_input_grad(grad_output, e.geometry, channels_last)
 
 
 @_weight_grad.register_fake
 def _(x, grad_output, geometry, backend, kernel_major):
     e = checks.entry(geometry)
     checks.check_weight_grad(e, x, grad_output)
-    return _empty_weight_grad(x, e.geometry, kernel_major)
+    return compute.empty_weight_grad(x, e.geometry, kernel_major)
 
 
 # ----------------------------------------------------------------------------- derivatives
