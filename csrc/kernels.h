@@ -388,9 +388,12 @@ STATIC int NAME(input_grad)(const lc_job *jb, int64_t begin, int64_t end, void *
     return 0;
 }
 
+#include "kernels_rows.h"
+
 /* LC_HALF: the table of the half-width instantiation (included before this one), or NULL. */
 const lc_kernels NAME(kernels) = {NAME(forward), NAME(weight_grad), NAME(input_grad), NAME(transpose_gy),
-                                  NAME(patch_scratch), VL, LC_HALF};
+                                  NAME(forward_rows), NAME(weight_grad_rows), NAME(patch_scratch),
+                                  NAME(rows_scratch), VL, LC_HALF};
 
 #undef INLINE
 #undef STATIC
