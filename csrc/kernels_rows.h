@@ -19,17 +19,30 @@ STATIC size_t NAME(rows_scratch)(const lc_job *j)
     return (size_t)j->R * sizeof(lc_tap) + (size_t)(ROWS_OB * j->R * VL + VL) * sizeof(T);
 }
 
-/* Lanes l < nv of x at w-coordinates i0 + l * s (zeros outside 0..limit and past nv). */
-INLINE V NAME(rows_gather)(const T *row, int64_t i0, int64_t s, int64_t es, int64_t limit, int64_t nv,
-                           int fast)
+/* Lanes l < nv of x at w-coordinates i0 + l * s into v (zeros outside 0..limit and past nv): the
+ * slow case, out of line so that the tiles' loops stay small enough to unroll. */
+static __attribute__((noinline)) LC_ATTR void NAME(rows_gather)(T *v, const T *row, int64_t i0, int64_t s,
+                                                                int64_t es, int64_t limit, int64_t nv)
 {
-    if (fast) return NAME(load)(row + i0);
-    V v = NAME(bcast)(0);
-    for (int64_t l = 0; l < nv; l++) {
+    for (int64_t l = 0; l < VL; l++) {
         int64_t i = i0 + l * s;
-        if (i >= 0 && i < limit) v[l] = row[i * es];
+        v[l] = l < nv && i >= 0 && i < limit ? row[i * es] : 0;
     }
-    return v;
+}
+
+/* NB rows' lanes at tap (x offset xo, w-coordinate i0): plain loads when fast, else gathers. */
+INLINE void NAME(rows_x)(V *xv, const T *const *xr, int64_t xo, int64_t i0, const lc_call *c,
+                         int64_t nv, int fast, const int NB)
+{
+    if (fast) {
+        for (int i = 0; i < NB; i++) xv[i] = NAME(load)(xr[i] + xo + i0);
+        return;
+    }
+    for (int i = 0; i < NB; i++) {
+        T lanes[VL];
+        NAME(rows_gather)(lanes, xr[i] + xo, i0, c->s[2], c->xs[4], c->in[2], nv);
+        xv[i] = NAME(load)(lanes);
+    }
 }
 
 /* The first nv lanes at p with element stride es (zeros past them); their store. */
@@ -101,12 +114,11 @@ INLINE void NAME(rows_fwd_tile)(const lc_job *jb, const lc_tap *tap, const T *wt
         if (!tap[r].ok) continue;
         int64_t i0 = t0 * s + tap[r].iw;
         int fast = NAME(rows_fast)(c, i0, nv);
-        V wv[ROWS_OB];
+        V wv[ROWS_OB], xv[ROWS_NB1];
         for (int j = 0; j < OB; j++) wv[j] = NAME(load)(wt + ((int64_t)j * R + r) * VL);
-        for (int i = 0; i < NB; i++) {
-            V xv = NAME(rows_gather)(xn[i] + tap[r].x, i0, s, c->xs[4], c->in[2], nv, fast);
-            for (int j = 0; j < OB; j++) acc[i][j] += xv * wv[j];
-        }
+        NAME(rows_x)(xv, xn, tap[r].x, i0, c, nv, fast, NB);
+        for (int i = 0; i < NB; i++)
+            for (int j = 0; j < OB; j++) acc[i][j] += xv[i] * wv[j];
     }
     for (int i = 0; i < NB; i++)
         for (int j = 0; j < OB; j++)
@@ -152,13 +164,14 @@ INLINE void NAME(rows_wg_tile)(const lc_job *jb, const lc_tap *tap, T *gt, int64
     const T *gyr[ROWS_OB];
     for (int j = 0; j < OB; j++) gyr[j] = gy + (g * og + lc_min(o0 + j, og - 1)) * c->ys[1] + yrow + t0 * c->ys[4];
     int64_t xo[ROWS_RB1], i0[ROWS_RB1];
-    int fast[ROWS_RB1], ok[ROWS_RB1];
+    int fast[ROWS_RB1], ok[ROWS_RB1], allfast = 1;
     for (int q = 0; q < RB; q++) {
         const lc_tap *t = tap + lc_min(r0 + q, R - 1);
         xo[q] = t->x;
         i0[q] = t0 * s + t->iw;
         ok[q] = (int)t->ok;
         fast[q] = NAME(rows_fast)(c, i0[q], nv);
+        allfast &= ok[q] && fast[q];
     }
     V acc[ROWS_OB][ROWS_RB1];
     for (int j = 0; j < OB; j++)
@@ -167,8 +180,15 @@ INLINE void NAME(rows_wg_tile)(const lc_job *jb, const lc_tap *tap, T *gt, int64
         const T *xm = x + m * c->xs[0];
         V gv[ROWS_OB], xv[ROWS_RB1];
         for (int j = 0; j < OB; j++) gv[j] = NAME(rows_load)(gyr[j] + m * c->ys[0], c->ys[4], nv);
-        for (int q = 0; q < RB; q++)
-            xv[q] = ok[q] ? NAME(rows_gather)(xm + xo[q], i0[q], s, c->xs[4], c->in[2], nv, fast[q]) : NAME(bcast)(0);
+        if (allfast) {
+            for (int q = 0; q < RB; q++) xv[q] = NAME(load)(xm + xo[q] + i0[q]);
+        } else {
+            for (int q = 0; q < RB; q++) {
+                const T *xq = xm + xo[q];
+                if (ok[q]) NAME(rows_x)(xv + q, &xq, 0, i0[q], c, nv, fast[q], 1);
+                else xv[q] = NAME(bcast)(0);
+            }
+        }
         for (int j = 0; j < OB; j++)
             for (int q = 0; q < RB; q++) acc[j][q] += gv[j] * xv[q];
     }
