@@ -260,13 +260,24 @@ static int lc_weight_grad(lc_job *j, const lc_kernels *k, int threads)
     return status;
 }
 
-/* Whether forward or weight grad take the rows path: asked for, or by shape (fewer channels per
- * group than vector lanes, rows of at least half a vector); never a weight grad with shared banks. */
+/* Whether a call takes the rows path: asked for, or by shape (fewer channels per group than
+ * vector lanes, rows of at least half a vector); never a weight grad with shared banks. */
 static int lc_rows_path(const lc_call *c, const lc_kernels *k, int weight_grad)
 {
     if (weight_grad && c->bank) return 0;
     if (c->path != LC_PATH_AUTO) return c->path == LC_PATH_ROWS;
     return c->cg < k->lanes && 2 * c->out[2] >= k->lanes;
+}
+
+/* The rows input grad: items (input row, phase along w, tile of VL positions of the phase). */
+static int lc_input_grad_rows(const lc_call *c, const lc_kernels *k, int threads)
+{
+    lc_job j;
+    lc_job_init(&j, c);
+    int64_t phases = lc_min(c->s[2], c->in[2]);
+    j.tiles = ((c->in[2] + c->s[2] - 1) / c->s[2] + k->lanes - 1) / k->lanes;
+    return lc_run(&j, k->input_grad_rows, c->in[0] * c->in[1] * phases * j.tiles, k->input_grad_rows_scratch(&j),
+                  threads);
 }
 
 /* forward or weight grad: the channel path reads x's patches with channel stride 1 */
@@ -305,6 +316,7 @@ LC_EXPORT int unshared_input_grad(const lc_call *c, int dtype, int isa, int thre
     const lc_kernels *k = kernels_for(isa, dtype);
     int status = k ? lc_check(c) : LC_BAD_ARGUMENT;
     if (status) return status;
+    if (lc_rows_path(c, k, 0)) return lc_input_grad_rows(c, k, threads);
     if (k->half && c->n <= k->half->lanes) k = k->half;
     lc_job j;
     lc_job_init(&j, c);

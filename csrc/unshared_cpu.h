@@ -44,6 +44,7 @@ enum { LC_PATH_AUTO = 0, LC_PATH_CHANNELS = 1, LC_PATH_ROWS = 2 };
 typedef struct { int64_t x, w, len; } lc_seg;     /* a run contiguous in the patch and in w */
 typedef struct { int64_t gy, w; } lc_pair;        /* input grad: (position, kernel offset) */
 typedef struct { int64_t x, iw, ok, w; } lc_tap;  /* rows path: one patch element of a row */
+typedef struct { int64_t gy, prow, q, k; } lc_itap; /* rows input grad: (output row, kernel offset) */
 
 typedef struct {
     lc_call c;                        /* x: channel stride 1 (a channels-last copy if needed) */
@@ -52,6 +53,7 @@ typedef struct {
     int64_t npad;                     /* input grad: batch of gyt, padded to the vector lanes */
     void *gyt;                        /* input grad: (P, O, npad) output gradient, batch inner */
     const int64_t *order, *start;     /* weight grad with banks: positions by bank (CSR) */
+    int64_t tiles;                    /* rows input grad: tiles of VL positions per phase of a row */
     const void *source;               /* x given with another channel stride, and its strides */
     int64_t ss[5];
 } lc_job;
@@ -61,9 +63,10 @@ typedef int (*lc_range_fn)(const lc_job *job, int64_t begin, int64_t end, void *
 /* The kernels of one ISA, dtype and vector width; `half`: the same at half the width (the input
  * gradient of batches that fit it), or NULL. */
 typedef struct lc_kernels {
-    lc_range_fn forward, weight_grad, input_grad, transpose_gy, forward_rows, weight_grad_rows;
+    lc_range_fn forward, weight_grad, input_grad, transpose_gy, forward_rows, weight_grad_rows, input_grad_rows;
     size_t (*patch_scratch)(const lc_job *job);   /* per thread, forward and weight grad */
     size_t (*rows_scratch)(const lc_job *job);    /* per thread, the rows path */
+    size_t (*input_grad_rows_scratch)(const lc_job *job);
     int64_t lanes;
     const struct lc_kernels *half;
 } lc_kernels;
@@ -156,6 +159,34 @@ static inline void lc_taps(const lc_job *j, int64_t row, lc_tap *tap)
                 }
             }
         }
+}
+
+/* a mod s and floor(a / s), for s > 0 and any a */
+static inline int64_t lc_mod(int64_t a, int64_t s) { return (a % s + s) % s; }
+
+/* The taps of the rows input gradient that reach input row `row` (d, h) at w-coordinates
+ * phase + s * m: the output row of each kernel offset whose (d, h) lands on it, and q with
+ * p = q + m the output position along w (none where the kernel offset's w never lands there). */
+static inline int64_t lc_itaps(const lc_job *j, int64_t row, int64_t phase, lc_itap *tap)
+{
+    const lc_call *c = &j->c;
+    int64_t id = row / c->in[1], ih = row % c->in[1], count = 0;
+    for (int64_t kd = 0; kd < c->k[0]; kd++) {
+        int64_t td = id + c->pad[0] - kd * c->dil[0];
+        if (td < 0 || td % c->s[0] || td / c->s[0] >= c->out[0]) continue;
+        for (int64_t kh = 0; kh < c->k[1]; kh++) {
+            int64_t th = ih + c->pad[1] - kh * c->dil[1];
+            if (th < 0 || th % c->s[1] || th / c->s[1] >= c->out[1]) continue;
+            int64_t orow = td / c->s[0] * c->out[1] + th / c->s[1];
+            for (int64_t kw = 0; kw < c->k[2]; kw++) {
+                int64_t tw = phase + c->pad[2] - kw * c->dil[2];
+                if (lc_mod(tw, c->s[2])) continue;
+                tap[count++] = (lc_itap){td / c->s[0] * c->ys[2] + th / c->s[1] * c->ys[3], orow * c->out[2],
+                                         (tw - lc_mod(tw, c->s[2])) / c->s[2], (kd * c->k[1] + kh) * c->k[2] + kw};
+            }
+        }
+    }
+    return count;
 }
 
 static inline void lc_unravel(int64_t p, const int64_t size[3], int64_t o[3])
