@@ -13,6 +13,9 @@
  * the lanes lie inside the input, else a gather with zeros outside (padding).
  */
 
+/* Elements ahead that the loads of a tile prefetch along a row (8 cache lines). */
+#define ROWS_AHEAD (512 / (int64_t)sizeof(T))
+
 /* Per-thread scratch: the row's taps and one block of transposed filters. */
 STATIC size_t NAME(rows_scratch)(const lc_job *j)
 {
@@ -65,23 +68,30 @@ INLINE int NAME(rows_fast)(const lc_call *c, int64_t i0, int64_t nv)
     return nv == VL && c->s[2] * c->xs[4] == 1 && i0 >= 0 && i0 + VL - 1 < c->in[2];
 }
 
+/* dst[l] = w[filter of position p0 + l][e] for l < nv; e: an offset in a position's (O, R)
+ * filters. Without banks the lanes are OR apart. */
+INLINE void NAME(rows_lanes_of_w)(const lc_job *jb, T *dst, int64_t p0, int64_t nv, int64_t e)
+{
+    const lc_call *c = &jb->c;
+    const T *w = (const T *)c->w;
+    const int64_t OR = jb->O * jb->R;
+    if (c->bank)
+        for (int64_t l = 0; l < nv; l++) dst[l] = w[c->bank[p0 + l] * OR + e];
+    else
+        for (int64_t l = 0; l < nv; l++) dst[l] = w[(p0 + l) * OR + e];
+}
+
 /* Filters of output channels o0..o0 + OB (clamped) of group g at positions t0.. of the row,
  * transposed into wt (OB, R, VL); zeros in lanes past nv. */
 INLINE void NAME(rows_transpose_w)(const lc_job *jb, const lc_tap *tap, T *wt, int64_t p0, int64_t nv,
                                    int64_t o, const int OB)
 {
-    const lc_call *c = &jb->c;
-    const T *w = (const T *)c->w;
-    const int64_t R = jb->R, OR = jb->O * jb->R;
-    for (int64_t l = 0; l < VL; l++)
-        for (int j = 0; j < OB; j++) {
-            T *dst = wt + (int64_t)j * R * VL + l;
-            if (l >= nv) {
-                for (int64_t r = 0; r < R; r++) dst[r * VL] = 0;
-                continue;
-            }
-            const T *src = w + (c->bank ? c->bank[p0 + l] : p0 + l) * OR + lc_min(o + j, jb->O - 1) * R;
-            for (int64_t r = 0; r < R; r++) dst[r * VL] = src[tap[r].w];
+    const int64_t R = jb->R;
+    for (int j = 0; j < OB; j++)
+        for (int64_t r = 0; r < R; r++) {
+            T *dst = wt + ((int64_t)j * R + r) * VL;
+            NAME(rows_lanes_of_w)(jb, dst, p0, nv, lc_min(o + j, jb->O - 1) * R + tap[r].w);
+            for (int64_t l = nv; l < VL; l++) dst[l] = 0;
         }
 }
 
@@ -117,6 +127,8 @@ INLINE void NAME(rows_fwd_tile)(const lc_job *jb, const lc_tap *tap, const T *wt
         V wv[ROWS_OB], xv[ROWS_NB1];
         for (int j = 0; j < OB; j++) wv[j] = NAME(load)(wt + ((int64_t)j * R + r) * VL);
         NAME(rows_x)(xv, xn, tap[r].x, i0, c, nv, fast, NB);
+        if (fast && r < c->k[2])  /* the next tiles of each sample's rows: many streams at once */
+            for (int i = 0; i < NB; i++) __builtin_prefetch(xn[i] + tap[r].x + i0 + ROWS_AHEAD);
         for (int i = 0; i < NB; i++)
             for (int j = 0; j < OB; j++) acc[i][j] += xv[i] * wv[j];
     }
@@ -179,6 +191,10 @@ INLINE void NAME(rows_wg_tile)(const lc_job *jb, const lc_tap *tap, T *gt, int64
     for (int64_t m = 0; m < c->n; m++) {
         const T *xm = x + m * c->xs[0];
         V gv[ROWS_OB], xv[ROWS_RB1];
+        if (allfast && r0 == 0) {  /* the next tiles of each sample's rows: many streams at once */
+            __builtin_prefetch(xm + xo[0] + i0[0] + ROWS_AHEAD);
+            for (int j = 0; j < OB; j++) __builtin_prefetch(gyr[j] + m * c->ys[0] + ROWS_AHEAD);
+        }
         for (int j = 0; j < OB; j++) gv[j] = NAME(rows_load)(gyr[j] + m * c->ys[0], c->ys[4], nv);
         if (allfast) {
             for (int q = 0; q < RB; q++) xv[q] = NAME(load)(xm + xo[q] + i0[q]);

@@ -21,18 +21,19 @@ INLINE void NAME(rows_ig_filters)(const lc_job *jb, const lc_itap *tap, int64_t 
                                   int64_t m0, int64_t nv)
 {
     const lc_call *c = &jb->c;
-    const T *w = (const T *)c->w;
-    const int64_t og = c->og, cg = c->cg, R = jb->R, OR = jb->O * jb->R;
-    for (int64_t q = 0; q < ntaps; q++)
-        for (int64_t l = 0; l < VL; l++) {
-            int64_t p = tap[q].q + m0 + l, inside = l < nv && p >= 0 && p < c->out[2];
-            const T *wp = inside ? w + (c->bank ? c->bank[tap[q].prow + p] : tap[q].prow + p) * OR + g * og * R : w;
-            for (int64_t o = 0; o < og; o++)
-                for (int64_t ch = 0; ch < cg; ch++) {
-                    int64_t r = c->kernel_major ? tap[q].k * cg + ch : ch * jb->K + tap[q].k;
-                    wt[((o * cg + ch) * ntaps + q) * VL + l] = inside ? wp[o * R + r] : 0;
-                }
-        }
+    const int64_t og = c->og, cg = c->cg, R = jb->R;
+    for (int64_t q = 0; q < ntaps; q++) {
+        /* lanes l0..l1 are positions inside the output */
+        int64_t pb = tap[q].q + m0, l0 = lc_min(lc_max(0, -pb), nv), l1 = lc_max(l0, lc_min(nv, c->out[2] - pb));
+        for (int64_t o = 0; o < og; o++)
+            for (int64_t ch = 0; ch < cg; ch++) {
+                int64_t r = c->kernel_major ? tap[q].k * cg + ch : ch * jb->K + tap[q].k;
+                T *dst = wt + ((o * cg + ch) * ntaps + q) * VL;
+                for (int64_t l = 0; l < l0; l++) dst[l] = 0;
+                NAME(rows_lanes_of_w)(jb, dst + l0, tap[q].prow + pb + l0, l1 - l0, (g * og + o) * R + r);
+                for (int64_t l = l1; l < VL; l++) dst[l] = 0;
+            }
+    }
 }
 
 INLINE void NAME(rows_ig_tile)(const lc_job *jb, const lc_itap *tap, int64_t ntaps, const T *wt, int64_t gxrow,
@@ -55,6 +56,7 @@ INLINE void NAME(rows_ig_tile)(const lc_job *jb, const lc_itap *tap, int64_t nta
                 const T *go = gq[i] + o * c->ys[1];
                 if (fast) {
                     gv[i] = NAME(load)(go + pb);
+                    if (q == 0) __builtin_prefetch(go + pb + ROWS_AHEAD);
                 } else {
                     T lanes[VL];
                     NAME(rows_gather)(lanes, go, pb, 1, c->ys[4], c->out[2], nv);
