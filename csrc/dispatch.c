@@ -261,12 +261,14 @@ static int lc_weight_grad(lc_job *j, const lc_kernels *k, int threads)
 }
 
 /* Whether a call takes the rows path: asked for, or by shape (fewer channels per group than
- * vector lanes, rows of at least half a vector); never a weight grad with shared banks. */
+ * vector lanes, stride 1 along w, rows of at least half a vector: with a stride the rows path's
+ * loads become gathers, and the channel path was measured faster at All-TNN's 3 -> 64 channels,
+ * stride 3); never a weight grad with shared banks. */
 static int lc_rows_path(const lc_call *c, const lc_kernels *k, int weight_grad)
 {
     if (weight_grad && c->bank) return 0;
     if (c->path != LC_PATH_AUTO) return c->path == LC_PATH_ROWS;
-    return c->cg < k->lanes && 2 * c->out[2] >= k->lanes;
+    return c->cg < k->lanes && c->s[2] == 1 && 2 * c->out[2] >= k->lanes;
 }
 
 /* The rows input grad: items (input row, phase along w, tile of VL positions of the phase). */
