@@ -20,5 +20,10 @@
 #define IG_CB1 16  /* 16 accumulators at 1, 2 or 4 batch vectors */
 #define IG_CB2 8
 #define IG_CB4 4
+#define ROWS_NB1 8  /* rows path, forward: samples x 1 output channel */
+#define ROWS_OB 4   /* output channels of a block */
+#define ROWS_NB4 4  /* samples x ROWS_OB output channels */
+#define ROWS_RB1 12  /* weight grad: patch elements x 1 output channel */
+#define ROWS_RB4 4  /* patch elements x ROWS_OB output channels */
 #include "isa.h"
 #endif

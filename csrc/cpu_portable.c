@@ -12,4 +12,9 @@
 #define IG_CB1 8
 #define IG_CB2 4
 #define IG_CB4 2
+#define ROWS_NB1 6  /* rows path, forward: samples x 1 output channel */
+#define ROWS_OB 4   /* output channels of a block */
+#define ROWS_NB4 2  /* samples x ROWS_OB output channels */
+#define ROWS_RB1 6  /* weight grad: patch elements x 1 output channel */
+#define ROWS_RB4 2  /* patch elements x ROWS_OB output channels */
 #include "isa.h"

@@ -18,7 +18,7 @@
 #endif
 
 /* Bumped whenever lc_call or an entry point changes: the Python side checks it. */
-#define LC_ABI_VERSION 2
+#define LC_ABI_VERSION 3
 
 LC_EXPORT int unshared_abi_version(void) { return LC_ABI_VERSION; }
 
@@ -136,7 +136,9 @@ static int lc_inside(const int64_t size[5], const int64_t stride[5], int64_t ext
  * bounded by in + pad + (k - 1) * dil + (out - 1) * s) nor buffer size overflows. */
 static int lc_check(const lc_call *c)
 {
-    if (c->n <= 0 || c->groups <= 0 || c->cg <= 0 || c->og <= 0 || c->banks <= 0) return LC_BAD_ARGUMENT;
+    if (c->n <= 0 || c->groups <= 0 || c->cg <= 0 || c->og <= 0 || c->banks <= 0 || c->path < LC_PATH_AUTO ||
+        c->path > LC_PATH_ROWS)
+        return LC_BAD_ARGUMENT;
     int64_t K = 1, P = 1, C, O, R, W, bound;
     for (int d = 0; d < 3; d++) {
         if (c->in[d] <= 0 || c->out[d] <= 0 || c->k[d] <= 0 || c->s[d] <= 0 || c->dil[d] <= 0 || c->pad[d] < 0)
@@ -258,7 +260,29 @@ static int lc_weight_grad(lc_job *j, const lc_kernels *k, int threads)
     return status;
 }
 
-/* forward or weight grad: both read x's patches with channel stride 1 */
+/* Whether a call takes the rows path: asked for, or by shape (fewer channels per group than
+ * vector lanes, stride 1 along w, rows of at least half a vector: with a stride the rows path's
+ * loads become gathers, and the channel path was measured faster at All-TNN's 3 -> 64 channels,
+ * stride 3); never a weight grad with shared banks. */
+static int lc_rows_path(const lc_call *c, const lc_kernels *k, int weight_grad)
+{
+    if (weight_grad && c->bank) return 0;
+    if (c->path != LC_PATH_AUTO) return c->path == LC_PATH_ROWS;
+    return c->cg < k->lanes && c->s[2] == 1 && 2 * c->out[2] >= k->lanes;
+}
+
+/* The rows input grad: items (input row, phase along w, tile of VL positions of the phase). */
+static int lc_input_grad_rows(const lc_call *c, const lc_kernels *k, int threads)
+{
+    lc_job j;
+    lc_job_init(&j, c);
+    int64_t phases = lc_min(c->s[2], c->in[2]);
+    j.tiles = ((c->in[2] + c->s[2] - 1) / c->s[2] + k->lanes - 1) / k->lanes;
+    return lc_run(&j, k->input_grad_rows, c->in[0] * c->in[1] * phases * j.tiles, k->input_grad_rows_scratch(&j),
+                  threads);
+}
+
+/* forward or weight grad: the channel path reads x's patches with channel stride 1 */
 static int lc_patch_op(const lc_call *c, int dtype, int isa, int threads, int weight_grad)
 {
     const lc_kernels *k = kernels_for(isa, dtype);
@@ -267,6 +291,10 @@ static int lc_patch_op(const lc_call *c, int dtype, int isa, int threads, int we
     lc_job j;
     void *block;
     lc_job_init(&j, c);
+    if (lc_rows_path(c, k, weight_grad)) {
+        int64_t items = c->out[0] * c->out[1] * ((c->out[2] + k->lanes - 1) / k->lanes);
+        return lc_run(&j, weight_grad ? k->weight_grad_rows : k->forward_rows, items, k->rows_scratch(&j), threads);
+    }
     status = lc_channel_inner(&j, dtype, threads, &block);
     if (status == LC_OK)
         status = weight_grad ? lc_weight_grad(&j, k, threads)
@@ -290,6 +318,7 @@ LC_EXPORT int unshared_input_grad(const lc_call *c, int dtype, int isa, int thre
     const lc_kernels *k = kernels_for(isa, dtype);
     int status = k ? lc_check(c) : LC_BAD_ARGUMENT;
     if (status) return status;
+    if (lc_rows_path(c, k, 0)) return lc_input_grad_rows(c, k, threads);
     if (k->half && c->n <= k->half->lanes) k = k->half;
     lc_job j;
     lc_job_init(&j, c);

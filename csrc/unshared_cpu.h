@@ -32,12 +32,19 @@ typedef struct {
     int64_t banks;                    /* filter banks in w */
     int64_t x_extent, y_extent;       /* elements of x's and y's memory from their pointers on */
     int64_t w_extent, bank_len;       /* the same for w; entries of bank (0 without it) */
+    int64_t path;                     /* LC_PATH_*: the kernels' choice by shape, or one forced */
 } lc_call;
+
+/* Paths of forward and weight grad: vectors along the channels of a patch, or along the output
+ * positions of a row (few channels; kernels_rows.h). */
+enum { LC_PATH_AUTO = 0, LC_PATH_CHANNELS = 1, LC_PATH_ROWS = 2 };
 
 /* ---- internal: shared by the ISA translation units and the dispatcher ---- */
 
 typedef struct { int64_t x, w, len; } lc_seg;     /* a run contiguous in the patch and in w */
 typedef struct { int64_t gy, w; } lc_pair;        /* input grad: (position, kernel offset) */
+typedef struct { int64_t x, iw, ok, w; } lc_tap;  /* rows path: one patch element of a row */
+typedef struct { int64_t gy, prow, q, k; } lc_itap; /* rows input grad: (output row, kernel offset) */
 
 typedef struct {
     lc_call c;                        /* x: channel stride 1 (a channels-last copy if needed) */
@@ -46,6 +53,7 @@ typedef struct {
     int64_t npad;                     /* input grad: batch of gyt, padded to the vector lanes */
     void *gyt;                        /* input grad: (P, O, npad) output gradient, batch inner */
     const int64_t *order, *start;     /* weight grad with banks: positions by bank (CSR) */
+    int64_t tiles;                    /* rows input grad: tiles of VL positions per phase of a row */
     const void *source;               /* x given with another channel stride, and its strides */
     int64_t ss[5];
 } lc_job;
@@ -55,8 +63,10 @@ typedef int (*lc_range_fn)(const lc_job *job, int64_t begin, int64_t end, void *
 /* The kernels of one ISA, dtype and vector width; `half`: the same at half the width (the input
  * gradient of batches that fit it), or NULL. */
 typedef struct lc_kernels {
-    lc_range_fn forward, weight_grad, input_grad, transpose_gy;
+    lc_range_fn forward, weight_grad, input_grad, transpose_gy, forward_rows, weight_grad_rows, input_grad_rows;
     size_t (*patch_scratch)(const lc_job *job);   /* per thread, forward and weight grad */
+    size_t (*rows_scratch)(const lc_job *job);    /* per thread, the rows path */
+    size_t (*input_grad_rows_scratch)(const lc_job *job);
     int64_t lanes;
     const struct lc_kernels *half;
 } lc_kernels;
@@ -123,6 +133,56 @@ static inline int64_t lc_pairs(const lc_job *j, const int64_t i[3], lc_pair *pai
                 int64_t bank = c->bank ? c->bank[p] : p;
                 pairs[count++] = (lc_pair){p * j->O * j->npad,
                                            bank * j->O * j->R + (c->kernel_major ? k * c->cg : k)};
+            }
+        }
+    }
+    return count;
+}
+
+/* The rows path's patch elements of output row `row` (d, h), channel-major (r = c * K + k): the
+ * offset of their input row from a sample's group origin, the w-coordinate of lane 0 at position
+ * 0, whether their input row lies inside the input (not padding), their offset in a filter. */
+static inline void lc_taps(const lc_job *j, int64_t row, lc_tap *tap)
+{
+    const lc_call *c = &j->c;
+    int64_t od = row / c->out[1], oh = row % c->out[1], r = 0;
+    for (int64_t ch = 0; ch < c->cg; ch++)
+        for (int64_t kd = 0; kd < c->k[0]; kd++) {
+            int64_t id = od * c->s[0] - c->pad[0] + kd * c->dil[0];
+            for (int64_t kh = 0; kh < c->k[1]; kh++) {
+                int64_t ih = oh * c->s[1] - c->pad[1] + kh * c->dil[1];
+                int64_t ok = id >= 0 && id < c->in[0] && ih >= 0 && ih < c->in[1];
+                for (int64_t kw = 0; kw < c->k[2]; kw++, r++) {
+                    int64_t k = (kd * c->k[1] + kh) * c->k[2] + kw;
+                    tap[r] = (lc_tap){ok ? ch * c->xs[1] + id * c->xs[2] + ih * c->xs[3] : 0,
+                                      kw * c->dil[2] - c->pad[2], ok, c->kernel_major ? k * c->cg + ch : ch * j->K + k};
+                }
+            }
+        }
+}
+
+/* a mod s and floor(a / s), for s > 0 and any a */
+static inline int64_t lc_mod(int64_t a, int64_t s) { return (a % s + s) % s; }
+
+/* The taps of the rows input gradient that reach input row `row` (d, h) at w-coordinates
+ * phase + s * m: the output row of each kernel offset whose (d, h) lands on it, and q with
+ * p = q + m the output position along w (none where the kernel offset's w never lands there). */
+static inline int64_t lc_itaps(const lc_job *j, int64_t row, int64_t phase, lc_itap *tap)
+{
+    const lc_call *c = &j->c;
+    int64_t id = row / c->in[1], ih = row % c->in[1], count = 0;
+    for (int64_t kd = 0; kd < c->k[0]; kd++) {
+        int64_t td = id + c->pad[0] - kd * c->dil[0];
+        if (td < 0 || td % c->s[0] || td / c->s[0] >= c->out[0]) continue;
+        for (int64_t kh = 0; kh < c->k[1]; kh++) {
+            int64_t th = ih + c->pad[1] - kh * c->dil[1];
+            if (th < 0 || th % c->s[1] || th / c->s[1] >= c->out[1]) continue;
+            int64_t orow = td / c->s[0] * c->out[1] + th / c->s[1];
+            for (int64_t kw = 0; kw < c->k[2]; kw++) {
+                int64_t tw = phase + c->pad[2] - kw * c->dil[2];
+                if (lc_mod(tw, c->s[2])) continue;
+                tap[count++] = (lc_itap){td / c->s[0] * c->ys[2] + th / c->s[1] * c->ys[3], orow * c->out[2],
+                                         (tw - lc_mod(tw, c->s[2])) / c->s[2], (kd * c->k[1] + kh) * c->k[2] + kw};
             }
         }
     }

@@ -75,6 +75,26 @@ def adversarial():
           rand(6, 7, 5, 3, 3, 4).permute(0, 1, 2, 5, 3, 4))                                     # kernel-major weight
 
 
+def few_channels():
+    """The rows path's shapes (csrc/kernels_rows*.h): few channels, long rows with partial tiles,
+    strides, dilations, groups, kernels past the input, and one-sided padding straight into the backend."""
+    check(rand(3, 1, 203), weight((194,), 1, 1, (10,)))
+    check(rand(2, 4, 77), weight((40,), 8, 4, (5,)), padding=3, stride=2)
+    check(rand(2, 2, 5, 41), weight((3, 14), 4, 1, (3, 4)), padding=1, stride=(1, 3), dilation=(2, 1), groups=2)
+    check(rand(2, 2, 3, 4, 37), weight((3, 4, 37), 3, 2, (3, 3, 3)), padding=1)
+    check(rand(2, 3, 6), weight((6,), 2, 3, (9,)), padding=4)                                  # kernel > input
+    check(rand(2, 3, 5, 33).contiguous(memory_format=torch.channels_last), weight((5, 33), 4, 3, (3, 3)), padding=1)
+    for low in (9, 0):  # causal, and all on the high side
+        g = Geometry((50,), (50,), (10,), (1,), ((low, 9 - low),), (1,), 1, 2, 3)
+        x, w, gy = rand(3, 2, 50), rand(50, 3, 2, 10), rand(3, 3, 50)
+        want = locally_connected_reference(torch.nn.functional.pad(x, (low, 9 - low)), w)
+        want_gx, want_gw = torch.autograd.grad(want, (x, w), gy)
+        torch.testing.assert_close(cpu.forward(x.detach(), w.detach(), g), want)
+        torch.testing.assert_close(cpu.input_grad(gy.detach(), w.detach(), g), want_gx)
+        torch.testing.assert_close(cpu.weight_grad(x.detach(), gy.detach(), g, kernel_major=False), want_gw)
+        counts["checked"] += 1
+
+
 def random_sweep(seed: int, count: int):
     rng = random.Random(seed)
     for _ in range(count):
@@ -143,7 +163,18 @@ def main():
             random_sweep(seed=100 + i, count=6)
             cpu.SERIAL_BELOW = serial
             torch.set_num_threads(1)
+            with cpu.use_path("rows"):  # every call on the few-channel path, serial and threaded
+                few_channels()
+                adversarial()
+                random_sweep(seed=200 + i, count=8)
+                cpu.SERIAL_BELOW = 0
+                torch.set_num_threads(4)
+                few_channels()
+                cpu.SERIAL_BELOW = serial
+                torch.set_num_threads(1)
     lies_to_the_kernels()
+    with cpu.use_path("rows"):
+        lies_to_the_kernels()
     print(f"sanitizer calls: {counts['checked']} checked against the reference on {cpu.available_isas()}, "
           f"{counts['refused']} refused")
 

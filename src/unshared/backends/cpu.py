@@ -37,11 +37,14 @@ from .._utils import Geometry, empty_weight, memory_format_of, weight_memory
 from .buffers import empty_buffer
 
 __all__ = ["can_run", "forward", "input_grad", "weight_grad", "use_isa", "available_isas", "current_isa",
-           "library_path", "ISAS"]
+           "library_path", "ISAS", "PATHS", "use_path"]
 
 #: The instruction sets of the kernels, in the library's numbering.
 ISAS = ("portable", "avx2", "avx512")
-ABI_VERSION = 2  # must match LC_ABI_VERSION in csrc/dispatch.c
+#: The paths of forward and weight grad, in the library's numbering: chosen by shape ("auto"),
+#: vectors along the channels of a patch, or along the output positions of a row (few channels).
+PATHS = ("auto", "channels", "rows")
+ABI_VERSION = 3  # must match LC_ABI_VERSION in csrc/dispatch.c
 _DTYPES = {torch.float32: 0, torch.float64: 1}
 #: The refusals of the C entry points (csrc/unshared_cpu.h), by status.
 _REFUSED = {2: "a size, the dtype or the instruction set is invalid",
@@ -53,6 +56,7 @@ _REFUSED = {2: "a size, the dtype or the instruction set is invalid",
 #: starting and joining a thread costs tens of microseconds.
 SERIAL_BELOW = 1 << 20
 _ISA: contextvars.ContextVar[str | None] = contextvars.ContextVar("unshared_cpu_isa", default=None)
+_PATH: contextvars.ContextVar[str] = contextvars.ContextVar("unshared_cpu_path", default="auto")
 
 _i64 = ctypes.c_int64
 
@@ -63,7 +67,8 @@ class _Call(ctypes.Structure):
                 ("inp", _i64 * 3), ("out", _i64 * 3), ("k", _i64 * 3), ("s", _i64 * 3), ("pad", _i64 * 3),
                 ("dil", _i64 * 3), ("x", ctypes.c_void_p), ("xs", _i64 * 5), ("y", ctypes.c_void_p),
                 ("ys", _i64 * 5), ("w", ctypes.c_void_p), ("kernel_major", _i64), ("bank", ctypes.c_void_p),
-                ("banks", _i64), ("x_extent", _i64), ("y_extent", _i64), ("w_extent", _i64), ("bank_len", _i64)]
+                ("banks", _i64), ("x_extent", _i64), ("y_extent", _i64), ("w_extent", _i64), ("bank_len", _i64),
+                ("path", _i64)]
 
 
 def library_path() -> Path | None:
@@ -138,6 +143,20 @@ def use_isa(name: str):
         yield name
     finally:
         _ISA.reset(token)
+
+
+@contextlib.contextmanager
+def use_path(name: str):
+    """Force the kernels' path of forward and weight grad (one of :data:`PATHS`) inside a ``with``
+    block, in this thread only (for tests and comparisons; "auto" chooses by shape). A weight
+    gradient with shared banks always takes the channel path."""
+    if name not in PATHS:
+        raise ValueError(f"path must be one of {PATHS}, got path={name!r}")
+    token = _PATH.set(name)
+    try:
+        yield name
+    finally:
+        _PATH.reset(token)
 
 
 def can_run(x: torch.Tensor, w: torch.Tensor | None, g: Geometry) -> str | None:
@@ -217,6 +236,7 @@ def _call_of(g: Geometry, n: int, x: torch.Tensor, y: torch.Tensor, w: torch.Ten
     call = _Call.from_buffer_copy(prepared[1])  # a copy per call: threads may share a layer
     call.x, call.y, call.w = x.data_ptr(), y.data_ptr(), w.data_ptr()
     call.x_extent, call.y_extent, call.w_extent = _extent(x), _extent(y), _extent(w)
+    call.path = PATHS.index(_PATH.get())
     return call, prepared[3]
 
 

@@ -1,0 +1,254 @@
+/* The rows path of forward and weight grad: vectors along the output positions of a row (the last
+ * spatial dimension), for inputs with few channels, where vectors along the channels would hold
+ * one or a few elements. Included by kernels.h (same T, VB, NAME, V, VL, INLINE, STATIC).
+ *
+ * An item is a tile of VL consecutive output positions of one row (d, h). Per tile and block of
+ * ROWS_OB output channels, the filters (VL, OB, R) are transposed into scratch as (OB, R, VL), so
+ * that lane l of every vector is position t0 + l:
+ * forward:      y[n, o, t0 + l] += wt[o, r, l] * x[n, patch(t0 + l, r)], a ROWS_NB x OB tile of
+ *               (sample, output channel) vectors;
+ * weight grad:  gt[o, r, l] = sum_n gy[n, o, t0 + l] * x[n, patch(t0 + l, r)], an OB x ROWS_RB tile
+ *               of (output channel, patch element) vectors, transposed back into the gradient.
+ * The input's lanes along w step by stride * x's w-stride: a plain vector load when that is 1 and
+ * the lanes lie inside the input, else a gather with zeros outside (padding).
+ */
+
+/* Elements ahead that the loads of a tile prefetch along a row (8 cache lines). */
+#define ROWS_AHEAD (512 / (int64_t)sizeof(T))
+
+/* Per-thread scratch: the row's taps and one block of transposed filters. */
+STATIC size_t NAME(rows_scratch)(const lc_job *j)
+{
+    return (size_t)j->R * sizeof(lc_tap) + (size_t)(ROWS_OB * j->R * VL + VL) * sizeof(T);
+}
+
+/* Lanes l < nv of x at w-coordinates i0 + l * s into v (zeros outside 0..limit and past nv): the
+ * slow case, out of line so that the tiles' loops stay small enough to unroll. */
+static __attribute__((noinline)) LC_ATTR void NAME(rows_gather)(T *v, const T *row, int64_t i0, int64_t s,
+                                                                int64_t es, int64_t limit, int64_t nv)
+{
+    for (int64_t l = 0; l < VL; l++) {
+        int64_t i = i0 + l * s;
+        v[l] = l < nv && i >= 0 && i < limit ? row[i * es] : 0;
+    }
+}
+
+/* NB rows' lanes at tap (x offset xo, w-coordinate i0): plain loads when fast, else gathers. */
+INLINE void NAME(rows_x)(V *xv, const T *const *xr, int64_t xo, int64_t i0, const lc_call *c,
+                         int64_t nv, int fast, const int NB)
+{
+    if (fast) {
+        for (int i = 0; i < NB; i++) xv[i] = NAME(load)(xr[i] + xo + i0);
+        return;
+    }
+    for (int i = 0; i < NB; i++) {
+        T lanes[VL];
+        NAME(rows_gather)(lanes, xr[i] + xo, i0, c->s[2], c->xs[4], c->in[2], nv);
+        xv[i] = NAME(load)(lanes);
+    }
+}
+
+/* The first nv lanes at p with element stride es (zeros past them); their store. */
+INLINE V NAME(rows_load)(const T *p, int64_t es, int64_t nv)
+{
+    if (es == 1 && nv == VL) return NAME(load)(p);
+    V v = NAME(bcast)(0);
+    for (int64_t l = 0; l < nv; l++) v[l] = p[l * es];
+    return v;
+}
+INLINE void NAME(rows_store)(T *p, int64_t es, int64_t nv, V v)
+{
+    if (es == 1 && nv == VL) return NAME(store)(p, v);
+    for (int64_t l = 0; l < nv; l++) p[l * es] = v[l];
+}
+
+/* Whether tap r's lanes at tile t0 are one plain vector load. */
+INLINE int NAME(rows_fast)(const lc_call *c, int64_t i0, int64_t nv)
+{
+    return nv == VL && c->s[2] * c->xs[4] == 1 && i0 >= 0 && i0 + VL - 1 < c->in[2];
+}
+
+/* dst[l] = w[filter of position p0 + l][e] for l < nv; e: an offset in a position's (O, R)
+ * filters. Without banks the lanes are OR apart. */
+INLINE void NAME(rows_lanes_of_w)(const lc_job *jb, T *dst, int64_t p0, int64_t nv, int64_t e)
+{
+    const lc_call *c = &jb->c;
+    const T *w = (const T *)c->w;
+    const int64_t OR = jb->O * jb->R;
+    if (c->bank)
+        for (int64_t l = 0; l < nv; l++) dst[l] = w[c->bank[p0 + l] * OR + e];
+    else
+        for (int64_t l = 0; l < nv; l++) dst[l] = w[(p0 + l) * OR + e];
+}
+
+/* Filters of output channels o0..o0 + OB (clamped) of group g at positions t0.. of the row,
+ * transposed into wt (OB, R, VL); zeros in lanes past nv. */
+INLINE void NAME(rows_transpose_w)(const lc_job *jb, const lc_tap *tap, T *wt, int64_t p0, int64_t nv,
+                                   int64_t o, const int OB)
+{
+    const int64_t R = jb->R;
+    for (int j = 0; j < OB; j++)
+        for (int64_t r = 0; r < R; r++) {
+            T *dst = wt + ((int64_t)j * R + r) * VL;
+            NAME(rows_lanes_of_w)(jb, dst, p0, nv, lc_min(o + j, jb->O - 1) * R + tap[r].w);
+            for (int64_t l = nv; l < VL; l++) dst[l] = 0;
+        }
+}
+
+/* The row of item `item` (tiles of VL positions per row) and its taps, recomputed on a new row. */
+INLINE void NAME(rows_item)(const lc_job *jb, int64_t item, lc_tap *tap, int64_t *row, int64_t *t0, int64_t *nv)
+{
+    const lc_call *c = &jb->c;
+    int64_t tiles = (c->out[2] + VL - 1) / VL, r = item / tiles;
+    *t0 = item % tiles * VL;
+    *nv = lc_min(VL, c->out[2] - *t0);
+    if (r != *row) lc_taps(jb, r, tap);
+    *row = r;
+}
+
+/* ------------------------------------------------------------------------------- forward */
+
+INLINE void NAME(rows_fwd_tile)(const lc_job *jb, const lc_tap *tap, const T *wt, int64_t yrow, int64_t t0,
+                                int64_t nv, int64_t n0, int64_t g, int64_t o0, const int NB, const int OB)
+{
+    const lc_call *c = &jb->c;
+    const T *x = (const T *)c->x;
+    T *y = (T *)c->y;
+    const int64_t R = jb->R, og = c->og, s = c->s[2];
+    const T *xn[ROWS_NB1];
+    for (int i = 0; i < NB; i++) xn[i] = x + lc_min(n0 + i, c->n - 1) * c->xs[0] + g * c->cg * c->xs[1];
+    V acc[ROWS_NB1][ROWS_OB];
+    for (int i = 0; i < NB; i++)
+        for (int j = 0; j < OB; j++) acc[i][j] = NAME(bcast)(0);
+    for (int64_t r = 0; r < R; r++) {
+        if (!tap[r].ok) continue;
+        int64_t i0 = t0 * s + tap[r].iw;
+        int fast = NAME(rows_fast)(c, i0, nv);
+        V wv[ROWS_OB], xv[ROWS_NB1];
+        for (int j = 0; j < OB; j++) wv[j] = NAME(load)(wt + ((int64_t)j * R + r) * VL);
+        NAME(rows_x)(xv, xn, tap[r].x, i0, c, nv, fast, NB);
+        if (fast && r < c->k[2])  /* the next tiles of each sample's rows: many streams at once */
+            for (int i = 0; i < NB; i++) __builtin_prefetch(xn[i] + tap[r].x + i0 + ROWS_AHEAD);
+        for (int i = 0; i < NB; i++)
+            for (int j = 0; j < OB; j++) acc[i][j] += xv[i] * wv[j];
+    }
+    for (int i = 0; i < NB; i++)
+        for (int j = 0; j < OB; j++)
+            if (i < c->n - n0 && j < og - o0)
+                NAME(rows_store)(y + (n0 + i) * c->ys[0] + (g * og + o0 + j) * c->ys[1] + yrow + t0 * c->ys[4],
+                                 c->ys[4], nv, acc[i][j]);
+}
+
+INLINE void NAME(rows_fwd_block)(const lc_job *jb, const lc_tap *tap, T *wt, int64_t row, int64_t t0, int64_t nv,
+                                 int64_t g, int64_t o0, const int NB, const int OB)
+{
+    const lc_call *c = &jb->c;
+    NAME(rows_transpose_w)(jb, tap, wt, row * c->out[2] + t0, nv, g * c->og + o0, OB);
+    int64_t yrow = row / c->out[1] * c->ys[2] + row % c->out[1] * c->ys[3];
+    for (int64_t n0 = 0; n0 < c->n; n0 += NB) NAME(rows_fwd_tile)(jb, tap, wt, yrow, t0, nv, n0, g, o0, NB, OB);
+}
+
+STATIC int NAME(forward_rows)(const lc_job *jb, int64_t begin, int64_t end, void *scratch)
+{
+    const lc_call *c = &jb->c;
+    lc_tap *tap = (lc_tap *)scratch;
+    T *wt = (T *)(tap + jb->R);
+    int64_t row = -1, t0, nv;
+    for (int64_t item = begin; item < end; item++) {
+        NAME(rows_item)(jb, item, tap, &row, &t0, &nv);
+        for (int64_t g = 0; g < c->groups; g++)
+            for (int64_t o0 = 0; o0 < c->og; o0 += c->og >= ROWS_OB ? ROWS_OB : 1) {
+                if (c->og >= ROWS_OB) NAME(rows_fwd_block)(jb, tap, wt, row, t0, nv, g, o0, ROWS_NB4, ROWS_OB);
+                else NAME(rows_fwd_block)(jb, tap, wt, row, t0, nv, g, o0, ROWS_NB1, 1);
+            }
+    }
+    return 0;
+}
+
+/* ---------------------------------------------------------------------------- weight grad */
+
+INLINE void NAME(rows_wg_tile)(const lc_job *jb, const lc_tap *tap, T *gt, int64_t yrow, int64_t t0, int64_t nv,
+                               int64_t g, int64_t o0, int64_t r0, const int OB, const int RB)
+{
+    const lc_call *c = &jb->c;
+    const T *x = (const T *)c->x + g * c->cg * c->xs[1], *gy = (const T *)c->y;
+    const int64_t R = jb->R, og = c->og, s = c->s[2];
+    const T *gyr[ROWS_OB];
+    for (int j = 0; j < OB; j++) gyr[j] = gy + (g * og + lc_min(o0 + j, og - 1)) * c->ys[1] + yrow + t0 * c->ys[4];
+    int64_t xo[ROWS_RB1], i0[ROWS_RB1];
+    int fast[ROWS_RB1], ok[ROWS_RB1], allfast = 1;
+    for (int q = 0; q < RB; q++) {
+        const lc_tap *t = tap + lc_min(r0 + q, R - 1);
+        xo[q] = t->x;
+        i0[q] = t0 * s + t->iw;
+        ok[q] = (int)t->ok;
+        fast[q] = NAME(rows_fast)(c, i0[q], nv);
+        allfast &= ok[q] && fast[q];
+    }
+    V acc[ROWS_OB][ROWS_RB1];
+    for (int j = 0; j < OB; j++)
+        for (int q = 0; q < RB; q++) acc[j][q] = NAME(bcast)(0);
+    for (int64_t m = 0; m < c->n; m++) {
+        const T *xm = x + m * c->xs[0];
+        V gv[ROWS_OB], xv[ROWS_RB1];
+        if (allfast && r0 == 0) {  /* the next tiles of each sample's rows: many streams at once */
+            __builtin_prefetch(xm + xo[0] + i0[0] + ROWS_AHEAD);
+            for (int j = 0; j < OB; j++) __builtin_prefetch(gyr[j] + m * c->ys[0] + ROWS_AHEAD);
+        }
+        for (int j = 0; j < OB; j++) gv[j] = NAME(rows_load)(gyr[j] + m * c->ys[0], c->ys[4], nv);
+        if (allfast) {
+            for (int q = 0; q < RB; q++) xv[q] = NAME(load)(xm + xo[q] + i0[q]);
+        } else {
+            for (int q = 0; q < RB; q++) {
+                const T *xq = xm + xo[q];
+                if (ok[q]) NAME(rows_x)(xv + q, &xq, 0, i0[q], c, nv, fast[q], 1);
+                else xv[q] = NAME(bcast)(0);
+            }
+        }
+        for (int j = 0; j < OB; j++)
+            for (int q = 0; q < RB; q++) acc[j][q] += gv[j] * xv[q];
+    }
+    for (int j = 0; j < OB; j++)
+        for (int q = 0; q < RB; q++)
+            if (q < R - r0) NAME(store)(gt + ((int64_t)j * R + r0 + q) * VL, acc[j][q]);
+}
+
+/* The gradient of output channels o..o + ob at positions p0..p0 + nv from gt (OB, R, VL). */
+INLINE void NAME(rows_untranspose)(const lc_job *jb, const lc_tap *tap, const T *gt, int64_t p0, int64_t nv,
+                                   int64_t o, int64_t ob)
+{
+    T *gw = (T *)jb->c.w;
+    const int64_t R = jb->R;
+    for (int64_t l = 0; l < nv; l++)
+        for (int64_t j = 0; j < ob; j++) {
+            T *dst = gw + (p0 + l) * jb->O * R + (o + j) * R;
+            for (int64_t r = 0; r < R; r++) dst[tap[r].w] = gt[(j * R + r) * VL + l];
+        }
+}
+
+INLINE void NAME(rows_wg_block)(const lc_job *jb, const lc_tap *tap, T *gt, int64_t row, int64_t t0, int64_t nv,
+                                int64_t g, int64_t o0, const int OB, const int RB)
+{
+    const lc_call *c = &jb->c;
+    int64_t yrow = row / c->out[1] * c->ys[2] + row % c->out[1] * c->ys[3];
+    for (int64_t r0 = 0; r0 < jb->R; r0 += RB) NAME(rows_wg_tile)(jb, tap, gt, yrow, t0, nv, g, o0, r0, OB, RB);
+    NAME(rows_untranspose)(jb, tap, gt, row * c->out[2] + t0, nv, g * c->og + o0, lc_min(OB, c->og - o0));
+}
+
+/* One position per filter (no shared banks: dispatch.c sends those to the channel path). */
+STATIC int NAME(weight_grad_rows)(const lc_job *jb, int64_t begin, int64_t end, void *scratch)
+{
+    const lc_call *c = &jb->c;
+    lc_tap *tap = (lc_tap *)scratch;
+    T *gt = (T *)(tap + jb->R);
+    int64_t row = -1, t0, nv;
+    for (int64_t item = begin; item < end; item++) {
+        NAME(rows_item)(jb, item, tap, &row, &t0, &nv);
+        for (int64_t g = 0; g < c->groups; g++)
+            for (int64_t o0 = 0; o0 < c->og; o0 += c->og >= ROWS_OB ? ROWS_OB : 1) {
+                if (c->og >= ROWS_OB) NAME(rows_wg_block)(jb, tap, gt, row, t0, nv, g, o0, ROWS_OB, ROWS_RB4);
+                else NAME(rows_wg_block)(jb, tap, gt, row, t0, nv, g, o0, 1, ROWS_RB1);
+            }
+    }
+    return 0;
+}

@@ -1,0 +1,107 @@
+/* The rows path of the input gradient: vectors along the input positions of a row, for inputs
+ * with few channels. Included by kernels.h after kernels_rows.h.
+ *
+ * An item is a tile of VL input positions iw = phase + s * (m0 + l) of one input row (d, h), for
+ * one phase (iw mod s, the stride s along w): every (kernel offset, output row) tap that reaches
+ * them reaches all lanes from the consecutive output positions p = q + m0 + l, so that
+ *   gx[n, c, iw] = sum_taps sum_o wt[o, c, tap, l] * gy[n, o, row(tap), q + m0 + l]
+ * with the filters of the tile's positions gathered once per tile into wt (zeros for positions
+ * outside the output) and a ROWS_NB x CB tile of (sample, channel) vectors. A gather, not a
+ * scatter: each gx element is written once, by one thread.
+ */
+
+/* Per-thread scratch: the taps of a row and phase, the tile's filters of one group. */
+STATIC size_t NAME(input_grad_rows_scratch)(const lc_job *j)
+{
+    return (size_t)j->K * sizeof(lc_itap) + (size_t)(j->c.og * j->c.cg * j->K * VL + VL) * sizeof(T);
+}
+
+/* The filters of group g at the tile's positions: wt[((o * cg + c) * ntaps + q) * VL + l]. */
+INLINE void NAME(rows_ig_filters)(const lc_job *jb, const lc_itap *tap, int64_t ntaps, T *wt, int64_t g,
+                                  int64_t m0, int64_t nv)
+{
+    const lc_call *c = &jb->c;
+    const int64_t og = c->og, cg = c->cg, R = jb->R;
+    for (int64_t q = 0; q < ntaps; q++) {
+        /* lanes l0..l1 are positions inside the output */
+        int64_t pb = tap[q].q + m0, l0 = lc_min(lc_max(0, -pb), nv), l1 = lc_max(l0, lc_min(nv, c->out[2] - pb));
+        for (int64_t o = 0; o < og; o++)
+            for (int64_t ch = 0; ch < cg; ch++) {
+                int64_t r = c->kernel_major ? tap[q].k * cg + ch : ch * jb->K + tap[q].k;
+                T *dst = wt + ((o * cg + ch) * ntaps + q) * VL;
+                for (int64_t l = 0; l < l0; l++) dst[l] = 0;
+                NAME(rows_lanes_of_w)(jb, dst + l0, tap[q].prow + pb + l0, l1 - l0, (g * og + o) * R + r);
+                for (int64_t l = l1; l < VL; l++) dst[l] = 0;
+            }
+    }
+}
+
+INLINE void NAME(rows_ig_tile)(const lc_job *jb, const lc_itap *tap, int64_t ntaps, const T *wt, int64_t gxrow,
+                               int64_t m0, int64_t nv, int64_t g, int64_t n0, int64_t c0, const int NB, const int CB)
+{
+    const lc_call *c = &jb->c;
+    const T *gy = (const T *)c->y;
+    const int64_t og = c->og, cg = c->cg;
+    V acc[ROWS_NB1][ROWS_OB];
+    for (int i = 0; i < NB; i++)
+        for (int j = 0; j < CB; j++) acc[i][j] = NAME(bcast)(0);
+    for (int64_t q = 0; q < ntaps; q++) {
+        int64_t pb = tap[q].q + m0;
+        int fast = nv == VL && c->ys[4] == 1 && pb >= 0 && pb + VL - 1 < c->out[2];
+        const T *gq[ROWS_NB1];
+        for (int i = 0; i < NB; i++) gq[i] = gy + lc_min(n0 + i, c->n - 1) * c->ys[0] + g * og * c->ys[1] + tap[q].gy;
+        for (int64_t o = 0; o < og; o++) {
+            V gv[ROWS_NB1], wv[ROWS_OB];
+            for (int i = 0; i < NB; i++) {
+                const T *go = gq[i] + o * c->ys[1];
+                if (fast) {
+                    gv[i] = NAME(load)(go + pb);
+                    if (q == 0) __builtin_prefetch(go + pb + ROWS_AHEAD);
+                } else {
+                    T lanes[VL];
+                    NAME(rows_gather)(lanes, go, pb, 1, c->ys[4], c->out[2], nv);
+                    gv[i] = NAME(load)(lanes);
+                }
+            }
+            for (int j = 0; j < CB; j++) wv[j] = NAME(load)(wt + ((o * cg + c0 + j) * ntaps + q) * VL);
+            for (int i = 0; i < NB; i++)
+                for (int j = 0; j < CB; j++) acc[i][j] += gv[i] * wv[j];
+        }
+    }
+    T *gx = (T *)c->x;
+    const int64_t es = c->s[2] * c->xs[4];
+    for (int i = 0; i < NB; i++)
+        for (int j = 0; j < CB; j++)
+            if (i < c->n - n0)
+                NAME(rows_store)(gx + (n0 + i) * c->xs[0] + (g * cg + c0 + j) * c->xs[1] + gxrow, es, nv, acc[i][j]);
+}
+
+/* Items: (input row, phase, tile of VL positions of that phase); jb->tiles tiles per phase. */
+STATIC int NAME(input_grad_rows)(const lc_job *jb, int64_t begin, int64_t end, void *scratch)
+{
+    const lc_call *c = &jb->c;
+    lc_itap *tap = (lc_itap *)scratch;
+    T *wt = (T *)(tap + jb->K);
+    const int64_t s = c->s[2], phases = lc_min(s, c->in[2]), cg = c->cg;
+    int64_t key = -1, ntaps = 0;
+    for (int64_t item = begin; item < end; item++) {
+        int64_t m0 = item % jb->tiles * VL, phase = item / jb->tiles % phases, row = item / jb->tiles / phases;
+        int64_t nv = lc_min(VL, (c->in[2] - phase + s - 1) / s - m0);
+        if (nv <= 0) continue;
+        if (row * phases + phase != key) ntaps = lc_itaps(jb, row, phase, tap);
+        key = row * phases + phase;
+        int64_t gxrow = row / c->in[1] * c->xs[2] + row % c->in[1] * c->xs[3] + (phase + s * m0) * c->xs[4];
+        for (int64_t g = 0; g < c->groups; g++) {
+            NAME(rows_ig_filters)(jb, tap, ntaps, wt, g, m0, nv);
+            for (int64_t n0 = 0; n0 < c->n; n0 += cg >= ROWS_OB ? ROWS_NB4 : ROWS_NB1)
+                for (int64_t c0 = 0; c0 < cg; c0 += cg >= ROWS_OB ? ROWS_OB : 1) {
+                    if (cg >= ROWS_OB)  /* the last tile overlaps the one before it */
+                        NAME(rows_ig_tile)(jb, tap, ntaps, wt, gxrow, m0, nv, g, n0, lc_min(c0, cg - ROWS_OB), ROWS_NB4,
+                                           ROWS_OB);
+                    else
+                        NAME(rows_ig_tile)(jb, tap, ntaps, wt, gxrow, m0, nv, g, n0, c0, ROWS_NB1, 1);
+                }
+        }
+    }
+    return 0;
+}
