@@ -125,14 +125,14 @@ def test_demo_data_sizes():
 
 # ----------------------------------------------------------------------------- the CPU benchmark
 
-def cited(prefix: str) -> Path:
-    """The results file of ``benchmarks/results/`` whose name starts with ``prefix`` that the README links."""
-    names = set(re.findall(rf"\(benchmarks/results/({prefix}[\w.-]+\.md)\)", README))
+def cited(prefix: str, rest: str = r"[\w.-]+") -> Path:
+    """The results file of ``benchmarks/results/`` named ``prefix`` then ``rest`` (a pattern) that the README links."""
+    names = set(re.findall(rf"\(benchmarks/results/({prefix}{rest}\.md)\)", README))
     assert len(names) == 1, f"the README should link one benchmarks/results/{prefix}*.md, links {names}"
     return RESULTS / names.pop()
 
 
-CPU_FILE = cited("cpu-")
+CPU_FILE = cited("cpu-", r"\d{4}-\d\d-\d\d")
 CPU_TEXT = CPU_FILE.read_text()
 CPU = {(r["case"], r["mode"], r["provider"]): r for r in markdown_table(CPU_TEXT, "| case | batch | mode |")}
 CPU_LAYERS = {"L4": "DeepFace L4", "L5": "DeepFace L5", "L6": "DeepFace L6", "cifar": "CIFAR-like"}
@@ -157,6 +157,31 @@ def test_cpu_table_is_the_recorded_run():
                      f"{other['unfold+einsum']['unshared-cpu speed-up']}x",
                      f"{row['peak/weight']}, {other['unfold+einsum']['peak/weight']}"])
     assert [list(r.values()) for r in readme] == want
+
+
+def test_few_channel_table_is_the_recorded_run():
+    path = cited("cpu-", r"\d{4}-\d\d-\d\d-fewchannel")
+    rows = {(r["case"], r["mode"], r["provider"]): r for r in markdown_table(path.read_text(), "| case | batch | mode |")}
+    readme = markdown_table(README, "| case (batch) | cpu kernels ms | unfold+einsum ms |")
+    assert readme, "the README has no few-channel table"
+    for row in readme:
+        ours, unfold = (rows[(row["case (batch)"], "forward+backward", p)] for p in ("unshared-cpu", "unfold+einsum"))
+        assert [row["cpu kernels ms"], row["unfold+einsum ms"], row["speed-up"]] == [
+            ours["median ms"], unfold["median ms"], f"{unfold['unshared-cpu speed-up']}x"]
+
+
+def test_host_time_table_is_the_recorded_run():
+    path = cited("overhead-cpu-")
+    rows = {(r["layer"], r["mode"], r["provider"]): r for r in markdown_table(path.read_text(), "| layer | mode | provider |")}
+    readme = markdown_table(README, "| layer | mode | unshared us |")
+    assert len(readme) == 6
+    for row in readme:
+        layer, mode = row["layer"], row["mode"]
+        ours = rows[(layer, mode, "unshared")]
+        assert [row["unshared us"], row["nn.Conv us"], row["unfold+einsum us"], row["unshared / nn.Conv"]] == [
+            ours["median us/call"], rows[(layer, mode, f"nn.Conv{layer}")]["median us/call"],
+            rows[(layer, mode, "unfold+einsum")]["median us/call"], ours["/ nn.Conv"]]
+    said(f"load average {path.read_text().split('load average at start: ')[1].split()[0][:3]} at the start")
 
 
 def test_cpu_prose_is_the_recorded_run():
