@@ -33,7 +33,8 @@ settings.register_profile(
 settings.load_profile("unshared")
 EXAMPLES_SCALE = 5 if switched_on("UNSHARED_FULL_SWEEP") else 1
 
-from unshared.backends import cpu as _cpu, selection as _selection  # noqa: E402  (after TRITON_INTERPRET is set)
+from unshared import _plans  # noqa: E402
+from unshared.backends import cpu as _cpu, release_pooled_buffers, selection as _selection  # noqa: E402  (after TRITON_INTERPRET is set)
 
 #: What ``backend="auto"`` picks for float32/float64 CPU tensors: the compiled kernels when built.
 CPU_AUTO = "cpu" if _cpu.available_isas() else "torch"
@@ -78,10 +79,13 @@ def _restore(state: dict) -> None:
 @pytest.fixture(autouse=True)
 def isolated_global_state():
     """Every test starts from the same random state and leaves the process's global state as it
-    found it, so that no result depends on which tests ran before (any order passes)."""
+    found it, so that no result depends on which tests ran before (any order passes); the
+    functional forms' plans are cleared too (a plan keeps the backend an earlier test's state chose)."""
     saved, rng = _global_state(), torch.random.get_rng_state()
     torch.manual_seed(0)
+    _plans.clear()
     yield
+    release_pooled_buffers()
     torch.random.set_rng_state(rng)
     _restore(saved)
 

@@ -65,7 +65,8 @@ def step(layer, shape, create_graph=False):
 def test_fast_path_and_operators_agree_bit_for_bit(backend, case, create_graph):
     layer, shape = layers(backend)[case]
     y_fast, grads_fast, second_fast = step(layer, shape, create_graph)
-    assert type(y_fast.grad_fn).__name__ in FAST_NODES or layer.bias is not None  # bias: an add on top
+    transposed_with_bias = case == 4 and layer.bias is not None  # an add on top; a layer's bias is folded in
+    assert type(y_fast.grad_fn).__name__ in FAST_NODES or transposed_with_bias
     with Operators() as mode:
         y_op, grads_op, second_op = step(layer, shape, create_graph)
     assert {"forward", "input_grad", "weight_grad"} & set(mode.seen) and len(mode.seen) >= 3
@@ -141,3 +142,31 @@ def test_a_configuration_seen_before_still_refuses_bad_input():
         with pytest.raises(TypeError, match="input must be a floating point tensor"):
             UF.locally_connected2d(x.long(), layer.weight.long())
     assert torch.equal(layer(x), UF.locally_connected2d(x, layer.weight, layer.bias))
+
+
+@pytest.mark.parametrize("shared_bias", [False, True])
+def test_the_bias_is_added_inside_the_fast_node(shared_bias):
+    layer = unshared.LocallyConnected2d(3, 4, 3, input_size=5, shared_bias=shared_bias).double()
+    x = torch.randn(2, 3, 5, 5, dtype=torch.float64, requires_grad=True)
+    y = layer(x)
+    assert type(y.grad_fn).__name__ == "ForwardBackward"  # one node: no separate add
+    gy = torch.randn_like(y)
+    fast = torch.autograd.grad(y, (x, layer.weight, layer.bias), gy)
+    with Operators():
+        y_op = layer(x)
+        ops_grads = torch.autograd.grad(y_op, (x, layer.weight, layer.bias), gy)
+    assert torch.equal(y, y_op) and all(torch.equal(a, b) for a, b in zip(fast, ops_grads))
+    with torch.no_grad():  # the bare call adds it in place, to the same values
+        assert torch.equal(layer(x), y)
+
+
+def test_a_bias_the_fast_node_cannot_hold_is_added_after_it():
+    # the functional forms refuse mixed dtypes; the operator entry adds such a bias as `+` would
+    g = Geometry((6,), (4,), (3,), (1,), ((0, 0),), (1,), 1, 3, 5)
+    x, w = torch.randn(2, 3, 6, requires_grad=True), torch.randn(4, 5, 3, 3)
+    bias = torch.randn(5, dtype=torch.float64, requires_grad=True)
+    y = ops.locally_connected(x, w, g, "auto", bias=bias)
+    assert y.dtype == torch.float64 and type(y.grad_fn).__name__ == "AddBackward0"
+    torch.testing.assert_close(y, ops.locally_connected(x, w, g, "auto") + bias.view(-1, 1))
+    y.sum().backward()
+    assert bias.grad.dtype == torch.float64 and torch.equal(bias.grad, torch.full((5,), 8.0, dtype=torch.float64))

@@ -12,7 +12,7 @@ from torch import Tensor
 from . import _calls as C
 from . import _plans as P
 from . import _utils as U
-from .backends import BACKENDS, check_backend_name, choose_backend, ops
+from .backends import BACKENDS, check_backend_name, choose_backend, compute, ops
 
 __all__ = ["locally_connected", "locally_connected1d", "locally_connected2d", "locally_connected3d",
            "locally_connected_transpose", "locally_connected_transpose1d", "locally_connected_transpose2d",
@@ -24,14 +24,16 @@ _WEIGHT_LAYOUT = "*output_size, out_channels, in_channels // groups, *kernel_siz
 def _finish(y: Tensor, bias: Tensor | None, unbatched: bool) -> Tensor:
     """Add the bias (shared, or per position)."""
     if bias is not None:
-        y = y + (bias.view(-1, *(1,) * (y.dim() - 2)) if bias.dim() == 1 else bias)
+        y = y + compute.bias_view(bias, y.dim())
     return y.squeeze(0) if unbatched else y
 
 
 def _planned(plan: P.Plan, operation, input: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
-    """A call of a configuration seen before (its checks passed): ``operation`` on its plan."""
+    """A call of a configuration seen before (its checks passed): ``operation`` on its plan (which
+    adds the bias)."""
     x = input.unsqueeze(0) if plan.unbatched else input
-    return _finish(operation(x, weight, plan.geometry, plan.backend, plan.entry), bias, plan.unbatched)
+    y = operation(x, weight, plan.geometry, plan.backend, plan.entry, bias)
+    return y.squeeze(0) if plan.unbatched else y
 
 
 @U.traceable
@@ -62,7 +64,8 @@ def _locally_connected(nd: int, input, weight, bias, stride, padding, dilation, 
     C.check_bias(name, bias, out_channels, grid)
     chosen = choose_backend(call.x, weight, call.geometry, backend)
     P.store(key, call.geometry, chosen, call.unbatched)
-    return _finish(ops.locally_connected(call.x, weight, call.geometry, chosen), bias, call.unbatched)
+    y = ops.locally_connected(call.x, weight, call.geometry, chosen, bias=bias)
+    return y.squeeze(0) if call.unbatched else y
 
 
 def locally_connected(input: Tensor, weight: Tensor, bias: Tensor | None = None, stride=1, padding=0,

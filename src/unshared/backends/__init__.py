@@ -17,13 +17,15 @@ cannot compute a call. :func:`choose_backend` picks one: an explicit ``backend=`
 :mod:`.ops` turns the backends' three operations into one differentiable custom operator;
 :mod:`.settings` holds the tunable numbers (:func:`settings` changes them for a block of code);
 :mod:`.selection` measures the CUDA candidates for ``"auto"``; :mod:`.flops` gives FLOP counters
-the operators' counts.
+the operators' counts; :mod:`.buffers` maps large CPU buffers and pools large weight gradients
+(:func:`release_pooled_buffers` returns their memory).
 """
 from __future__ import annotations
 
 import torch
 
 from . import flops
+from .buffers import release_pooled_buffers
 from .registry import BACKENDS, check_backend_name
 from .selection import choices, clear_choices, measuring
 from .settings import Settings, current_settings, settings
@@ -31,7 +33,7 @@ from .settings import Settings, current_settings, settings
 flops.register_when_imported()  # FLOP formulas of the operators, for FlopCounterMode
 
 __all__ = ["BACKENDS", "choose_backend", "check_backend_name", "settings", "Settings", "current_settings",
-           "measuring", "clear_choices", "choices"]
+           "measuring", "clear_choices", "choices", "release_pooled_buffers"]
 
 
 def _min_positions_per_conv() -> int:

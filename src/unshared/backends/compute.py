@@ -82,6 +82,12 @@ def weight_grad(e: Entry, x: Tensor, grad_output: Tensor, backend: str, kernel_m
     return _run(backend, "backward", grad_output, layout, g, "weight_grad", x, grad_output, g, kernel_major)
 
 
+def bias_view(bias: Tensor, dim: int) -> Tensor:
+    """A bias, ``(O,)`` shared or ``(O, *output_size)`` per position, viewed to broadcast over a
+    ``dim``-d output ``(N, O, *output_size)``."""
+    return bias.view(-1, *(1,) * (dim - 2)) if bias.dim() == 1 else bias
+
+
 # ----------------------------------------------------------------------------- shapes (fake/meta)
 # The layouts here are the ones every backend returns: outputs and input gradients in the input's
 # memory format, weight gradients kernel-major or channel-major as asked (the weight's layout).

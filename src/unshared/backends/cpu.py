@@ -34,7 +34,7 @@ from pathlib import Path
 import torch
 
 from .._utils import Geometry, empty_weight, memory_format_of, weight_memory
-from .buffers import empty_buffer
+from .buffers import pooled_buffer
 
 __all__ = ["can_run", "forward", "input_grad", "weight_grad", "use_isa", "available_isas", "current_isa",
            "library_path", "ISAS", "PATHS", "use_path"]
@@ -302,7 +302,7 @@ def weight_grad(x: torch.Tensor, gy: torch.Tensor, g: Geometry, kernel_major: bo
     dtype = _check_dtypes("weight_grad", x, gy)
     n = x.shape[0]
     shape = (*g.weight_leading, g.out_channels, g.in_channels // g.groups, *g.kernel_size)
-    gw = empty_weight(shape, g.ndim, kernel_major=kernel_major, dtype=dtype, device=x.device, allocate=empty_buffer)
+    gw = empty_weight(shape, g.ndim, kernel_major=kernel_major, dtype=dtype, device=x.device, allocate=pooled_buffer)
     if n == 0 or math.prod(shape) == 0:
         return gw.zero_()
     memory, kernel_major = weight_memory(gw)  # a view of gw

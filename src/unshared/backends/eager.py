@@ -34,9 +34,16 @@ def applies(first: Tensor, second: Tensor) -> bool:
             and not torch._C._are_functorch_transforms_active() and not torch.jit.is_tracing())
 
 
-def needs_grad(first: Tensor, second: Tensor) -> bool:
+def needs_grad(first: Tensor, second: Tensor, third: Tensor | None = None) -> bool:
     """Whether autograd records a call on these tensors (else the operation runs bare)."""
-    return torch.is_grad_enabled() and (first.requires_grad or second.requires_grad)
+    return torch.is_grad_enabled() and (first.requires_grad or second.requires_grad
+                                        or (third is not None and third.requires_grad))
+
+
+def foldable(bias: Tensor, x: Tensor) -> bool:
+    """Whether :class:`Forward` may add ``bias`` to its output in place: a plain tensor of the
+    output's dtype and device (else type promotion or broadcasting rules would differ)."""
+    return type(bias) in _PLAIN and bias.dtype == x.dtype and bias.device == x.device
 
 
 def _by_operator() -> bool:
@@ -64,24 +71,33 @@ def _forward(e: Entry, x, weight, backend):
 
 
 class Forward(torch.autograd.Function):
-    """``(x, weight)`` -> the layer's output, as ``unshared::forward``."""
+    """``(x, weight, bias or None)`` -> the layer's output, as ``unshared::forward`` plus the bias
+    (one node: the bias is added in place, its gradient summed here as autograd would)."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, weight: Tensor, e: Entry, backend: str) -> Tensor:
+    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor | None, e: Entry, backend: str) -> Tensor:
         ctx.save_for_backward(x, weight)
         ctx.entry, ctx.backend = e, backend
-        return compute.forward(e, x, weight, backend)
+        y = compute.forward(e, x, weight, backend)
+        if bias is not None:
+            view = compute.bias_view(bias, y.dim())
+            ctx.bias_shapes = (view.shape, bias.shape)
+            y.add_(view)
+        return y
 
     @staticmethod
     def backward(ctx, grad: Tensor):
         x, weight = ctx.saved_tensors
         e, backend = ctx.entry, ctx.backend
-        gx = gw = None
+        gx = gw = gb = None
         if ctx.needs_input_grad[0]:
             gx = _input_grad(e, grad, weight, backend, memory_format_of(x) != torch.contiguous_format)
         if ctx.needs_input_grad[1]:
             gw = _weight_grad(e, x, grad, backend, is_kernel_major(weight))
-        return gx, gw, None, None
+        if ctx.needs_input_grad[2]:
+            view_shape, shape = ctx.bias_shapes
+            gb = grad.sum_to_size(view_shape).view(shape)
+        return gx, gw, gb, None, None
 
 
 class InputGrad(torch.autograd.Function):

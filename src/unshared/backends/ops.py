@@ -23,27 +23,42 @@ from .registry import BACKENDS
 __all__ = ["locally_connected", "locally_connected_transpose"]
 
 
+def _with_bias(y: Tensor, bias: Tensor | None) -> Tensor:
+    return y if bias is None else y + compute.bias_view(bias, y.dim())
+
+
 def locally_connected(x: Tensor, weight: Tensor, geometry: Geometry, backend: str,
-                      entry: checks.Entry | None = None) -> Tensor:
-    """``(N, C, *input_size)`` -> ``(N, O, *output_size)`` without bias; zero padding only.
-    ``entry``: ``geometry``'s :class:`~.checks.Entry`, when the caller keeps it."""
+                      entry: checks.Entry | None = None, bias: Tensor | None = None) -> Tensor:
+    """``(N, C, *input_size)`` -> ``(N, O, *output_size)``, plus ``bias`` (``(O,)`` or
+    ``(O, *output_size)``) when given; zero padding only. ``entry``: ``geometry``'s
+    :class:`~.checks.Entry`, when the caller keeps it."""
     module = BACKENDS.get(backend)  # "auto": chosen inside the operator
     if getattr(module, "STANDARD_OPERATORS", False):
-        return module.forward(x, weight, geometry)
+        return _with_bias(module.forward(x, weight, geometry), bias)
     if eager.applies(x, weight):
         e = entry or checks.entry_of(geometry)
-        if eager.needs_grad(x, weight):
-            return eager.Forward.apply(x, weight, e, backend)
-        return compute.forward(e, x, weight, backend)
+        folded = bias if bias is None or eager.foldable(bias, x) else None  # added inside the call
+        if eager.needs_grad(x, weight, folded):
+            y = eager.Forward.apply(x, weight, folded, e, backend)
+        else:
+            y = compute.forward(e, x, weight, backend)
+            if folded is not None:
+                y.add_(compute.bias_view(folded, y.dim()))
+        return y if folded is not None else _with_bias(y, bias)
     if func.transforms_active():  # torch.func cannot differentiate the operator itself
-        return func.Forward.apply(x, weight, geometry.encode(), backend)
-    return torch.ops.unshared.forward(x, weight, geometry.encode(), backend)
+        return _with_bias(func.Forward.apply(x, weight, geometry.encode(), backend), bias)
+    return _with_bias(torch.ops.unshared.forward(x, weight, geometry.encode(), backend), bias)
 
 
 def locally_connected_transpose(x: Tensor, weight: Tensor, geometry: Geometry, backend: str,
-                                entry: checks.Entry | None = None) -> Tensor:
+                                entry: checks.Entry | None = None, bias: Tensor | None = None) -> Tensor:
     """The adjoint of :func:`locally_connected` in its input: ``(N, O, *output_size)`` ->
-    ``(N, C, *input_size)`` of ``geometry`` (the transposed layer's forward)."""
+    ``(N, C, *input_size)`` of ``geometry`` (the transposed layer's forward), plus ``bias``
+    (``(C,)`` or ``(C, *input_size)``) when given."""
+    return _with_bias(_transpose(x, weight, geometry, backend, entry), bias)
+
+
+def _transpose(x: Tensor, weight: Tensor, geometry: Geometry, backend: str, entry: checks.Entry | None) -> Tensor:
     module = BACKENDS.get(backend)
     channels_last = memory_format_of(x) != torch.contiguous_format
     if getattr(module, "STANDARD_OPERATORS", False):

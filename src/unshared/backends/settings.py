@@ -50,6 +50,9 @@ class Settings:
     #: to malloc, which reuses freed heap memory without new page faults (a 30 MiB weight gradient:
     #: 5.4 ms from the heap, 13.7 ms mapped).
     huge_page_bytes: int = 64 << 20
+    #: Weight gradients that large (CPU) are written into pooled buffers, reused once no tensor holds
+    #: them, up to this many bytes in all (0: no pool); see :mod:`unshared.backends.buffers`.
+    pooled_bytes: int = 4 << 30
     #: With shared filter banks, ``backend="auto"`` runs one convolution per bank when banks hold
     #: at least this many positions on average (fwd+bwd at DeepFace L4, batch 8, 2-core CPU,
     #: 2026-11-22: 25 banks of 121 positions, 142 ms by convolutions against 190 ms by the locally
