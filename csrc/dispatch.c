@@ -324,12 +324,20 @@ LC_EXPORT int unshared_input_grad(const lc_call *c, int dtype, int isa, int thre
     lc_job_init(&j, c);
     j.npad = (c->n + k->lanes - 1) / k->lanes * k->lanes;
     size_t item = dtype == LC_FLOAT32 ? sizeof(float) : sizeof(double);
-    void *block;
+    void *block, *copy = NULL;
     j.gyt = lc_alloc_lines((size_t)(j.P * j.O * j.npad) * item, &block);
     if (!j.gyt) return LC_NO_MEMORY;
     status = lc_run(&j, k->transpose_gy, j.P, 0, threads);
+    if (status == LC_OK && !c->kernel_major) {  /* a kernel-major copy: each filter read once, scattered */
+        int64_t rows = c->bank ? c->banks : j.P;
+        j.source = c->w;
+        j.c.w = lc_alloc_lines((size_t)(rows * j.O * j.R) * item, &copy);
+        j.c.kernel_major = 1;
+        status = j.c.w ? lc_run(&j, k->weight_to_kernel_major, rows, 0, threads) : LC_NO_MEMORY;
+    }
     if (status == LC_OK)
         status = lc_run(&j, k->input_grad, c->in[0] * c->in[1], 2 * (size_t)j.K * sizeof(lc_pair), threads);
+    free(copy);
     free(block);
     return status;
 }
