@@ -16,9 +16,6 @@
 #include <pthread.h>
 #define LC_EXPORT __attribute__((visibility("default")))
 #endif
-#ifdef __linux__
-#include <sys/mman.h>
-#endif
 
 /* Bumped whenever lc_call or an entry point changes: the Python side checks it. */
 #define LC_ABI_VERSION 3
@@ -194,22 +191,6 @@ static void *lc_alloc_lines(size_t bytes, void **raw)
     return block ? block + (64 - (uintptr_t)block % 64) % 64 : NULL;
 }
 
-/* A large buffer written once per call: on Linux in transparent huge pages where the system
- * lends them on request (a few faults, not one per 4 KiB page); else as lc_alloc_lines. */
-static void *lc_alloc_large(size_t bytes, void **raw)
-{
-#if defined(__linux__) && defined(MADV_HUGEPAGE)
-    const size_t huge = (size_t)2 << 20;
-    if (bytes >= 2 * huge) {
-        *raw = NULL;
-        if (posix_memalign(raw, huge, (bytes + huge - 1) / huge * huge)) return NULL;
-        madvise(*raw, (bytes + huge - 1) / huge * huge, MADV_HUGEPAGE);  /* advice: may be refused */
-        return *raw;
-    }
-#endif
-    return lc_alloc_lines(bytes, raw);
-}
-
 /* Rows (n, d, h) of x copied into j->c.x's channels-last buffer, whole vectors of w at a time. */
 #define LC_TO_CHANNELS_LAST(name, E)                                                               \
     static int name(const lc_job *j, int64_t begin, int64_t end, void *scratch)                    \
@@ -343,20 +324,12 @@ LC_EXPORT int unshared_input_grad(const lc_call *c, int dtype, int isa, int thre
     lc_job_init(&j, c);
     j.npad = (c->n + k->lanes - 1) / k->lanes * k->lanes;
     size_t item = dtype == LC_FLOAT32 ? sizeof(float) : sizeof(double);
-    void *block, *copy = NULL;
+    void *block;
     j.gyt = lc_alloc_lines((size_t)(j.P * j.O * j.npad) * item, &block);
     if (!j.gyt) return LC_NO_MEMORY;
     status = lc_run(&j, k->transpose_gy, j.P, 0, threads);
-    if (status == LC_OK && !c->kernel_major) {  /* a kernel-major copy: each filter read once, scattered */
-        int64_t rows = c->bank ? c->banks : j.P;
-        j.source = c->w;
-        j.c.w = lc_alloc_large((size_t)(rows * j.O * j.R) * item, &copy);
-        j.c.kernel_major = 1;
-        status = j.c.w ? lc_run(&j, k->weight_to_kernel_major, rows, 0, threads) : LC_NO_MEMORY;
-    }
     if (status == LC_OK)
         status = lc_run(&j, k->input_grad, c->in[0] * c->in[1], 2 * (size_t)j.K * sizeof(lc_pair), threads);
-    free(copy);
     free(block);
     return status;
 }

@@ -170,17 +170,6 @@ STATIC void NAME(from_kernel_major)(const T *src, T *dst, int64_t O, int64_t cg,
         NAME(transpose)(src, cg, src_end, dst, K, dst_end, K, cg, add);
 }
 
-/* Items: weight rows (positions or banks) of jb->source (channel-major) copied kernel-major
- * into c.w (the input grad's copy). */
-STATIC int NAME(weight_to_kernel_major)(const lc_job *jb, int64_t begin, int64_t end, void *scratch)
-{
-    (void)scratch;
-    const int64_t OR = jb->O * jb->R;
-    for (int64_t item = begin; item < end; item++)
-        NAME(to_kernel_major)((const T *)jb->source + item * OR, (T *)jb->c.w + item * OR, jb->O, jb->c.cg, jb->K);
-    return 0;
-}
-
 /* ------------------------------------------------------------------------------- forward */
 
 /* `first`: the first pass over these filters, which come from memory: prefetched 1 KiB ahead. */
@@ -350,7 +339,7 @@ STATIC int NAME(weight_grad)(const lc_job *jb, int64_t begin, int64_t end, void 
 #include "kernels_rows_ig.h"
 
 /* LC_HALF: the table of the half-width instantiation (included before this one), or NULL. */
-const lc_kernels NAME(kernels) = {NAME(forward), NAME(weight_grad), NAME(input_grad), NAME(transpose_gy), NAME(weight_to_kernel_major),
+const lc_kernels NAME(kernels) = {NAME(forward), NAME(weight_grad), NAME(input_grad), NAME(transpose_gy),
                                   NAME(forward_rows), NAME(weight_grad_rows), NAME(input_grad_rows),
                                   NAME(patch_scratch), NAME(rows_scratch), NAME(input_grad_rows_scratch), VL,
                                   LC_HALF};

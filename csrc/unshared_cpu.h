@@ -63,7 +63,7 @@ typedef int (*lc_range_fn)(const lc_job *job, int64_t begin, int64_t end, void *
 /* The kernels of one ISA, dtype and vector width; `half`: the same at half the width (the input
  * gradient of batches that fit it), or NULL. */
 typedef struct lc_kernels {
-    lc_range_fn forward, weight_grad, input_grad, transpose_gy, weight_to_kernel_major, forward_rows, weight_grad_rows, input_grad_rows;
+    lc_range_fn forward, weight_grad, input_grad, transpose_gy, forward_rows, weight_grad_rows, input_grad_rows;
     size_t (*patch_scratch)(const lc_job *job);   /* per thread, forward and weight grad */
     size_t (*rows_scratch)(const lc_job *job);    /* per thread, the rows path */
     size_t (*input_grad_rows_scratch)(const lc_job *job);
