@@ -90,25 +90,84 @@ STATIC size_t NAME(patch_scratch)(const lc_job *j)
     return (size_t)(j->K + 1 + j->R / VL + j->K + 1) * sizeof(lc_seg) + (size_t)(j->O * j->R) * sizeof(T);
 }
 
+/* Tile t[i] = row i of a VL x VL block, transposed in registers: log2(VL) rounds of interleaving
+ * rows i and i + VL/2 (GCC's __builtin_shuffle with constant masks; elsewhere through memory). */
+#if defined(__GNUC__) && !defined(__clang__)
+typedef __typeof__((V){0} == (V){0}) NAME(lanes_of);
+INLINE void NAME(transpose_tile)(V t[VL])
+{
+    NAME(lanes_of) lo, hi;
+    for (int i = 0; i < VL; i++) {
+        lo[i] = i / 2 + (i % 2) * VL;
+        hi[i] = VL / 2 + i / 2 + (i % 2) * VL;
+    }
+    for (int round = 1; round < VL; round *= 2) {
+        V u[VL];
+        for (int i = 0; i < VL / 2; i++) {
+            u[2 * i] = __builtin_shuffle(t[i], t[i + VL / 2], lo);
+            u[2 * i + 1] = __builtin_shuffle(t[i], t[i + VL / 2], hi);
+        }
+        for (int i = 0; i < VL; i++) t[i] = u[i];
+    }
+}
+#else
+INLINE void NAME(transpose_tile)(V t[VL])
+{
+    T m[VL][VL];
+    for (int i = 0; i < VL; i++)
+        for (int j = 0; j < VL; j++) m[j][i] = t[i][j];
+    for (int i = 0; i < VL; i++) memcpy(&t[i], m[i], sizeof(V));
+}
+#endif
+
+/* dst[j * ds + i] = (or += when `add`) src[i * ss + j] for i < rows, j < cols, in VL x VL tiles.
+ * Whole vectors are read below src_end; written whole below dst_end also where lanes past the
+ * tile's rows fall on elements that a later store of this call (or of a call for the next
+ * matrix, the caller going up) writes: dst rows packed (ds == rows <= VL), no add. */
+STATIC void NAME(transpose)(const T *src, int64_t ss, const T *src_end, T *dst, int64_t ds, const T *dst_end,
+                            int64_t rows, int64_t cols, int add)
+{
+    const int spill = !add && ds == rows && rows <= VL;
+    for (int64_t j0 = 0; j0 < cols; j0 += VL)
+        for (int64_t i0 = 0; i0 < rows; i0 += VL) {
+            int64_t ni = lc_min(VL, rows - i0), nj = lc_min(VL, cols - j0);
+            V t[VL];
+            for (int i = 0; i < VL; i++) {
+                const T *s = src + (i0 + lc_min(i, ni - 1)) * ss + j0;
+                __builtin_prefetch(s + rows * ss);  /* the next matrix (a caller going up) */
+                t[i] = s + VL <= src_end ? NAME(load)(s) : NAME(load_part)(s, nj);
+            }
+            NAME(transpose_tile)(t);
+            for (int64_t j = 0; j < nj; j++) {
+                T *d = dst + (j0 + j) * ds + i0;
+                if (add && ni == VL) NAME(store)(d, NAME(load)(d) + t[j]);
+                else if (add) NAME(store_part)(d, NAME(load_part)(d, ni) + t[j], ni);
+                else if (ni == VL || (spill && d + VL <= dst_end)) NAME(store)(d, t[j]);
+                else NAME(store_part)(d, t[j], ni);
+            }
+        }
+}
+
 /* (O, Cg, K) -> (O, K, Cg): one position's channel-major filters, kernel-major. */
 STATIC void NAME(to_kernel_major)(const T *src, T *dst, int64_t O, int64_t cg, int64_t K)
 {
+    const T *src_end = src + O * cg * K, *dst_end = dst + O * cg * K;
     for (int64_t o = 0; o < O; o++, src += cg * K, dst += cg * K)
-        for (int64_t c = 0; c < cg; c++)
-            for (int64_t k = 0; k < K; k++) dst[k * cg + c] = src[c * K + k];
+        NAME(transpose)(src, K, src_end, dst, cg, dst_end, cg, K, 0);
 }
 
 /* dst (O, R) of either layout = (or +=) src (O, R) kernel-major. */
 STATIC void NAME(from_kernel_major)(const T *src, T *dst, int64_t O, int64_t cg, int64_t K, int kernel_major,
                                     int add)
 {
-    int64_t R = cg * K;
+    const int64_t R = cg * K;
+    const T *src_end = src + O * R, *dst_end = dst + O * R;
+    if (kernel_major) {
+        for (int64_t e = 0; e < O * R; e++) dst[e] = add ? dst[e] + src[e] : src[e];
+        return;
+    }
     for (int64_t o = 0; o < O; o++, src += R, dst += R)
-        for (int64_t k = 0; k < K; k++)
-            for (int64_t c = 0; c < cg; c++) {
-                T *d = dst + (kernel_major ? k * cg + c : c * K + k);
-                *d = add ? *d + src[k * cg + c] : src[k * cg + c];
-            }
+        NAME(transpose)(src, cg, src_end, dst, K, dst_end, K, cg, add);
 }
 
 /* ------------------------------------------------------------------------------- forward */
@@ -144,15 +203,16 @@ INLINE int NAME(forward_tiles)(const lc_job *jb, int64_t begin, int64_t end, voi
         lc_unravel(p, c->out, o3);
         int64_t nall = NAME(chunks)(seg, lc_segments(jb, o3, seg, &covered), ch, &nfull);
         const T *wp = w + (c->bank ? c->bank[p] : p) * O * R;
-        if (!c->kernel_major) {
-            NAME(to_kernel_major)(wp, stage, O, cg, jb->K);
-            wp = stage;
-        }
         int64_t yoff = o3[0] * c->ys[2] + o3[1] * c->ys[3] + o3[2] * c->ys[4];
         for (int64_t g = 0; g < c->groups; g++)
             for (int64_t o0 = 0; o0 < og; o0 += FWD_OB) {
-                const T *wr[FWD_OB];
-                for (int j = 0; j < FWD_OB; j++) wr[j] = wp + (g * og + lc_min(o0 + j, og - 1)) * R;
+                const T *wr[FWD_OB], *rows = wp + (g * og + o0) * R;
+                int64_t valid = lc_min(FWD_OB, og - o0);
+                if (!c->kernel_major) {  /* these filters kernel-major, while they are in the caches */
+                    NAME(to_kernel_major)(rows, stage, valid, cg, jb->K);
+                    rows = stage;
+                }
+                for (int j = 0; j < FWD_OB; j++) wr[j] = rows + lc_min(j, valid - 1) * R;
                 for (int64_t n0 = 0; n0 < n; n0 += NB) {
                     const T *xr[FWD_NB];
                     for (int i = 0; i < NB; i++) xr[i] = x + lc_min(n0 + i, n - 1) * c->xs[0] + g * cg;
@@ -221,8 +281,10 @@ INLINE void NAME(wg_tile)(T *dst, int64_t R, const T *const gyr[WG_OB], int64_t 
 }
 
 /* The gradient of position p's filters into dst (O, R), kernel-major; `once`: dst is the result
- * (not a buffer read again). */
-STATIC void NAME(wg_position)(const lc_job *jb, int64_t p, T *dst, lc_seg *seg, lc_seg *ch, int once)
+ * (not a buffer read again). With `final`, each block of rows of dst, once computed, is written
+ * (or added, `add`) into final (O, R) of c.kernel_major's layout while it is in the caches. */
+STATIC void NAME(wg_position)(const lc_job *jb, int64_t p, T *dst, lc_seg *seg, lc_seg *ch, int once, T *final,
+                              int add)
 {
     const lc_call *c = &jb->c;
     const T *x = (const T *)c->x, *gy = (const T *)c->y;
@@ -240,6 +302,8 @@ STATIC void NAME(wg_position)(const lc_job *jb, int64_t p, T *dst, lc_seg *seg, 
             int64_t valid = lc_min(WG_OB, og - o0);
             NAME(wg_tile)(d, jb->R, gyr, c->ys[0], x + g * c->cg, c->xs[0], c->n, ch, 0, nfull, valid, 0, once);
             NAME(wg_tile)(d, jb->R, gyr, c->ys[0], x + g * c->cg, c->xs[0], c->n, ch, nfull, nall, valid, 1, once);
+            if (final)
+                NAME(from_kernel_major)(d, final + (d - dst), valid, c->cg, jb->K, (int)c->kernel_major, add);
         }
 }
 
@@ -254,15 +318,13 @@ STATIC int NAME(weight_grad)(const lc_job *jb, int64_t begin, int64_t end, void 
     for (int64_t item = begin; item < end; item++) {
         T *dst = gw + item * OR;
         if (!c->bank && c->kernel_major) {
-            NAME(wg_position)(jb, item, dst, seg, ch, 1);
+            NAME(wg_position)(jb, item, dst, seg, ch, 1, NULL, 0);
         } else if (!c->bank) {
-            NAME(wg_position)(jb, item, tile, seg, ch, 0);
-            NAME(from_kernel_major)(tile, dst, jb->O, c->cg, jb->K, 0, 0);
+            NAME(wg_position)(jb, item, tile, seg, ch, 0, dst, 0);
         } else {
             for (int64_t e = 0; e < OR; e++) dst[e] = 0;
             for (int64_t q = jb->start[item]; q < jb->start[item + 1]; q++) {
-                NAME(wg_position)(jb, jb->order[q], tile, seg, ch, 0);
-                NAME(from_kernel_major)(tile, dst, jb->O, c->cg, jb->K, (int)c->kernel_major, 1);
+                NAME(wg_position)(jb, jb->order[q], tile, seg, ch, 0, dst, 1);
             }
         }
     }
