@@ -170,3 +170,12 @@ def test_a_bias_the_fast_node_cannot_hold_is_added_after_it():
     torch.testing.assert_close(y, ops.locally_connected(x, w, g, "auto") + bias.view(-1, 1))
     y.sum().backward()
     assert bias.grad.dtype == torch.float64 and torch.equal(bias.grad, torch.full((5,), 8.0, dtype=torch.float64))
+
+
+def test_a_dual_bias_in_forward_mode_ad_is_added_after_the_node():
+    import torch.autograd.forward_ad as fwAD
+    x, w = torch.randn(2, 3, 6, dtype=torch.float64), torch.randn(4, 5, 3, 3, dtype=torch.float64, requires_grad=True)
+    b, tangent = torch.randn(5, dtype=torch.float64), torch.randn(5, dtype=torch.float64)
+    with fwAD.dual_level():
+        y = UF.locally_connected1d(x, w, fwAD.make_dual(b, tangent))
+        assert torch.equal(fwAD.unpack_dual(y).tangent, tangent.view(-1, 1).expand(2, 5, 4))

@@ -127,3 +127,35 @@ def test_threads_never_share_a_buffer():
 def test_other_devices_and_small_buffers_are_plain():
     t = buffers.pooled_buffer((4, 4), dtype=torch.float32, device="meta")
     assert t.device.type == "meta" and release_pooled_buffers() == 0
+
+
+def test_a_held_storage_object_keeps_its_memory():
+    layer, x = layer_and_input()
+    with settings(**SMALL_POOL):
+        storage = step(layer, x).untyped_storage()  # the same Python object as the pool's own query
+        want = layer.weight.grad.clone()
+        layer.weight.grad = None
+        again = step(layer, 3 * x)
+    assert again.data_ptr() != storage.data_ptr()
+    kept = torch.empty(0, dtype=torch.float64).set_(storage).view(-1)
+    torch.testing.assert_close(kept, want.permute(0, 1, 2, 4, 5, 3).reshape(-1), rtol=0, atol=0)
+
+
+def test_a_resized_buffer_leaves_the_pool(monkeypatch):
+    # plain heap memory (huge-page mappings cannot be resized): no transparent huge pages, say
+    monkeypatch.setattr(buffers, "empty_buffer", lambda shape, dtype=None, device=None: torch.empty(shape, dtype=dtype))
+    with settings(**SMALL_POOL):
+        first = buffers.pooled_buffer((64, 64), dtype=torch.float32)
+        first.untyped_storage().resize_(0)  # as FSDP frees a parameter's memory
+        del first
+        second = buffers.pooled_buffer((64, 64), dtype=torch.float32)
+        second.fill_(1.0)  # real memory, not the emptied storage
+    assert second.untyped_storage().nbytes() == 64 * 64 * 4 and release_pooled_buffers() == 64 * 64 * 4
+
+
+def test_no_pool_in_inference_mode():
+    with settings(**SMALL_POOL), torch.inference_mode():
+        buffers.pooled_buffer((64, 64), dtype=torch.float32)
+    with settings(**SMALL_POOL):
+        t = buffers.pooled_buffer((64, 64), dtype=torch.float32)
+    assert not t.is_inference() and release_pooled_buffers() == 64 * 64 * 4

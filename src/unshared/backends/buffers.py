@@ -11,14 +11,16 @@ the advice (no transparent huge pages: ``madvise`` fails with ``EINVAL``) get pl
 Weight gradients that large are also pooled (:func:`pooled_buffer`): a training step would
 otherwise first-touch a fresh gradient every step (DeepFace L4: 251 MiB, about 20 ms of page
 faults even with huge pages). A pooled buffer is handed out again only once no tensor holds its
-memory any more (its storage's use count is back to the pool's own), so a gradient that anyone
-still holds (``param.grad`` kept by ``zero_grad(set_to_none=False)``, a view, a hook's copy) is
-never written over. :func:`release_pooled_buffers` returns the memory.
+memory any more (its storage's use count and its storage object's references are back to the
+pool's own, its pointer and size unchanged), so a gradient that anyone still holds (``param.grad``
+kept by ``zero_grad(set_to_none=False)``, a view, its storage object, a hook's reference) is never
+written over. :func:`release_pooled_buffers` returns the memory.
 """
 from __future__ import annotations
 
 import math
 import mmap
+import sys
 import threading
 
 import torch
@@ -50,34 +52,46 @@ def empty_buffer(shape, *, dtype=None, device=None, zero: bool = False) -> torch
     return torch.frombuffer(mapping, dtype=dtype, count=numel).view(shape)
 
 
-# The pooled buffers: (flat tensor, its storage's use count when only the pool holds it).
-_POOL: list[tuple[torch.Tensor, int]] = []
+# The pooled buffers: (flat tensor, what :func:`_holders` says of it when only the pool holds it).
+_POOL: list[tuple[torch.Tensor, tuple]] = []
 _POOL_LOCK = threading.Lock()
 
 
-def _use_count(t: torch.Tensor) -> int | None:
-    count = getattr(torch._C, "_storage_Use_Count", None)  # absent: no pooling (never a wrong reuse)
-    return None if count is None else count(t.untyped_storage()._cdata)
+def _holders(t: torch.Tensor) -> tuple | None:
+    """What tells whether anything but ``t`` holds its memory: the storage's use count (tensors and
+    views), the Python references to its storage object (a held ``untyped_storage()`` is the same
+    object, and adds no use count), and its pointer and size (``resize_``, ``share_memory_``
+    change them). ``None`` where PyTorch cannot tell (no pooling then)."""
+    count = getattr(torch._C, "_storage_Use_Count", None)
+    if count is None:
+        return None
+    storage = t.untyped_storage()
+    return count(storage._cdata), sys.getrefcount(storage), storage.data_ptr(), storage.nbytes()
 
 
 def pooled_buffer(shape, *, dtype=None, device=None) -> torch.Tensor:
     """An uninitialised ``shape`` tensor like :func:`empty_buffer`'s; CPU buffers of at least
-    ``huge_page_bytes`` come from a pool of earlier ones that no tensor holds any more (their pages
+    ``huge_page_bytes`` come from a pool of earlier ones that nothing holds any more (their pages
     already touched), up to ``current_settings().pooled_bytes`` pooled in all. The tensor returned
-    is the caller's: the pool hands its memory out again only after every tensor on it is gone."""
+    is the caller's: the pool hands its memory out again only after every tensor and storage
+    object on it is gone. Not in inference mode (its tensors could not be used outside it)."""
     dtype = dtype or torch.get_default_dtype()
     device = torch.device(device) if device is not None else torch.device("cpu")
     numel = math.prod(shape)
     nbytes = numel * torch.empty((), dtype=dtype).element_size()
     limits = current_settings()
-    if device.type != "cpu" or nbytes < limits.huge_page_bytes or nbytes > limits.pooled_bytes:
+    if (device.type != "cpu" or nbytes < limits.huge_page_bytes or nbytes > limits.pooled_bytes
+            or torch.is_inference_mode_enabled()):
         return empty_buffer(shape, dtype=dtype, device=device)
     with _POOL_LOCK:
-        for base, alone in _POOL:
-            if base.dtype == dtype and base.numel() == numel and _use_count(base) == alone:
+        for base, alone in list(_POOL):
+            now = _holders(base)
+            if now[2:] != alone[2:]:  # resized or moved (shared memory): no longer the pool's memory
+                _POOL.remove((base, alone))
+            elif base.dtype == dtype and base.numel() == numel and now == alone:
                 return base.view(shape)  # a new tensor on the memory: its use count is now above `alone`
         base = empty_buffer((numel,), dtype=dtype, device=device)
-        alone = _use_count(base)
+        alone = _holders(base)
         if alone is None:
             return base.view(shape)
         pooled = sum(b.numel() * b.element_size() for b, _ in _POOL)
@@ -90,7 +104,15 @@ def pooled_buffer(shape, *, dtype=None, device=None) -> torch.Tensor:
 
 def release_pooled_buffers() -> int:
     """Drop the pool (tensors still using its memory keep it until they die); returns the bytes
-    the pool held."""
+    the pool held.
+
+    Example (after training, before a long evaluation)::
+
+        >>> from unshared.backends import release_pooled_buffers
+        >>> held = release_pooled_buffers()  # the bytes of gradients no longer held by anything
+        >>> release_pooled_buffers()  # the pool is empty now
+        0
+    """
     with _POOL_LOCK:
         held = sum(b.numel() * b.element_size() for b, _ in _POOL)
         _POOL.clear()

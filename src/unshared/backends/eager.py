@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
+from torch.autograd import forward_ad
 
 from .._utils import is_kernel_major, memory_format_of
 from . import compute
@@ -42,8 +43,10 @@ def needs_grad(first: Tensor, second: Tensor, third: Tensor | None = None) -> bo
 
 def foldable(bias: Tensor, x: Tensor) -> bool:
     """Whether :class:`Forward` may add ``bias`` to its output in place: a plain tensor of the
-    output's dtype and device (else type promotion or broadcasting rules would differ)."""
-    return type(bias) in _PLAIN and bias.dtype == x.dtype and bias.device == x.device
+    output's dtype and device (else type promotion or broadcasting rules would differ), outside
+    forward-mode AD."""
+    return (type(bias) in _PLAIN and bias.dtype == x.dtype and bias.device == x.device
+            and getattr(forward_ad, "_current_level", -1) < 0)  # the node has no jvp: a dual bias is added after
 
 
 def _by_operator() -> bool:
