@@ -3,6 +3,7 @@ do not fit the geometry, or with an invalid geometry, raise a ValueError naming 
 every backend and in the fake implementations; absurd sizes are refused alike at construction
 and in the functional forms; empty spatial inputs compute; huge-page buffers fall back."""
 import mmap
+import os
 
 import pytest
 import torch
@@ -131,6 +132,9 @@ def test_large_padding_and_stride_below_the_bound_compute_right(backend):
     # the issue's layer, scaled into the bound: position 1 reads input element 0, the others padding
     if backend == "cpu" and not cpu.available_isas():
         pytest.skip("kernels not built")
+    if backend == "triton" and os.environ.get("TRITON_INTERPRET") == "1":
+        # the interpreter's input gradient ran over an hour here (2026-12-02 fresh-clone run); GPUs run it
+        pytest.skip("too slow under the Triton interpreter at padding 2**20")
     layer = unshared.LocallyConnected1d(1, 1, 1, padding=2**20, stride=2**20, input_size=5, backend=backend,
                                         dtype=torch.float64)
     assert layer.output_size == (3,)
