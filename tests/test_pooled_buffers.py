@@ -100,7 +100,7 @@ def test_the_pool_keeps_at_most_pooled_bytes():
     assert release_pooled_buffers() == 2 * size and len(grads) == 4
 
 
-def test_threads_never_share_a_buffer():
+def test_threads_training_at_once_get_their_own_right_gradients():  # a missing lock would rarely show here
     layers = [layer_and_input(seed)[0] for seed in range(4)]
     x = layer_and_input()[1]
     results, errors = {}, []
