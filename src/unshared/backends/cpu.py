@@ -33,7 +33,7 @@ from pathlib import Path
 
 import torch
 
-from .._utils import Geometry, empty_weight, memory_format_of, weight_memory
+from .._utils import Geometry, empty_weight, is_kernel_major, memory_format_of
 from .buffers import pooled_buffer
 
 __all__ = ["can_run", "forward", "input_grad", "weight_grad", "use_isa", "available_isas", "current_isa",
@@ -44,6 +44,7 @@ ISAS = ("portable", "avx2", "avx512")
 #: The paths of forward and weight grad, in the library's numbering: chosen by shape ("auto"),
 #: vectors along the channels of a patch, or along the output positions of a row (few channels).
 PATHS = ("auto", "channels", "rows")
+_PATH_INDEX = {name: i for i, name in enumerate(PATHS)}
 ABI_VERSION = 3  # must match LC_ABI_VERSION in csrc/dispatch.c
 _DTYPES = {torch.float32: 0, torch.float64: 1}
 #: The refusals of the C entry points (csrc/unshared_cpu.h), by status.
@@ -58,6 +59,8 @@ SERIAL_BELOW = 1 << 20
 _ISA: contextvars.ContextVar[str | None] = contextvars.ContextVar("unshared_cpu_isa", default=None)
 _PATH: contextvars.ContextVar[str] = contextvars.ContextVar("unshared_cpu_path", default="auto")
 
+#: computed inside the custom operator (not made of standard differentiable operators)
+STANDARD_OPERATORS = False
 _i64 = ctypes.c_int64
 
 
@@ -129,6 +132,21 @@ def current_isa() -> str:
         raise ValueError(f"the CPU kernels cannot use isa={name!r} here: this CPU runs {available} "
                          f"(from use_isa() or UNSHARED_CPU_ISA)")
     return name
+
+
+_ISA_INDEX: dict[tuple, int] = {}
+
+
+def _isa_index() -> int:
+    """``ISAS.index(current_isa())``, remembered per library, :func:`use_isa` and environment value."""
+    key = (_LIB, _ISA.get(), os.environ.get("UNSHARED_CPU_ISA"))
+    index = _ISA_INDEX.get(key)
+    if index is None:
+        index = ISAS.index(current_isa())  # raises for an ISA this CPU lacks: nothing remembered
+        if len(_ISA_INDEX) >= 64:
+            _ISA_INDEX.clear()
+        _ISA_INDEX[key] = index
+    return index
 
 
 @contextlib.contextmanager
@@ -236,20 +254,21 @@ def _call_of(g: Geometry, n: int, x: torch.Tensor, y: torch.Tensor, w: torch.Ten
     call = _Call.from_buffer_copy(prepared[1])  # a copy per call: threads may share a layer
     call.x, call.y, call.w = x.data_ptr(), y.data_ptr(), w.data_ptr()
     call.x_extent, call.y_extent, call.w_extent = _extent(x), _extent(y), _extent(w)
-    call.path = PATHS.index(_PATH.get())
+    call.path = _PATH_INDEX[_PATH.get()]
     return call, prepared[3]
 
 
 def _launch(op: str, g: Geometry, n: int, x: torch.Tensor, y: torch.Tensor, w: torch.Tensor,
             kernel_major: bool) -> None:
     """Run ``unshared_<op>`` on ``x`` (input or its gradient), ``y`` (output or its gradient) and
-    the weight's (or its gradient's) contiguous memory ``w`` of either layout."""
+    ``w``, whose data pointer starts the weight's (or its gradient's) memory, kernel-major or
+    channel-major as ``kernel_major`` says."""
     lib = _LIB
     if lib is None:
         raise RuntimeError(_REASON)
     call, work = _call_of(g, n, x, y, w, kernel_major)
     threads = 1 if work < SERIAL_BELOW else torch.get_num_threads()
-    status = getattr(lib, f"unshared_{op}")(ctypes.byref(call), _DTYPES[x.dtype], ISAS.index(current_isa()),
+    status = getattr(lib, f"unshared_{op}")(ctypes.byref(call), _DTYPES[x.dtype], _isa_index(),
                                              threads)
     if status == 1:
         raise MemoryError(f"the compiled CPU kernels ran out of memory in {op} for {g}, batch {n}, {x.dtype}")
@@ -259,12 +278,32 @@ def _launch(op: str, g: Geometry, n: int, x: torch.Tensor, y: torch.Tensor, w: t
             f"batch {n}, {x.dtype}")
 
 
-def _check_dtypes(op: str, *tensors: torch.Tensor) -> torch.dtype:
-    dtypes = {t.dtype for t in tensors}
-    if len(dtypes) != 1 or next(iter(dtypes)) not in _DTYPES:
+#: Whether a weight's (shape, strides) are kernel-major, per layout seen: a layer's calls repeat them.
+_KERNEL_MAJOR: dict[tuple, bool] = {}
+
+
+def _weight_memory(w: torch.Tensor) -> tuple[torch.Tensor, bool]:
+    """A tensor whose data pointer starts the weight's memory, and whether that memory is
+    kernel-major (else channel-major: the public shape contiguous). As
+    :func:`unshared._utils.weight_memory`, without making the permuted view (the kernels need only
+    the pointer and the extent, which a permutation keeps); other strides are copied once."""
+    key = (w.shape, w.stride())
+    kernel_major = _KERNEL_MAJOR.get(key)
+    if kernel_major is None:
+        if len(_KERNEL_MAJOR) >= 256:
+            _KERNEL_MAJOR.clear()
+        kernel_major = _KERNEL_MAJOR[key] = is_kernel_major(w)
+    if kernel_major or w.is_contiguous():
+        return w, kernel_major
+    return w.contiguous(), False
+
+
+def _check_dtypes(op: str, first: torch.Tensor, second: torch.Tensor) -> torch.dtype:
+    dtype = first.dtype
+    if dtype != second.dtype or dtype not in _DTYPES:
         raise TypeError(f"cpu backend {op}: tensors must all be float32 or all float64, got "
-                        f"{[str(t.dtype) for t in tensors]}")
-    return next(iter(dtypes))
+                        f"{[str(first.dtype), str(second.dtype)]}")
+    return dtype
 
 
 # ----------------------------------------------------------------------------- the three operations
@@ -277,7 +316,7 @@ def forward(x: torch.Tensor, w: torch.Tensor, g: Geometry) -> torch.Tensor:
                     memory_format=memory_format_of(x))
     if n == 0:
         return y
-    memory, kernel_major = weight_memory(w)
+    memory, kernel_major = _weight_memory(w)
     _launch("forward", g, n, x, y, memory, kernel_major)
     return y
 
@@ -290,7 +329,7 @@ def input_grad(gy: torch.Tensor, w: torch.Tensor, g: Geometry,
     gx = torch.empty((n, g.in_channels, *g.input_size), dtype=dtype, device=gy.device, memory_format=memory_format)
     if n == 0:
         return gx
-    memory, kernel_major = weight_memory(w)
+    memory, kernel_major = _weight_memory(w)
     _launch("input_grad", g, n, gx, gy, memory, kernel_major)
     return gx
 
@@ -305,6 +344,5 @@ def weight_grad(x: torch.Tensor, gy: torch.Tensor, g: Geometry, kernel_major: bo
     gw = empty_weight(shape, g.ndim, kernel_major=kernel_major, dtype=dtype, device=x.device, allocate=pooled_buffer)
     if n == 0 or math.prod(shape) == 0:
         return gw.zero_()
-    memory, kernel_major = weight_memory(gw)  # a view of gw
-    _launch("weight_grad", g, n, x, gy, memory, kernel_major)
+    _launch("weight_grad", g, n, x, gy, gw, kernel_major)  # gw's data pointer starts its memory
     return gw

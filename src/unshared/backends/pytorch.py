@@ -31,6 +31,9 @@ from .blocks import block_plan, budget
 from .buffers import empty_buffer
 from .settings import current_settings
 
+#: computed inside the custom operator (not made of standard differentiable operators)
+STANDARD_OPERATORS = False
+
 
 def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype

@@ -1,7 +1,8 @@
 """The backends by name. Each module provides ``can_run(x, w, geometry) -> str | None`` (``None``
 when it can compute the call, else the reason) and ``forward(x, w, geometry)``; backends run as
 the custom operator (:mod:`.ops`) also provide ``input_grad`` and ``weight_grad``; those made of
-standard differentiable operators set ``STANDARD_OPERATORS = True``."""
+standard differentiable operators set ``STANDARD_OPERATORS = True``, the others ``False`` (a
+module attribute that is missing costs an exception on every lookup)."""
 from __future__ import annotations
 
 from . import composite, conv, cpu, pytorch, triton
