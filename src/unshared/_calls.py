@@ -34,7 +34,7 @@ def autocast(input, *tensors):
     differentiable: float32 parameters receive float32 gradients. Outside autocast: unchanged."""
     if not isinstance(input, Tensor):
         return (input, *tensors)
-    dtype = _autocast_dtype(input.device.type)
+    dtype = _autocast_dtype("cpu" if input.is_cpu else input.device.type)  # (is_cpu: no device object)
     if dtype is None:
         return (input, *tensors)
     return tuple(t.to(dtype) if isinstance(t, Tensor) and t.dtype in _AUTOCAST_ELIGIBLE else t

@@ -41,19 +41,15 @@ _PLANS: dict[tuple, Plan] = {}
 _INT_TUPLES = {(int,), (int, int), (int, int, int)}
 
 
-def _exact(value) -> bool:
-    """Whether ``value``'s equality is as strict as its meaning: ints, strings, None, 1 to 3 ints."""
-    kind = type(value)
-    return kind is int or kind is str or value is None or (kind is tuple and tuple(map(type, value)) in _INT_TUPLES)
-
-
 def key(name: str, input, weight, bias, arguments: tuple) -> tuple | None:
     """The key of a call (``arguments``: its non-tensor arguments), or ``None`` when it has none."""
     if (type(input) not in _PLAIN or type(weight) not in _PLAIN or (bias is not None and type(bias) not in _PLAIN)
             or torch.compiler.is_compiling() or torch.jit.is_tracing()):
         return None
-    for value in arguments:
-        if not _exact(value):
+    for value in arguments:  # ints, strings, None, 1 to 3 ints: equality as strict as their meaning
+        kind = type(value)
+        if not (kind is int or kind is str or value is None
+                or (kind is tuple and tuple(map(type, value)) in _INT_TUPLES)):
             return None
     tensors = (input.shape, input.dtype, input.device, weight.shape, weight.dtype, weight.device)
     if bias is not None:
