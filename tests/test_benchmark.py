@@ -240,3 +240,16 @@ def test_overhead_benchmark_writes_its_table(tmp_path):
             for provider in ("unshared", f"nn.Conv{nd}d", "unfold+einsum"):
                 assert re.search(rf"^\| {nd}d \| {re.escape(mode)} \| {re.escape(provider)} \| \d+\.\d \| "
                                  rf"\d+\.\d-\d+\.\d \| \d+\.\d\d \|$", text, re.M), (nd, mode, provider)
+
+
+def test_checkouts_benchmark_compares_two_trees(tmp_path):
+    # benchmarks/checkouts.py against this very checkout: one round, one rep of the tiny case
+    script = REPO / "benchmarks" / "checkouts.py"
+    out = subprocess.run([sys.executable, str(script), str(REPO), "--cases", "tiny", "--rounds", "2", "--reps", "1"],
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "load average at start" in out.stdout
+    for mode in ("forward", "forward+backward"):
+        assert re.search(rf"^\| tiny \| {re.escape(mode)} \| \d+\.\d\d \| \d+\.\d\d \| \d\.\d{{3}} \|$", out.stdout, re.M)
+    bad = subprocess.run([sys.executable, str(script), str(tmp_path)], capture_output=True, text=True, timeout=600)
+    assert bad.returncode != 0 and "is not a checkout of unshared" in bad.stderr
