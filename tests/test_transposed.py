@@ -14,7 +14,7 @@ from reference import locally_connected_reference
 
 FN = {1: UF.locally_connected_transpose1d, 2: UF.locally_connected_transpose2d, 3: UF.locally_connected_transpose3d}
 CONV_T = {1: torch.nn.ConvTranspose1d, 2: torch.nn.ConvTranspose2d, 3: torch.nn.ConvTranspose3d}
-BACKENDS = ["torch", "composite"] + (["cpu"] if CPU_AUTO == "cpu" else [])  # cpu: the compiled kernels, when built
+BACKENDS = ["torch", "unfold", "composite"] + (["cpu"] if CPU_AUTO == "cpu" else [])  # cpu: the compiled kernels, when built
 try:
     import triton  # noqa: F401
     BACKENDS.append("triton")

@@ -6,6 +6,8 @@ backend        what computes                                                    
 ``torch``      block implicit GEMM on strided views, batched matmuls (:mod:`.pytorch`)  any
 ``cpu``        compiled C kernels (``csrc/``, built at install; :mod:`.cpu`)            CPU
 ``triton``     fused Triton kernels (:mod:`.triton`)                                   CUDA
+``unfold``     the one-shot plan: one gather and one batched matmul per operation     any
+               (:mod:`.unfold`; temporaries bounded by ``settings().one_shot_bytes``)
 ``composite``  standard differentiable operators, for exporters (:mod:`.composite`)   any
 ``conv``       PyTorch's convolutions, per shared filter bank or low-rank basis       any
                (:mod:`.conv`)
@@ -51,9 +53,9 @@ def choose_backend(x: torch.Tensor, w: torch.Tensor, geometry, backend: str = "a
     ``"auto"``, in order: shared filter banks with at least ``min_positions_per_conv`` positions
     per bank on average run as convolutions (``conv``); while ``torch.onnx.export`` or
     ``torch.jit.trace`` traces, the composite backend (neither records custom operators: the
-    traced graph is then standard operators, with the batch size left free); CUDA tensors: the faster of Triton and the
-    PyTorch backend, measured once per shape (Triton alone when measuring is off, the PyTorch
-    backend when Triton cannot run); CPU tensors: the compiled kernels (``cpu``) when they can run
+    traced graph is then standard operators, with the batch size left free); CUDA tensors: the fastest of Triton, the
+    PyTorch backend and the one-shot plan (``unfold``, when its temporaries fit), measured once per shape (Triton
+    alone when measuring is off, the PyTorch backend when Triton cannot run); CPU tensors: the compiled kernels (``cpu``) when they can run
     (built, float32/float64); otherwise the PyTorch backend.
 
     Example (the functional forms and layers call it with their ``backend=``)::

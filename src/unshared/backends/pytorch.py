@@ -26,34 +26,14 @@ import math
 
 import torch
 
-from .._utils import Geometry, empty_weight, flat_bank_index, memory_format_of, weight_memory
+from .._utils import Geometry, empty_weight, flat_bank_index, memory_format_of
 from .blocks import block_plan, budget
 from .buffers import empty_buffer
+from .patches import compute_dtype, kernel_major_view, padded_input, position_major, weight_matrix, window_view
 from .settings import current_settings
 
 #: computed inside the custom operator (not made of standard differentiable operators)
 STANDARD_OPERATORS = False
-
-
-def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
-
-
-def _weight_matrix(w: torch.Tensor, g: Geometry) -> tuple[torch.Tensor, bool]:
-    """The weight's memory as ``(Pw, groups, out_per_group, R)``, and whether it is kernel-major
-    (``R`` ordered ``(kernel, Cg)``) or channel-major (``(Cg, kernel)``; see :mod:`unshared._utils`)."""
-    memory, kernel_major = weight_memory(w)
-    cg = g.in_channels // g.groups
-    return memory.view(-1, g.groups, g.out_channels // g.groups, g.kernel_volume * cg), kernel_major
-
-
-def _kernel_major_view(rows: torch.Tensor, g: Geometry, kernel_major: bool) -> torch.Tensor:
-    """Rows ``(..., R)`` of either layout as a ``(..., kernel_volume, Cg)`` view, so that
-    ``copy_`` between two such views converts the layout."""
-    cg = g.in_channels // g.groups
-    if kernel_major:
-        return rows.unflatten(-1, (g.kernel_volume, cg))
-    return rows.unflatten(-1, (cg, g.kernel_volume)).transpose(-1, -2)
 
 
 class _WeightBlocks:
@@ -92,62 +72,16 @@ class _WeightBlocks:
                                        out=self.selected[: q1 - q0]).view(-1, *self.ws.shape[1:])
         if not self.kernel_major:
             target = self.reordered[: q1 - q0]
-            _kernel_major_view(target, self.g, True).copy_(_kernel_major_view(block, self.g, False))
+            kernel_major_view(target, self.g, True).copy_(kernel_major_view(block, self.g, False))
             block = target
         self.last = (q0, q1, block)
         return block
 
 
-def _padded_input(x: torch.Tensor, g: Geometry) -> torch.Tensor:
-    """``x`` zero-padded, as an ``(N, C, *padded)`` view whose channel stride is 1."""
-    if all(lo == hi == 0 for lo, hi in g.padding) and x.stride(1) == 1:
-        return x
-    n, c = x.shape[:2]
-    buf = x.new_zeros((n, *g.padded_size, c))
-    interior = (slice(None),) + tuple(slice(lo, lo + i) for (lo, _), i in zip(g.padding, g.input_size))
-    buf[interior].copy_(x.movedim(1, -1))
-    return buf.movedim(-1, 1)
-
-
-def _position_major(gy: torch.Tensor, g: Geometry, dtype: torch.dtype, batch_last: bool = False):
-    """``(N, O, *out)`` -> contiguous ``(positions, groups, N, out_per_group)`` in ``dtype``
-    (``(positions, groups, out_per_group, N)`` with ``batch_last``), in one copy."""
-    n = gy.shape[0]
-    og = g.out_channels // g.groups
-    pm = gy.movedim(0, -1).movedim(0, -1)  # (*out, N, O)
-    pm = pm.reshape(g.positions, n, g.groups, og)
-    pm = pm.permute(0, 2, 3, 1) if batch_last else pm.permute(0, 2, 1, 3)
-    out = torch.empty(pm.shape, dtype=dtype, device=gy.device)
-    return out.copy_(pm)
-
-
-def _window_view(xp: torch.Tensor, g: Geometry, r0: int, r1: int, offset=None) -> torch.Tensor:
-    """Strided view of the padded input ``(N, C, *padded)`` for output rows ``r0:r1``.
-
-    With ``offset=None``: shape ``(rows, *out[1:], groups, N, *kernel, in_per_group)`` (the
-    patches). With a kernel offset tuple: ``(rows, *out[1:], groups, N, in_per_group)``, the input
-    elements that this kernel offset touches. ``xp`` may be a batch slice of a larger tensor.
-    """
-    s_n, s_c, *s_sp = xp.stride()
-    cg = g.in_channels // g.groups
-    n = xp.shape[0]
-    size = [r1 - r0, *g.output_size[1:], g.groups, n]
-    strides = [st * sp for st, sp in zip(g.stride, s_sp)] + [cg * s_c, s_n]
-    start = xp.storage_offset() + r0 * g.stride[0] * s_sp[0]
-    if offset is None:
-        size += [*g.kernel_size, cg]
-        strides += [d * sp for d, sp in zip(g.dilation, s_sp)] + [s_c]
-    else:
-        size += [cg]
-        strides += [s_c]
-        start += sum(k * d * sp for k, d, sp in zip(offset, g.dilation, s_sp))
-    return xp.as_strided(size, strides, start)
-
-
 def _gather(xp, g, r0, r1, buf):
     """Copy the patches of rows ``r0:r1`` of ``xp`` into ``buf`` as ``(positions*groups, N, R)``,
     ``R`` kernel-major."""
-    view = _window_view(xp, g, r0, r1)
+    view = window_view(xp, g, r0, r1)
     block = buf[: view.numel()].view(view.shape)
     block.copy_(view)
     return block.view(-1, xp.shape[0], g.kernel_volume * (g.in_channels // g.groups))
@@ -176,13 +110,13 @@ def can_run(x: torch.Tensor, w: torch.Tensor, g: Geometry) -> str | None:
 def forward(x: torch.Tensor, w: torch.Tensor, g: Geometry) -> torch.Tensor:
     """``(N, C, *input_size)``, public weight -> ``(N, O, *output_size)``."""
     n = x.shape[0]
-    cdt = _compute_dtype(x.dtype)
+    cdt = compute_dtype(x.dtype)
     og = g.out_channels // g.groups
     if n == 0:
         return torch.empty((0, g.out_channels, *g.output_size), dtype=x.dtype, device=x.device,
                            memory_format=memory_format_of(x))
-    ws, kernel_major = _weight_matrix(w, g)
-    xp = _padded_input(x, g)
+    ws, kernel_major = weight_matrix(w, g)
+    xp = padded_input(x, g)
     out = empty_buffer((g.positions, g.groups, n, og), dtype=cdt, device=x.device)
     plan, buf_elements = _plan(g, n, x.device)
     buf = empty_buffer((buf_elements,), dtype=cdt, device=x.device)
@@ -213,15 +147,15 @@ def input_grad(gy: torch.Tensor, w: torch.Tensor, g: Geometry,
     (batch 64: 236 ms against 302 ms).
     """
     n = gy.shape[0]
-    cdt = _compute_dtype(gy.dtype)
+    cdt = compute_dtype(gy.dtype)
     og, cg = g.out_channels // g.groups, g.in_channels // g.groups
     if n == 0:
         return torch.empty((0, g.in_channels, *g.input_size), dtype=gy.dtype, device=gy.device,
                            memory_format=memory_format)
     batch_inner = n >= current_settings().batch_inner_from
-    ws, kernel_major = _weight_matrix(w, g)
+    ws, kernel_major = weight_matrix(w, g)
     r = ws.shape[-1]
-    gyp = _position_major(gy, g, cdt, batch_last=batch_inner)  # (P, G, Og, N) or (P, G, N, Og)
+    gyp = position_major(gy, g, cdt, batch_last=batch_inner)  # (P, G, Og, N) or (P, G, N, Og)
     if batch_inner:
         gxp = empty_buffer((*g.padded_size, g.in_channels, n), dtype=cdt, device=gy.device, zero=True)
         gxp_nc = gxp.movedim(-1, 0).movedim(-1, 1)
@@ -247,7 +181,7 @@ def input_grad(gy: torch.Tensor, w: torch.Tensor, g: Geometry,
         lead = (slice(None),) * (len(block) + (0 if batch_inner else 1))
         for offset in itertools.product(*map(range, g.kernel_size)):
             source = gp[lead + offset]
-            target = _window_view(gxp_nc[n0:n1], g, r0, r1, offset)  # (*block, nb, Cg)
+            target = window_view(gxp_nc[n0:n1], g, r0, r1, offset)  # (*block, nb, Cg)
             target.add_(source.transpose(-1, -2) if batch_inner else source)
     interior = (slice(None), slice(None)) + tuple(
         slice(lo, lo + i) for (lo, _), i in zip(g.padding, g.input_size))
@@ -264,7 +198,7 @@ def weight_grad(x: torch.Tensor, gy: torch.Tensor, g: Geometry, kernel_major: bo
     block's position gradients are then added into their banks.
     """
     n = x.shape[0]
-    cdt = _compute_dtype(x.dtype)
+    cdt = compute_dtype(x.dtype)
     og, cg = g.out_channels // g.groups, g.in_channels // g.groups
     public_shape = (*g.weight_leading, g.out_channels, cg, *g.kernel_size)
     gw = empty_weight(public_shape, g.ndim, kernel_major=kernel_major, dtype=x.dtype, device=x.device,
@@ -274,9 +208,9 @@ def weight_grad(x: torch.Tensor, gy: torch.Tensor, g: Geometry, kernel_major: bo
         gw.zero_()
     if n == 0:
         return gw
-    gws, kernel_major = _weight_matrix(gw, g)  # a view
-    gyp = _position_major(gy, g, cdt)
-    xp = _padded_input(x, g)
+    gws, kernel_major = weight_matrix(gw, g)  # a view
+    gyp = position_major(gy, g, cdt)
+    xp = padded_input(x, g)
     plan, buf_elements = _plan(g, n, x.device)
     buf = empty_buffer((buf_elements,), dtype=cdt, device=x.device)
     # the patches are kernel-major: write (and accumulate) straight into a kernel-major result
@@ -297,11 +231,11 @@ def weight_grad(x: torch.Tensor, gy: torch.Tensor, g: Geometry, kernel_major: bo
         # for half precision) first, then convert the layout and/or add into the banks
         acc = torch.bmm(grads, patches) if n0 == 0 else acc.baddbmm_(grads, patches)
         if n1 == n:
-            source = _kernel_major_view(acc.view(p1 - p0, *gws.shape[1:]), g, True)
+            source = kernel_major_view(acc.view(p1 - p0, *gws.shape[1:]), g, True)
             if banks is None:
-                _kernel_major_view(gws[p0:p1], g, kernel_major).copy_(source)
+                kernel_major_view(gws[p0:p1], g, kernel_major).copy_(source)
             else:
-                _kernel_major_view(bank_sums, g, kernel_major).index_add_(0, banks[p0:p1], source)
+                kernel_major_view(bank_sums, g, kernel_major).index_add_(0, banks[p0:p1], source)
     if bank_sums is not gws:
         gws.copy_(bank_sums)
     return gw

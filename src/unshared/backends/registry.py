@@ -5,9 +5,9 @@ standard differentiable operators set ``STANDARD_OPERATORS = True``, the others 
 module attribute that is missing costs an exception on every lookup)."""
 from __future__ import annotations
 
-from . import composite, conv, cpu, pytorch, triton
+from . import composite, conv, cpu, pytorch, triton, unfold
 
-BACKENDS = {"torch": pytorch, "cpu": cpu, "triton": triton, "composite": composite, "conv": conv}
+BACKENDS = {"torch": pytorch, "cpu": cpu, "triton": triton, "unfold": unfold, "composite": composite, "conv": conv}
 
 __all__ = ["BACKENDS", "check_backend_name"]
 
@@ -23,7 +23,7 @@ def check_backend_name(backend, name: str = "backend") -> str:
         >>> check_backend_name("cuda")
         Traceback (most recent call last):
         ...
-        ValueError: backend must be 'auto' or one of ('torch', 'cpu', 'triton', 'composite', 'conv'), got backend='cuda'
+        ValueError: backend must be 'auto' or one of ('torch', 'cpu', 'triton', 'unfold', 'composite', 'conv'), got backend='cuda'
     """
     if backend != "auto" and backend not in BACKENDS:
         raise ValueError(f"{name} must be 'auto' or one of {tuple(BACKENDS)}, got {name}={backend!r}")

@@ -1,9 +1,12 @@
-"""``backend="auto"`` on CUDA: measure once, keep the faster.
+"""``backend="auto"`` on CUDA: measure once, keep the fastest.
 
-Which of the Triton kernels and the PyTorch backend (cuBLAS batched matmuls) is faster depends on
-the shapes and the GPU, so the first call for a new key (geometry, dtype, batch-size bucket,
-weight layout, device) times both, separately for the forward and for the backward (input and
-weight gradients), and keeps the faster for that key for the life of the process. The choice is
+Which of the Triton kernels, the PyTorch backend (cuBLAS batched matmuls in bounded blocks) and the
+one-shot plan (:mod:`.unfold`: one gather and one batched matmul per operation, when its
+temporaries fit ``settings().one_shot_bytes``) is fastest depends on the shapes and the GPU: large
+layers favour the kernels, small ones the plan with the fewest launches. So the first call for a
+new key (geometry, dtype, batch-size bucket, weight layout, device) times every candidate that can
+run, separately for the forward and for the backward (input and weight gradients), and keeps the
+fastest for that key for the life of the process. The choice is
 made where the tensors are real: inside the custom operator, never while ``torch.compile``
 traces with fake tensors, and never during CUDA-graph capture (then the kernels that can run are
 used, unmeasured and uncached). Candidates that fail (a Triton kernel that does not compile or
@@ -30,11 +33,11 @@ from .._utils import Geometry, empty_weight, is_kernel_major, memory_format_of
 __all__ = ["fastest", "resolve", "failed", "measuring", "clear_choices", "choices", "CANDIDATES"]
 
 #: What ``auto`` chooses between on CUDA, in order of preference when nothing is measured.
-CANDIDATES = ("triton", "torch")
+CANDIDATES = ("triton", "torch", "unfold")
 STAGES = ("forward", "backward")
 
 _lock = threading.Lock()
-_choices: dict[tuple, str] = {}
+_choices: dict[tuple, tuple[str, ...]] = {}  # key -> the candidates measured, fastest first
 _warned: set[str] = set()
 _state = {"measuring": os.environ.get("UNSHARED_MEASURE_BACKENDS", "1") != "0"}
 
@@ -83,7 +86,7 @@ def choices() -> dict[str, str]:
         {}
     """
     with _lock:
-        return {_describe(key): name for key, name in _choices.items()}
+        return {_describe(key): ranking[0] for key, ranking in _choices.items()}
 
 
 def _describe(key) -> str:
@@ -161,8 +164,11 @@ def resolve(sample: torch.Tensor, weight: torch.Tensor, g: Geometry, stage: str,
         raise ValueError("no backend can compute this call")
     device, key = sample.device, _key(sample, weight, g, stage)
     with _lock:
-        known = _choices.get(key)
-    if known is not None:  # measured, or fallen back after a failure
+        ranking = _choices.get(key, ())
+    # measured (or fallen back after a failure): the fastest that can run this call (a larger batch
+    # of the same bucket may not fit the one-shot plan's budget)
+    known = next((name for name in ranking if name in runnable), None)
+    if known is not None:
         return known
     capturing = device.type == "cuda" and torch.cuda.is_current_stream_capturing()
     if len(runnable) == 1 or not measuring() or capturing:
@@ -177,13 +183,14 @@ def resolve(sample: torch.Tensor, weight: torch.Tensor, g: Geometry, stage: str,
         except Exception as error:  # a kernel that fails to compile or launch: not a candidate
             times[name] = error
     name, failures = fastest(times)
+    ranking = tuple(sorted((c for c in times if c not in failures), key=lambda c: times[c]))  # stable: ties keep order
     for failed, reason in failures.items():
         if failed not in _warned:
             _warned.add(failed)
             warnings.warn(f"unshared: backend='auto' does not use the {failed} backend, which failed: {reason}; "
                           f"using {name} (backend={failed!r} raises the error)", RuntimeWarning, stacklevel=2)
     with _lock:
-        _choices[key] = name
+        _choices[key] = ranking
     return name
 
 
@@ -197,5 +204,5 @@ def failed(sample: torch.Tensor, weight: torch.Tensor, g: Geometry, stage: str, 
                       f"{type(error).__name__}: {error}; using torch (backend={name!r} raises the error)",
                       RuntimeWarning, stacklevel=3)
     with _lock:
-        _choices[_key(sample, weight, g, stage)] = "torch"
+        _choices[_key(sample, weight, g, stage)] = ("torch",)
     return "torch"

@@ -58,6 +58,11 @@ class Settings:
     #: 2026-11-22: 25 banks of 121 positions, 142 ms by convolutions against 190 ms by the locally
     #: connected kernel; 121 banks of 25 positions, 505 ms against 213 ms).
     min_positions_per_conv: int = 64
+    #: The one-shot plan (:mod:`unshared.backends.unfold`: one patch gather and one batched matmul
+    #: per operation) runs only when its temporaries take at most this many bytes (0: never); on
+    #: CUDA ``auto`` measures it against the other candidates (as much as the PyTorch backend's
+    #: GPU patch block, :data:`unshared.backends.blocks.GPU_BLOCK_ELEMENTS` float32 values).
+    one_shot_bytes: int = 256 << 20
 
     def __post_init__(self):
         for field in dataclasses.fields(self):
