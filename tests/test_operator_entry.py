@@ -69,7 +69,7 @@ def bad_calls():
         (lambda b: ops.forward(x[..., :1, :1], w, Geometry((1, 1), (2, 2), (1, 1), (2**62, 2**62), ((2**62, 2**62),) * 2,
                                                            (1, 1), 1, 2, 3).encode(), b), r"is too large"),
         (lambda b: ops.forward(x, w, G.encode(), "cudnn"), r"backend must be 'auto' or one of \('torch', 'cpu', "
-                                                            r"'triton'\), got backend='cudnn'"),
+                                                            r"'triton', 'unfold'\), got backend='cudnn'"),
         (lambda b: ops.weight_grad(x, gy, G.encode(), "composite", True), r"backend must be 'auto' or one of"),
     ]
 
