@@ -12,6 +12,7 @@ from unshared.backends import settings as backend_settings
 from unshared.backends.unfold import transient_bytes
 from conftest import EXAMPLES_SCALE
 from configs import Config, configs
+from test_backends import StandIn, fake_timer
 from test_functional import FN, check_against_reference, check_banks_against_reference
 
 
@@ -88,37 +89,29 @@ def test_transient_bytes_counts_patches_padded_input_output_and_filters():
     assert transient_bytes(4, g, torch.float64) == 8 * elements
 
 
-class Timed:
-    """A stand-in backend whose stages take a fixed (fake) time; ``fits`` says whether it can run."""
+class Fitting(StandIn):
+    """A stand-in backend that can run only the inputs that ``fits``."""
 
-    def __init__(self, seconds, fits=lambda x: True):
-        self.seconds, self.fits = seconds, fits
+    def __init__(self, name, seconds, fits):
+        super().__init__(name, seconds)
+        self.fits = fits
 
     def can_run(self, x, w, g):
         return None if self.fits(x) else "over the budget"
-
-    def forward(self, x, w, g):
-        return self.seconds
-
-    def input_grad(self, gy, w, g, fmt):
-        return self.seconds
-
-    def weight_grad(self, x, gy, g, kernel_major):
-        return 0.0
 
 
 def test_auto_measures_the_one_shot_plan_and_keeps_the_fastest_that_can_run(measuring_on):
     assert selection.CANDIDATES == ("triton", "torch", "unfold")
     selection.clear_choices()
-    backends = {"triton": Timed(2.0), "torch": Timed(3.0), "unfold": Timed(1.0, fits=lambda x: x.shape[0] <= 5)}
+    backends = {"triton": StandIn("triton", 2.0), "torch": StandIn("torch", 3.0),
+                "unfold": Fitting("unfold", 1.0, fits=lambda x: x.shape[0] <= 5)}
     w, g = torch.randn(8, 5, 3, 3), _geometry()
-    timer = lambda call, device: call() if not isinstance(call(), tuple) else sum(call())  # noqa: E731
     try:
-        assert selection.resolve(torch.randn(5, 3, 10), w, g, "forward", backends, timer) == "unfold"
+        assert selection.resolve(torch.randn(5, 3, 10), w, g, "forward", backends, fake_timer) == "unfold"
         assert list(selection.choices().values()) == ["unfold"]
+        calls = [b.calls for b in backends.values()]
         # batch 6 is in the same bucket (8) but over the plan's budget: the next fastest measured, no new measurement
-        backends["triton"].seconds = 9.0
-        assert selection.resolve(torch.randn(6, 3, 10), w, g, "forward", backends, timer) == "triton"
-        assert len(selection.choices()) == 1
+        assert selection.resolve(torch.randn(6, 3, 10), w, g, "forward", backends, fake_timer) == "triton"
+        assert [b.calls for b in backends.values()] == calls and len(selection.choices()) == 1
     finally:
         selection.clear_choices()

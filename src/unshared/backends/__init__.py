@@ -38,13 +38,6 @@ __all__ = ["BACKENDS", "choose_backend", "check_backend_name", "settings", "Sett
            "measuring", "clear_choices", "choices", "release_pooled_buffers"]
 
 
-def _min_positions_per_conv() -> int:
-    # Dynamo cannot trace a ContextVar: while torch.compile traces, the default holds
-    if torch.compiler.is_compiling():
-        return Settings().min_positions_per_conv
-    return current_settings().min_positions_per_conv
-
-
 def choose_backend(x: torch.Tensor, w: torch.Tensor, geometry, backend: str = "auto") -> str:
     """The name of the backend that computes this call (``"auto"`` on CUDA: chosen per call by
     measurement inside the operator, see :mod:`.selection`).
@@ -77,7 +70,7 @@ def choose_backend(x: torch.Tensor, w: torch.Tensor, geometry, backend: str = "a
             raise ValueError(f"backend={backend!r} cannot compute this call: {reason}")
         return backend
     if (geometry.banks is not None and BACKENDS["conv"].can_run(x, w, geometry) is None
-            and geometry.positions >= _min_positions_per_conv() * geometry.bank_count):
+            and geometry.positions >= current_settings().min_positions_per_conv * geometry.bank_count):
         return "conv"
     if torch.onnx.is_in_onnx_export() or torch.jit.is_tracing():
         return "composite"

@@ -17,6 +17,8 @@ import contextvars
 import dataclasses
 from dataclasses import dataclass
 
+import torch
+
 __all__ = ["Settings", "settings", "current_settings"]
 
 
@@ -80,7 +82,8 @@ _CURRENT: contextvars.ContextVar[Settings] = contextvars.ContextVar("unshared_se
 
 
 def current_settings() -> Settings:
-    """The settings in effect in this thread.
+    """The settings in effect in this thread; the defaults while ``torch.compile`` traces (Dynamo
+    cannot trace a ContextVar).
 
     Example::
 
@@ -91,7 +94,7 @@ def current_settings() -> Settings:
         >>> current_settings() == Settings()
         True
     """
-    return _CURRENT.get()
+    return Settings() if torch.compiler.is_compiling() else _CURRENT.get()
 
 
 @contextlib.contextmanager

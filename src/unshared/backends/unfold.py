@@ -23,7 +23,7 @@ import torch
 
 from .._utils import Geometry, cached_index, empty_weight, flat_bank_index, memory_format_of
 from .patches import compute_dtype, kernel_major_view, padded_input, position_major, weight_matrix, window_view
-from .settings import Settings, current_settings
+from .settings import current_settings
 
 __all__ = ["can_run", "forward", "input_grad", "weight_grad", "transient_bytes"]
 
@@ -41,17 +41,10 @@ def transient_bytes(n: int, g: Geometry, dtype: torch.dtype) -> int:
     return elements * compute_dtype(dtype).itemsize
 
 
-def _budget() -> int:
-    # Dynamo cannot trace a ContextVar: while torch.compile traces, the default holds
-    return Settings().one_shot_bytes if torch.compiler.is_compiling() else current_settings().one_shot_bytes
-
-
 def can_run(x: torch.Tensor, w: torch.Tensor, g: Geometry) -> str | None:
     """``None`` when the call's temporaries fit ``settings().one_shot_bytes``, else the reason.
     ``x``: the input or the output gradient (its batch size and dtype count)."""
-    if not x.dtype.is_floating_point:
-        return f"the one-shot plan computes floating-point tensors, got dtype={x.dtype}"
-    need, limit = transient_bytes(x.shape[0], g, x.dtype), _budget()
+    need, limit = transient_bytes(x.shape[0], g, x.dtype), current_settings().one_shot_bytes
     if need > limit:
         return (f"the one-shot plan needs {need} bytes of temporaries at batch {x.shape[0]}, more than "
                 f"settings(one_shot_bytes={limit}) allows")
