@@ -1,4 +1,6 @@
 """torch.compile(fullgraph=True) and the torch.library ops behind it."""
+import warnings
+
 import pytest
 import torch
 from torch import nn
@@ -76,15 +78,21 @@ def test_triton_backend_compiles_fullgraph():
 
 
 def compiled_matches_eager(layer, x):
+    """Compiled (fullgraph) forward and gradients equal eager ones, and compiling warns about nothing."""
     y, grads = _forward_backward(layer, x)
     torch._dynamo.reset()
-    yc, grads_c = _forward_backward(torch.compile(layer, fullgraph=True, backend="aot_eager"), x)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        yc, grads_c = _forward_backward(torch.compile(layer, fullgraph=True, backend="aot_eager"), x)
+    # (PyTorch's own deprecation notices of torch.jit, which torch.compile imports on first use)
+    assert [f"{w.filename}:{w.lineno}: {w.message}" for w in caught
+            if not ("torch.jit" in str(w.message) and "deprecated" in str(w.message))] == []
     torch.testing.assert_close(yc, y)
     for a, b in zip(grads_c, grads):
         torch.testing.assert_close(a, b)
 
 
-@pytest.mark.parametrize("backend", ["torch", "composite", "conv"])
+@pytest.mark.parametrize("backend", ["torch", "composite", "conv", "unfold"])
 def test_every_backend_compiles_fullgraph(backend):
     # (auto, and so the compiled kernels, in the tests above; cpu's own in tests/test_cpu_backend.py)
     kw = dict(backend=backend, dtype=torch.float64)

@@ -8,7 +8,6 @@ Per operation, the candidate configurations that the launcher measures once per 
 """
 from __future__ import annotations
 
-import functools
 import os
 from dataclasses import dataclass
 
@@ -109,10 +108,14 @@ MAX_GRID_X = 2**31 - 1
 MAX_GRID_Y = 65535
 
 
-@functools.cache
+_interpreting: list[bool] = []  # the answer, once read (a plain global: Dynamo warns on functools.cache)
+
+
 def interpreting() -> bool:
     """Whether the kernels run in Triton's interpreter (``TRITON_INTERPRET=1``: on CPU tensors)."""
-    return os.environ.get("TRITON_INTERPRET") == "1"
+    if not _interpreting:
+        _interpreting.append(os.environ.get("TRITON_INTERPRET") == "1")
+    return _interpreting[0]
 
 
 def grid(programs: int) -> tuple[int, int]:
