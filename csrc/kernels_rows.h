@@ -108,8 +108,19 @@ INLINE void NAME(rows_item)(const lc_job *jb, int64_t item, lc_tap *tap, int64_t
 
 /* ------------------------------------------------------------------------------- forward */
 
+/* Whether every tap of tile t0 that lies inside the input is one plain vector load: the tile's
+ * loops then make no call (every vector register is caller-saved: a call in a loop keeps the
+ * accumulators in memory). */
+INLINE int NAME(rows_tile_fast)(const lc_call *c, const lc_tap *tap, int64_t R, int64_t t0, int64_t nv)
+{
+    for (int64_t r = 0; r < R; r++)
+        if (tap[r].ok && !NAME(rows_fast)(c, t0 * c->s[2] + tap[r].iw, nv)) return 0;
+    return 1;
+}
+
 INLINE void NAME(rows_fwd_tile)(const lc_job *jb, const lc_tap *tap, const T *wt, int64_t yrow, int64_t t0,
-                                int64_t nv, int64_t n0, int64_t g, int64_t o0, const int NB, const int OB)
+                                int64_t nv, int64_t n0, int64_t g, int64_t o0, const int NB, const int OB,
+                                const int FAST)
 {
     const lc_call *c = &jb->c;
     const T *x = (const T *)c->x;
@@ -123,12 +134,15 @@ INLINE void NAME(rows_fwd_tile)(const lc_job *jb, const lc_tap *tap, const T *wt
     for (int64_t r = 0; r < R; r++) {
         if (!tap[r].ok) continue;
         int64_t i0 = t0 * s + tap[r].iw;
-        int fast = NAME(rows_fast)(c, i0, nv);
         V wv[ROWS_OB], xv[ROWS_NB1];
         for (int j = 0; j < OB; j++) wv[j] = NAME(load)(wt + ((int64_t)j * R + r) * VL);
-        NAME(rows_x)(xv, xn, tap[r].x, i0, c, nv, fast, NB);
-        if (fast && r < c->k[2])  /* the next tiles of each sample's rows: many streams at once */
-            for (int i = 0; i < NB; i++) __builtin_prefetch(xn[i] + tap[r].x + i0 + ROWS_AHEAD);
+        if (FAST) {
+            for (int i = 0; i < NB; i++) xv[i] = NAME(load)(xn[i] + tap[r].x + i0);
+            if (r < c->k[2])  /* the next tiles of each sample's rows: many streams at once */
+                for (int i = 0; i < NB; i++) __builtin_prefetch(xn[i] + tap[r].x + i0 + ROWS_AHEAD);
+        } else {
+            NAME(rows_x)(xv, xn, tap[r].x, i0, c, nv, NAME(rows_fast)(c, i0, nv), NB);
+        }
         for (int i = 0; i < NB; i++)
             for (int j = 0; j < OB; j++) acc[i][j] += xv[i] * wv[j];
     }
@@ -145,7 +159,10 @@ INLINE void NAME(rows_fwd_block)(const lc_job *jb, const lc_tap *tap, T *wt, int
     const lc_call *c = &jb->c;
     NAME(rows_transpose_w)(jb, tap, wt, row * c->out[2] + t0, nv, g * c->og + o0, OB);
     int64_t yrow = row / c->out[1] * c->ys[2] + row % c->out[1] * c->ys[3];
-    for (int64_t n0 = 0; n0 < c->n; n0 += NB) NAME(rows_fwd_tile)(jb, tap, wt, yrow, t0, nv, n0, g, o0, NB, OB);
+    if (NAME(rows_tile_fast)(c, tap, jb->R, t0, nv))
+        for (int64_t n0 = 0; n0 < c->n; n0 += NB) NAME(rows_fwd_tile)(jb, tap, wt, yrow, t0, nv, n0, g, o0, NB, OB, 1);
+    else
+        for (int64_t n0 = 0; n0 < c->n; n0 += NB) NAME(rows_fwd_tile)(jb, tap, wt, yrow, t0, nv, n0, g, o0, NB, OB, 0);
 }
 
 STATIC int NAME(forward_rows)(const lc_job *jb, int64_t begin, int64_t end, void *scratch)
@@ -168,7 +185,7 @@ STATIC int NAME(forward_rows)(const lc_job *jb, int64_t begin, int64_t end, void
 /* ---------------------------------------------------------------------------- weight grad */
 
 INLINE void NAME(rows_wg_tile)(const lc_job *jb, const lc_tap *tap, T *gt, int64_t yrow, int64_t t0, int64_t nv,
-                               int64_t g, int64_t o0, int64_t r0, const int OB, const int RB)
+                               int64_t g, int64_t o0, int64_t r0, const int OB, const int RB, const int FAST)
 {
     const lc_call *c = &jb->c;
     const T *x = (const T *)c->x + g * c->cg * c->xs[1], *gy = (const T *)c->y;
@@ -176,14 +193,13 @@ INLINE void NAME(rows_wg_tile)(const lc_job *jb, const lc_tap *tap, T *gt, int64
     const T *gyr[ROWS_OB];
     for (int j = 0; j < OB; j++) gyr[j] = gy + (g * og + lc_min(o0 + j, og - 1)) * c->ys[1] + yrow + t0 * c->ys[4];
     int64_t xo[ROWS_RB1], i0[ROWS_RB1];
-    int fast[ROWS_RB1], ok[ROWS_RB1], allfast = 1;
+    int fast[ROWS_RB1], ok[ROWS_RB1];
     for (int q = 0; q < RB; q++) {
         const lc_tap *t = tap + lc_min(r0 + q, R - 1);
         xo[q] = t->x;
         i0[q] = t0 * s + t->iw;
         ok[q] = (int)t->ok;
         fast[q] = NAME(rows_fast)(c, i0[q], nv);
-        allfast &= ok[q] && fast[q];
     }
     V acc[ROWS_OB][ROWS_RB1];
     for (int j = 0; j < OB; j++)
@@ -191,12 +207,12 @@ INLINE void NAME(rows_wg_tile)(const lc_job *jb, const lc_tap *tap, T *gt, int64
     for (int64_t m = 0; m < c->n; m++) {
         const T *xm = x + m * c->xs[0];
         V gv[ROWS_OB], xv[ROWS_RB1];
-        if (allfast && r0 == 0) {  /* the next tiles of each sample's rows: many streams at once */
+        if (FAST && r0 == 0) {  /* the next tiles of each sample's rows: many streams at once */
             __builtin_prefetch(xm + xo[0] + i0[0] + ROWS_AHEAD);
             for (int j = 0; j < OB; j++) __builtin_prefetch(gyr[j] + m * c->ys[0] + ROWS_AHEAD);
         }
         for (int j = 0; j < OB; j++) gv[j] = NAME(rows_load)(gyr[j] + m * c->ys[0], c->ys[4], nv);
-        if (allfast) {
+        if (FAST) {
             for (int q = 0; q < RB; q++) xv[q] = NAME(load)(xm + xo[q] + i0[q]);
         } else {
             for (int q = 0; q < RB; q++) {
@@ -231,7 +247,13 @@ INLINE void NAME(rows_wg_block)(const lc_job *jb, const lc_tap *tap, T *gt, int6
 {
     const lc_call *c = &jb->c;
     int64_t yrow = row / c->out[1] * c->ys[2] + row % c->out[1] * c->ys[3];
-    for (int64_t r0 = 0; r0 < jb->R; r0 += RB) NAME(rows_wg_tile)(jb, tap, gt, yrow, t0, nv, g, o0, r0, OB, RB);
+    for (int64_t r0 = 0; r0 < jb->R; r0 += RB) {
+        int fast = 1;  /* every tap of the block inside the input and one plain load */
+        for (int64_t r = r0; r < lc_min(r0 + RB, jb->R); r++)
+            fast &= tap[r].ok && NAME(rows_fast)(c, t0 * c->s[2] + tap[r].iw, nv);
+        if (fast) NAME(rows_wg_tile)(jb, tap, gt, yrow, t0, nv, g, o0, r0, OB, RB, 1);
+        else NAME(rows_wg_tile)(jb, tap, gt, yrow, t0, nv, g, o0, r0, OB, RB, 0);
+    }
     NAME(rows_untranspose)(jb, tap, gt, row * c->out[2] + t0, nv, g * c->og + o0, lc_min(OB, c->og - o0));
 }
 

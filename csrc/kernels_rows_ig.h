@@ -36,8 +36,18 @@ INLINE void NAME(rows_ig_filters)(const lc_job *jb, const lc_itap *tap, int64_t 
     }
 }
 
+/* Whether tap q's lanes at m0 are one plain load of gy (inside the output row). */
+INLINE int NAME(rows_ig_fast)(const lc_call *c, const lc_itap *tap, int64_t m0, int64_t nv)
+{
+    int64_t pb = tap->q + m0;
+    return nv == VL && c->ys[4] == 1 && pb >= 0 && pb + VL - 1 < c->out[2];
+}
+
+/* FAST: every tap is one plain load, so that the loops make no call (vector registers are
+ * caller-saved: a call keeps the accumulators in memory). */
 INLINE void NAME(rows_ig_tile)(const lc_job *jb, const lc_itap *tap, int64_t ntaps, const T *wt, int64_t gxrow,
-                               int64_t m0, int64_t nv, int64_t g, int64_t n0, int64_t c0, const int NB, const int CB)
+                               int64_t m0, int64_t nv, int64_t g, int64_t n0, int64_t c0, const int NB, const int CB,
+                               const int FAST)
 {
     const lc_call *c = &jb->c;
     const T *gy = (const T *)c->y;
@@ -47,14 +57,14 @@ INLINE void NAME(rows_ig_tile)(const lc_job *jb, const lc_itap *tap, int64_t nta
         for (int j = 0; j < CB; j++) acc[i][j] = NAME(bcast)(0);
     for (int64_t q = 0; q < ntaps; q++) {
         int64_t pb = tap[q].q + m0;
-        int fast = nv == VL && c->ys[4] == 1 && pb >= 0 && pb + VL - 1 < c->out[2];
+        int fast = FAST || NAME(rows_ig_fast)(c, tap + q, m0, nv);
         const T *gq[ROWS_NB1];
         for (int i = 0; i < NB; i++) gq[i] = gy + lc_min(n0 + i, c->n - 1) * c->ys[0] + g * og * c->ys[1] + tap[q].gy;
         for (int64_t o = 0; o < og; o++) {
             V gv[ROWS_NB1], wv[ROWS_OB];
             for (int i = 0; i < NB; i++) {
                 const T *go = gq[i] + o * c->ys[1];
-                if (fast) {
+                if (FAST || fast) {
                     gv[i] = NAME(load)(go + pb);
                     if (q == 0) __builtin_prefetch(go + pb + ROWS_AHEAD);
                 } else {
@@ -93,13 +103,19 @@ STATIC int NAME(input_grad_rows)(const lc_job *jb, int64_t begin, int64_t end, v
         int64_t gxrow = row / c->in[1] * c->xs[2] + row % c->in[1] * c->xs[3] + (phase + s * m0) * c->xs[4];
         for (int64_t g = 0; g < c->groups; g++) {
             NAME(rows_ig_filters)(jb, tap, ntaps, wt, g, m0, nv);
+            int fast = 1;
+            for (int64_t q = 0; q < ntaps; q++) fast &= NAME(rows_ig_fast)(c, tap + q, m0, nv);
             for (int64_t n0 = 0; n0 < c->n; n0 += cg >= ROWS_OB ? ROWS_NB4 : ROWS_NB1)
                 for (int64_t c0 = 0; c0 < cg; c0 += cg >= ROWS_OB ? ROWS_OB : 1) {
-                    if (cg >= ROWS_OB)  /* the last tile overlaps the one before it */
-                        NAME(rows_ig_tile)(jb, tap, ntaps, wt, gxrow, m0, nv, g, n0, lc_min(c0, cg - ROWS_OB), ROWS_NB4,
-                                           ROWS_OB);
+                    int64_t cb = cg >= ROWS_OB ? lc_min(c0, cg - ROWS_OB) : c0;  /* the last tile overlaps */
+                    if (cg >= ROWS_OB && fast)
+                        NAME(rows_ig_tile)(jb, tap, ntaps, wt, gxrow, m0, nv, g, n0, cb, ROWS_NB4, ROWS_OB, 1);
+                    else if (cg >= ROWS_OB)
+                        NAME(rows_ig_tile)(jb, tap, ntaps, wt, gxrow, m0, nv, g, n0, cb, ROWS_NB4, ROWS_OB, 0);
+                    else if (fast)
+                        NAME(rows_ig_tile)(jb, tap, ntaps, wt, gxrow, m0, nv, g, n0, c0, ROWS_NB1, 1, 1);
                     else
-                        NAME(rows_ig_tile)(jb, tap, ntaps, wt, gxrow, m0, nv, g, n0, c0, ROWS_NB1, 1);
+                        NAME(rows_ig_tile)(jb, tap, ntaps, wt, gxrow, m0, nv, g, n0, c0, ROWS_NB1, 1, 0);
                 }
         }
     }
