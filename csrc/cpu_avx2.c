@@ -9,6 +9,20 @@
 #define LC_NT_F32_HALF(p, v) _mm_stream_ps((p), (__m128)(v))
 #define LC_NT_F64_HALF(p, v) _mm_stream_pd((p), (__m128d)(v))
 #define LC_FENCE() _mm_sfence()
+/* the first len lanes (len < lanes), zeros past them; masked-off lanes touch no memory (AVX
+ * maskload/maskstore: a lane is kept where its mask's sign bit is set) */
+#define LC_MASK8(len) _mm256_cmpgt_epi32(_mm256_set1_epi32((int)(len)), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7))
+#define LC_MASK4(len) _mm256_cmpgt_epi64(_mm256_set1_epi64x(len), _mm256_setr_epi64x(0, 1, 2, 3))
+#define LC_MASK4H(len) _mm_cmpgt_epi32(_mm_set1_epi32((int)(len)), _mm_setr_epi32(0, 1, 2, 3))
+#define LC_MASK2H(len) _mm_cmpgt_epi64(_mm_set1_epi64x(len), _mm_set_epi64x(1, 0))
+#define LC_LOAD_PART_F32(p, len) _mm256_maskload_ps((p), LC_MASK8(len))
+#define LC_LOAD_PART_F64(p, len) _mm256_maskload_pd((p), LC_MASK4(len))
+#define LC_LOAD_PART_F32_HALF(p, len) _mm_maskload_ps((p), LC_MASK4H(len))
+#define LC_LOAD_PART_F64_HALF(p, len) _mm_maskload_pd((p), LC_MASK2H(len))
+#define LC_STORE_PART_F32(p, v, len) _mm256_maskstore_ps((p), LC_MASK8(len), (__m256)(v))
+#define LC_STORE_PART_F64(p, v, len) _mm256_maskstore_pd((p), LC_MASK4(len), (__m256d)(v))
+#define LC_STORE_PART_F32_HALF(p, v, len) _mm_maskstore_ps((p), LC_MASK4H(len), (__m128)(v))
+#define LC_STORE_PART_F64_HALF(p, v, len) _mm_maskstore_pd((p), LC_MASK2H(len), (__m128d)(v))
 #define LC_ISA avx2
 #define LC_TARGET "avx2,fma"
 #define LC_VB 32

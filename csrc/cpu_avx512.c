@@ -9,6 +9,15 @@
 #define LC_NT_F32_HALF(p, v) _mm256_stream_ps((p), (__m256)(v))
 #define LC_NT_F64_HALF(p, v) _mm256_stream_pd((p), (__m256d)(v))
 #define LC_FENCE() _mm_sfence()
+/* the first len lanes (len < lanes), zeros past them; masked-off lanes touch no memory */
+#define LC_LOAD_PART_F32(p, len) _mm512_maskz_loadu_ps((__mmask16)((1u << (len)) - 1), (p))
+#define LC_LOAD_PART_F64(p, len) _mm512_maskz_loadu_pd((__mmask8)((1u << (len)) - 1), (p))
+#define LC_LOAD_PART_F32_HALF(p, len) _mm256_maskz_loadu_ps((__mmask8)((1u << (len)) - 1), (p))
+#define LC_LOAD_PART_F64_HALF(p, len) _mm256_maskz_loadu_pd((__mmask8)((1u << (len)) - 1), (p))
+#define LC_STORE_PART_F32(p, v, len) _mm512_mask_storeu_ps((p), (__mmask16)((1u << (len)) - 1), (__m512)(v))
+#define LC_STORE_PART_F64(p, v, len) _mm512_mask_storeu_pd((p), (__mmask8)((1u << (len)) - 1), (__m512d)(v))
+#define LC_STORE_PART_F32_HALF(p, v, len) _mm256_mask_storeu_ps((p), (__mmask8)((1u << (len)) - 1), (__m256)(v))
+#define LC_STORE_PART_F64_HALF(p, v, len) _mm256_mask_storeu_pd((p), (__mmask8)((1u << (len)) - 1), (__m256d)(v))
 #define LC_ISA avx512
 #define LC_TARGET "avx512f,avx512vl,avx2,fma"
 #define LC_VB 64

@@ -44,11 +44,22 @@ INLINE void NAME(store_once)(T *p, V v)
 /* The first len < VL lanes (zeros past them), and their store. */
 INLINE V NAME(load_part)(const T *p, int64_t len)
 {
+#ifdef LC_LOAD_PART  /* one masked load: lane by lane, a few-channel run costs more than its arithmetic */
+    return (V)LC_LOAD_PART(p, len);
+#else
     V v = {0};
     for (int64_t i = 0; i < len; i++) v[i] = p[i];
     return v;
+#endif
 }
-INLINE void NAME(store_part)(T *p, V v, int64_t len) { for (int64_t i = 0; i < len; i++) p[i] = v[i]; }
+INLINE void NAME(store_part)(T *p, V v, int64_t len)
+{
+#ifdef LC_STORE_PART
+    LC_STORE_PART(p, v, len);
+#else
+    for (int64_t i = 0; i < len; i++) p[i] = v[i];
+#endif
+}
 
 /* The sum of the lanes: 16-byte pieces added as vectors, then their lanes. */
 INLINE T NAME(hsum)(V v)
