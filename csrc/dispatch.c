@@ -313,6 +313,26 @@ LC_EXPORT int unshared_weight_grad(const lc_call *c, int dtype, int isa, int thr
     return lc_patch_op(c, dtype, isa, threads, 1);
 }
 
+/* Whether the input grad of channel-major filters runs as a scatter (kernels_ig_scatter.h), and its
+ * items: blocks of channels whose filter runs are at least 256 elements (fewer channels when that
+ * leaves fewer than two items per thread), and of samples, halved while an item's gxt would pass
+ * 8 MiB. Not for kernel-major filters (the gather reads them as runs already), nor where gxt
+ * stays above 64 MiB at one channel and one vector of samples. */
+static int lc_scatter_plan(lc_job *j, int64_t lanes, size_t item, int threads)
+{
+    const lc_call *c = &j->c;
+    if (c->kernel_major) return 0;
+    int64_t inputs = c->in[0] * c->in[1] * c->in[2], cb = lc_min(c->cg, (256 + j->K - 1) / j->K), nb = j->npad;
+    while (cb > 1 && c->groups * ((c->cg + cb - 1) / cb) < 2 * threads) cb = (cb + 1) / 2;
+    while (nb > lanes && (double)cb * inputs * nb * item > 8.0 * (1 << 20)) nb = (nb / 2 + lanes - 1) / lanes * lanes;
+    if ((double)inputs * lanes * item > 64.0 * (1 << 20)) return 0;
+    j->sc_cb = cb;
+    j->sc_nb = nb;
+    j->sc_cblocks = (c->cg + cb - 1) / cb;
+    j->sc_nblocks = (j->npad + nb - 1) / nb;
+    return 1;
+}
+
 LC_EXPORT int unshared_input_grad(const lc_call *c, int dtype, int isa, int threads)
 {
     const lc_kernels *k = kernels_for(isa, dtype);
@@ -328,7 +348,10 @@ LC_EXPORT int unshared_input_grad(const lc_call *c, int dtype, int isa, int thre
     j.gyt = lc_alloc_lines((size_t)(j.P * j.O * j.npad) * item, &block);
     if (!j.gyt) return LC_NO_MEMORY;
     status = lc_run(&j, k->transpose_gy, j.P, 0, threads);
-    if (status == LC_OK)
+    if (status == LC_OK && lc_scatter_plan(&j, k->lanes, item, threads))
+        status = lc_run(&j, k->input_grad_scatter, c->groups * j.sc_cblocks * j.sc_nblocks, k->ig_scatter_scratch(&j),
+                        threads);
+    else if (status == LC_OK)
         status = lc_run(&j, k->input_grad, c->in[0] * c->in[1], 2 * (size_t)j.K * sizeof(lc_pair), threads);
     free(block);
     return status;

@@ -54,6 +54,8 @@ typedef struct {
     void *gyt;                        /* input grad: (P, O, npad) output gradient, batch inner */
     const int64_t *order, *start;     /* weight grad with banks: positions by bank (CSR) */
     int64_t tiles;                    /* rows input grad: tiles of VL positions per phase of a row */
+    int64_t sc_cb, sc_nb;             /* scatter input grad: channels and samples of an item */
+    int64_t sc_cblocks, sc_nblocks;   /* and the blocks of a group's channels and of npad */
     const void *source;               /* x given with another channel stride, and its strides */
     int64_t ss[5];
 } lc_job;
@@ -63,10 +65,12 @@ typedef int (*lc_range_fn)(const lc_job *job, int64_t begin, int64_t end, void *
 /* The kernels of one ISA, dtype and vector width; `half`: the same at half the width (the input
  * gradient of batches that fit it), or NULL. */
 typedef struct lc_kernels {
-    lc_range_fn forward, weight_grad, input_grad, transpose_gy, forward_rows, weight_grad_rows, input_grad_rows;
+    lc_range_fn forward, weight_grad, input_grad, transpose_gy, forward_rows, weight_grad_rows, input_grad_rows,
+        input_grad_scatter;
     size_t (*patch_scratch)(const lc_job *job);   /* per thread, forward and weight grad */
     size_t (*rows_scratch)(const lc_job *job);    /* per thread, the rows path */
     size_t (*input_grad_rows_scratch)(const lc_job *job);
+    size_t (*ig_scatter_scratch)(const lc_job *job);
     int64_t lanes;
     const struct lc_kernels *half;
 } lc_kernels;

@@ -99,6 +99,27 @@ def test_every_instruction_set_on_random_configurations(isa, cfg):
         check_against_reference(cfg, torch.float64, seed=24, backend="cpu")
 
 
+# The input gradient of channel-major filters is a scatter (csrc/kernels_ig_scatter.h) over items of
+# channel and sample blocks, the sample blocks halved while an item's buffer passes 8 MiB; where even
+# one channel and one vector of samples would pass 64 MiB, the gather runs instead.
+@requires_kernels
+def test_channel_major_input_grad_in_several_sample_blocks():
+    # 1100 inputs x 1000 samples x 8 bytes = 8.8 MB: two blocks of 500 samples (stride 2: not the rows path)
+    cfg = Config(1, 1, 3, (5,), (2,), 0, (1,), 1, "zeros", (1100,), 1000, None, "contiguous", False)
+    check_against_reference(cfg, torch.float64, seed=28, backend="cpu")
+
+
+@requires_kernels
+def test_channel_major_input_grad_past_the_scatter_buffer_limit():
+    # 1.1 million inputs x 8 lanes x 8 bytes > 64 MiB: the gather (the reference's loops would take minutes)
+    x = torch.randn(1, 1, 1_100_001, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(550_000, 2, 1, 3, dtype=torch.float64)
+    y = UF.locally_connected1d(x, w, stride=2, backend="cpu")
+    want = UF.locally_connected1d(x, w, stride=2, backend="torch")
+    gy = torch.randn_like(y)
+    torch.testing.assert_close(torch.autograd.grad(y, x, gy)[0], torch.autograd.grad(want, x, gy)[0])
+
+
 @pytest.mark.skipif(shutil.which("cc") is None, reason="needs a C compiler")
 def test_portable_only_build_as_on_other_cpus(tmp_path, monkeypatch):
     # what other CPUs (aarch64) build: no x86 kernels; compiled here with LC_PORTABLE_ONLY
