@@ -95,10 +95,20 @@ STATIC int64_t NAME(chunks)(const lc_seg *seg, int64_t nseg, lc_seg *ch, int64_t
     return n;
 }
 
-/* Per-thread scratch of forward and weight grad: runs, chunks, one position's (O, R) filters. */
+/* Per-thread scratch of forward and weight grad: runs, chunks, one position's (O, R) filters and
+ * one block of WG_OB of them channel-major. */
 STATIC size_t NAME(patch_scratch)(const lc_job *j)
 {
-    return (size_t)(j->K + 1 + j->R / VL + j->K + 1) * sizeof(lc_seg) + (size_t)(j->O * j->R) * sizeof(T);
+    return (size_t)(j->K + 1 + j->R / VL + j->K + 1) * sizeof(lc_seg) + (size_t)((j->O + WG_OB) * j->R) * sizeof(T);
+}
+
+/* dst[0:len] = src[0:len], the whole aligned vectors of dst stored past the caches (store_once). */
+INLINE void NAME(copy_once)(T *dst, const T *src, int64_t len)
+{
+    int64_t e = 0;
+    for (; e < len && (uintptr_t)(dst + e) % VB; e++) dst[e] = src[e];
+    for (; e + VL <= len; e += VL) NAME(store_once)(dst + e, NAME(load)(src + e));
+    for (; e < len; e++) dst[e] = src[e];
 }
 
 /* Tile t[i] = row i of a VL x VL block, transposed in registers: log2(VL) rounds of interleaving
@@ -293,9 +303,11 @@ INLINE void NAME(wg_tile)(T *dst, int64_t R, const T *const gyr[WG_OB], int64_t 
 
 /* The gradient of position p's filters into dst (O, R), kernel-major; `once`: dst is the result
  * (not a buffer read again). With `final`, each block of rows of dst, once computed, is written
- * (or added, `add`) into final (O, R) of c.kernel_major's layout while it is in the caches. */
+ * (or added, `add`) into final (O, R) of c.kernel_major's layout while it is in the caches; a
+ * channel-major one through `stage` (WG_OB rows), streamed into final: final's unaligned rows
+ * would otherwise be read from memory before they are written. */
 STATIC void NAME(wg_position)(const lc_job *jb, int64_t p, T *dst, lc_seg *seg, lc_seg *ch, int once, T *final,
-                              int add)
+                              int add, T *stage)
 {
     const lc_call *c = &jb->c;
     const T *x = (const T *)c->x, *gy = (const T *)c->y;
@@ -313,8 +325,12 @@ STATIC void NAME(wg_position)(const lc_job *jb, int64_t p, T *dst, lc_seg *seg, 
             int64_t valid = lc_min(WG_OB, og - o0);
             NAME(wg_tile)(d, jb->R, gyr, c->ys[0], x + g * c->cg, c->xs[0], c->n, ch, 0, nfull, valid, 0, once);
             NAME(wg_tile)(d, jb->R, gyr, c->ys[0], x + g * c->cg, c->xs[0], c->n, ch, nfull, nall, valid, 1, once);
-            if (final)
+            if (final && !add && !c->kernel_major) {
+                NAME(from_kernel_major)(d, stage, valid, c->cg, jb->K, 0, 0);
+                NAME(copy_once)(final + (d - dst), stage, valid * jb->R);
+            } else if (final) {
                 NAME(from_kernel_major)(d, final + (d - dst), valid, c->cg, jb->K, (int)c->kernel_major, add);
+            }
         }
 }
 
@@ -325,17 +341,17 @@ STATIC int NAME(weight_grad)(const lc_job *jb, int64_t begin, int64_t end, void 
     T *gw = (T *)c->w;
     const int64_t OR = jb->O * jb->R;
     lc_seg *seg = (lc_seg *)scratch, *ch = seg + jb->K + 1;
-    T *tile = (T *)(ch + jb->R / VL + jb->K + 1);
+    T *tile = (T *)(ch + jb->R / VL + jb->K + 1), *stage = tile + OR;
     for (int64_t item = begin; item < end; item++) {
         T *dst = gw + item * OR;
         if (!c->bank && c->kernel_major) {
-            NAME(wg_position)(jb, item, dst, seg, ch, 1, NULL, 0);
+            NAME(wg_position)(jb, item, dst, seg, ch, 1, NULL, 0, stage);
         } else if (!c->bank) {
-            NAME(wg_position)(jb, item, tile, seg, ch, 0, dst, 0);
+            NAME(wg_position)(jb, item, tile, seg, ch, 0, dst, 0, stage);
         } else {
             for (int64_t e = 0; e < OR; e++) dst[e] = 0;
             for (int64_t q = jb->start[item]; q < jb->start[item + 1]; q++) {
-                NAME(wg_position)(jb, jb->order[q], tile, seg, ch, 0, dst, 1);
+                NAME(wg_position)(jb, jb->order[q], tile, seg, ch, 0, dst, 1, stage);
             }
         }
     }
