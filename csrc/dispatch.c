@@ -282,6 +282,35 @@ static int lc_input_grad_rows(const lc_call *c, const lc_kernels *k, int threads
                   threads);
 }
 
+/* Whether a forward of channel-major filters runs with vectors along the batch: for batches that
+ * fit one vector of the half-width kernels (measured faster at DeepFace L4-L6 batch 8, slower than
+ * the channel path's transpose to kernel-major at batch 16-128), unless a path is forced. */
+static int lc_batch_path(const lc_call *c, const lc_kernels *k)
+{
+    return !c->kernel_major && c->path == LC_PATH_AUTO && c->n <= (k->half ? k->half->lanes : k->lanes);
+}
+
+/* The forward of channel-major filters with vectors along the batch (kernels_fwd_batch.h): the
+ * input copied batch-inner (xt), then the positions. */
+static int lc_forward_batch(const lc_call *c, const lc_kernels *k, int dtype, int threads)
+{
+    if (k->half && c->n <= k->half->lanes) k = k->half;
+    lc_job j;
+    lc_job_init(&j, c);
+    j.npad = (c->n + k->lanes - 1) / k->lanes * k->lanes;
+    int64_t C = c->groups * c->cg, rows = c->in[0] * c->in[1] * c->in[2] + 1, elements;
+    if (__builtin_mul_overflow(C, rows, &elements) || __builtin_mul_overflow(elements, j.npad, &elements) ||
+        __builtin_mul_overflow(elements, 8, &elements))
+        return LC_TOO_LARGE;
+    void *block;
+    j.xt = lc_alloc_lines((size_t)elements / 8 * (dtype == LC_FLOAT32 ? 4 : 8), &block);
+    if (!j.xt) return LC_NO_MEMORY;
+    int status = lc_run(&j, k->transpose_x, C, 0, threads);
+    if (status == LC_OK) status = lc_run(&j, k->forward_batch, j.P, k->fwd_batch_scratch(&j), threads);
+    free(block);
+    return status;
+}
+
 /* forward or weight grad: the channel path reads x's patches with channel stride 1 */
 static int lc_patch_op(const lc_call *c, int dtype, int isa, int threads, int weight_grad)
 {
@@ -295,6 +324,7 @@ static int lc_patch_op(const lc_call *c, int dtype, int isa, int threads, int we
         int64_t items = c->out[0] * c->out[1] * ((c->out[2] + k->lanes - 1) / k->lanes);
         return lc_run(&j, weight_grad ? k->weight_grad_rows : k->forward_rows, items, k->rows_scratch(&j), threads);
     }
+    if (!weight_grad && lc_batch_path(c, k)) return lc_forward_batch(c, k, dtype, threads);
     status = lc_channel_inner(&j, dtype, threads, &block);
     if (status == LC_OK)
         status = weight_grad ? lc_weight_grad(&j, k, threads)

@@ -363,14 +363,16 @@ STATIC int NAME(weight_grad)(const lc_job *jb, int64_t begin, int64_t end, void 
 
 #include "kernels_ig.h"
 #include "kernels_ig_scatter.h"
+#include "kernels_fwd_batch.h"
 #include "kernels_rows.h"
 #include "kernels_rows_ig.h"
 
 /* LC_HALF: the table of the half-width instantiation (included before this one), or NULL. */
 const lc_kernels NAME(kernels) = {NAME(forward), NAME(weight_grad), NAME(input_grad), NAME(transpose_gy),
                                   NAME(forward_rows), NAME(weight_grad_rows), NAME(input_grad_rows),
-                                  NAME(input_grad_scatter), NAME(patch_scratch), NAME(rows_scratch),
-                                  NAME(input_grad_rows_scratch), NAME(ig_scatter_scratch), VL,
+                                  NAME(input_grad_scatter), NAME(forward_batch), NAME(transpose_x),
+                                  NAME(patch_scratch), NAME(rows_scratch), NAME(input_grad_rows_scratch),
+                                  NAME(ig_scatter_scratch), NAME(fwd_batch_scratch), VL,
                                   LC_HALF};
 
 #undef INLINE

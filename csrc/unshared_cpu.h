@@ -52,6 +52,7 @@ typedef struct {
     int64_t merged;                   /* a kernel row's (kw, c) is one run in x */
     int64_t npad;                     /* input grad: batch of gyt, padded to the vector lanes */
     void *gyt;                        /* input grad: (P, O, npad) output gradient, batch inner */
+    void *xt;                         /* forward, batch path: (C, inputs + 1, npad) input, batch inner */
     const int64_t *order, *start;     /* weight grad with banks: positions by bank (CSR) */
     int64_t tiles;                    /* rows input grad: tiles of VL positions per phase of a row */
     int64_t sc_cb, sc_nb;             /* scatter input grad: channels and samples of an item */
@@ -66,11 +67,12 @@ typedef int (*lc_range_fn)(const lc_job *job, int64_t begin, int64_t end, void *
  * gradient of batches that fit it), or NULL. */
 typedef struct lc_kernels {
     lc_range_fn forward, weight_grad, input_grad, transpose_gy, forward_rows, weight_grad_rows, input_grad_rows,
-        input_grad_scatter;
+        input_grad_scatter, forward_batch, transpose_x;
     size_t (*patch_scratch)(const lc_job *job);   /* per thread, forward and weight grad */
     size_t (*rows_scratch)(const lc_job *job);    /* per thread, the rows path */
     size_t (*input_grad_rows_scratch)(const lc_job *job);
     size_t (*ig_scatter_scratch)(const lc_job *job);
+    size_t (*fwd_batch_scratch)(const lc_job *job);
     int64_t lanes;
     const struct lc_kernels *half;
 } lc_kernels;

@@ -51,7 +51,8 @@ def test_float32_matches_reference(cfg):
 
 # Sizes past the vector width and the register tiles (the random configurations are tiny): full and
 # partial vector chunks, merged kernel rows (groups 1) and per-offset runs (groups, dilation),
-# batches that take 1, 2 and 4 batch vectors and both vector widths of the input gradient.
+# batches that take 1, 2 and 4 batch vectors and both vector widths of the input gradient; channel-major
+# batches small enough for the forward with vectors along the batch (kernels_fwd_batch.h).
 MEDIUM = [
     Config(2, 16, 16, (5, 5), (1, 1), 0, (1, 1), 1, "zeros", (9, 9), 9, None, "contiguous", True),
     Config(2, 16, 5, (3, 4), (2, 1), (1, 2), (1, 1), 1, "zeros", (8, 9), 70, "position", "channels_last", True),
@@ -60,9 +61,11 @@ MEDIUM = [
     Config(1, 19, 18, (7,), (3,), 3, (2,), 1, "zeros", (31,), 5, None, "contiguous", False),
     Config(3, 16, 4, (2, 3, 2), (1, 1, 2), 1, (1, 1, 1), 1, "zeros", (3, 5, 6), 40, None, "channels_last", True),
     Config(2, 3, 16, (5, 5), (1, 1), 2, (1, 1), 1, "zeros", (7, 7), 1, None, "contiguous", True),
+    Config(2, 32, 12, (3, 3), (2, 1), 1, (1, 2), 2, "zeros", (9, 8), 2, "position", "channels_last", False),
+    Config(3, 18, 20, (2, 3, 2), (1, 1, 1), (0, 1, 1), (1, 1, 1), 1, "zeros", (3, 4, 5), 8, None, "noncontiguous", False),
 ]
 MEDIUM_IDS = ["deepface-like", "batch70-channels-last", "channel-major-batch33", "groups-dilation",
-              "1d-stride3", "3d-batch40", "rgb-batch1"]
+              "1d-stride3", "3d-batch40", "rgb-batch1", "channel-major-batch2", "channel-major-3d-batch8"]
 
 
 @requires_kernels

@@ -1,0 +1,126 @@
+/* The forward of channel-major filters with vectors along the batch (kernels.h's first
+ * operation): y[n, o, p] = sum_{c, k} w[p, o, c * K + k] xt[c, i(p, k), n], xt the input with the
+ * batch inner (C, inputs + 1, npad; the last row zeros, read for padding). Each filter is read once,
+ * in order, as broadcasts: no transpose to kernel-major (what the channel path needs) and no lanes
+ * lost to a short patch run. Items: positions. Included by kernels.h (same T, VB, NAME, V, VL,
+ * INLINE, STATIC).
+ */
+
+/* xt[c, i, m] = x[m, c, i] (0 for n <= m < npad, and the zero row), for channels begin..end. */
+STATIC int NAME(transpose_x)(const lc_job *jb, int64_t begin, int64_t end, void *scratch)
+{
+    (void)scratch;
+    const lc_call *c = &jb->c;
+    const T *x = (const T *)c->x;
+    const int64_t inputs = c->in[0] * c->in[1] * c->in[2], npad = jb->npad;
+    for (int64_t ch = begin; ch < end; ch++) {
+        T *dst = (T *)jb->xt + ch * (inputs + 1) * npad;
+        for (int64_t i = 0; i < inputs; i++, dst += npad) {
+            int64_t i3[3];
+            lc_unravel(i, c->in, i3);
+            const T *src = x + ch * c->xs[1] + i3[0] * c->xs[2] + i3[1] * c->xs[3] + i3[2] * c->xs[4];
+            for (int64_t m = 0; m < c->n; m++) dst[m] = src[m * c->xs[0]];
+            for (int64_t m = c->n; m < npad; m++) dst[m] = 0;
+        }
+        for (int64_t m = 0; m < npad; m++) dst[m] = 0;
+    }
+    return 0;
+}
+
+/* Output channels of a tile at one batch vector: no more than 8, whose filter rows are walked by
+ * as many pointers (general-purpose registers). */
+#define FB_OB1 (IG_CB1 > 8 ? 8 : IG_CB1)
+
+/* Per thread: the input offset in xt of each kernel offset of a position. */
+STATIC size_t NAME(fwd_batch_scratch)(const lc_job *j) { return (size_t)j->K * sizeof(int64_t); }
+
+/* Output channels o0.. (OB of them, `valid` real) x NV batch vectors n0.., one position. */
+INLINE void NAME(fb_tile)(const lc_job *jb, const T *wo, const T *xg, const int64_t *koff, int64_t valid,
+                          int64_t n0, T *yp, const int NV, const int OB)
+{
+    const lc_call *c = &jb->c;
+    const int64_t K = jb->K, R = jb->R, cstride = (c->in[0] * c->in[1] * c->in[2] + 1) * jb->npad;
+    const T *wr[IG_CB1];
+    for (int j = 0; j < OB; j++) wr[j] = wo + lc_min(j, valid - 1) * R;
+    V acc[IG_CB1][4];
+    for (int j = 0; j < OB; j++)
+        for (int v = 0; v < NV; v++) acc[j][v] = NAME(bcast)(0);
+    for (int64_t ch = 0; ch < c->cg; ch++) {
+        const T *xc = xg + ch * cstride + n0;
+        for (int j = 0; j < OB; j++)  /* the filters two channels ahead: short rows, many at once */
+            for (int64_t e = 2 * K; e < 3 * K; e += 64 / (int64_t)sizeof(T)) __builtin_prefetch(wr[j] + e);
+        for (int64_t k = 0; k < K; k++) {
+            const T *xp = xc + koff[k];
+            V xv[4];
+            for (int v = 0; v < NV; v++) xv[v] = NAME(load)(xp + v * VL);
+            for (int j = 0; j < OB; j++) {
+                V b = NAME(bcast)(wr[j][k]);
+                for (int v = 0; v < NV; v++) acc[j][v] += b * xv[v];
+            }
+        }
+        for (int j = 0; j < OB; j++) wr[j] += K;
+    }
+    for (int j = 0; j < OB; j++) {
+        if (j >= valid) continue;
+        for (int v = 0; v < NV; v++) {
+            T lanes[VL];
+            NAME(store)(lanes, acc[j][v]);
+            for (int64_t l = 0; l < lc_min(VL, c->n - n0 - v * VL); l++)
+                yp[(n0 + v * VL + l) * c->ys[0] + j * c->ys[1]] = lanes[l];
+        }
+    }
+}
+
+/* Every tile of output channels at NV batch vectors, of group g at one position. */
+INLINE void NAME(fb_channels)(const lc_job *jb, const T *wg, const T *xg, const int64_t *koff, int64_t n0, T *yp,
+                              const int NV, const int OB)
+{
+    const int64_t og = jb->c.og;
+    for (int64_t o0 = 0; o0 < og; o0 += OB)
+        NAME(fb_tile)(jb, wg + o0 * jb->R, xg, koff, lc_min(OB, og - o0), n0, yp + o0 * jb->c.ys[1], NV, OB);
+}
+
+STATIC int NAME(forward_batch)(const lc_job *jb, int64_t begin, int64_t end, void *scratch)
+{
+    const lc_call *c = &jb->c;
+    const T *w = (const T *)c->w, *xt = (const T *)jb->xt;
+    const int64_t inputs = c->in[0] * c->in[1] * c->in[2], npad = jb->npad;
+    int64_t *koff = (int64_t *)scratch;
+    for (int64_t p = begin; p < end; p++) {
+        int64_t o3[3], k = 0;
+        lc_unravel(p, c->out, o3);
+        for (int64_t kd = 0; kd < c->k[0]; kd++) {
+            int64_t id = o3[0] * c->s[0] - c->pad[0] + kd * c->dil[0];
+            for (int64_t kh = 0; kh < c->k[1]; kh++) {
+                int64_t ih = o3[1] * c->s[1] - c->pad[1] + kh * c->dil[1];
+                for (int64_t kw = 0; kw < c->k[2]; kw++, k++) {
+                    int64_t iw = o3[2] * c->s[2] - c->pad[2] + kw * c->dil[2];
+                    int inside = id >= 0 && id < c->in[0] && ih >= 0 && ih < c->in[1] && iw >= 0 && iw < c->in[2];
+                    koff[k] = (inside ? (id * c->in[1] + ih) * c->in[2] + iw : inputs) * npad;
+                }
+            }
+        }
+        const T *wp = w + (c->bank ? c->bank[p] : p) * jb->O * jb->R;
+        T *yp = (T *)c->y + o3[0] * c->ys[2] + o3[1] * c->ys[3] + o3[2] * c->ys[4];
+        for (int64_t g = 0; g < c->groups; g++) {
+            const T *wg = wp + g * c->og * jb->R, *xg = xt + g * c->cg * (inputs + 1) * npad;
+            T *yg = yp + g * c->og * c->ys[1];
+            for (int64_t n0 = 0; n0 < npad;) {
+                int64_t vectors = (npad - n0) / VL;
+                if (vectors >= 4) {
+                    NAME(fb_channels)(jb, wg, xg, koff, n0, yg, 4, IG_CB4);
+                    n0 += 4 * VL;
+                } else if (vectors >= 2) {
+                    NAME(fb_channels)(jb, wg, xg, koff, n0, yg, 2, IG_CB2);
+                    n0 += 2 * VL;
+                } else {
+                    NAME(fb_channels)(jb, wg, xg, koff, n0, yg, 1, FB_OB1);
+                    n0 += VL;
+                }
+            }
+        }
+    }
+    return 0;
+}
+
+#undef FB_OB1
