@@ -87,19 +87,9 @@ STATIC int NAME(forward_batch)(const lc_job *jb, int64_t begin, int64_t end, voi
     const int64_t inputs = c->in[0] * c->in[1] * c->in[2], npad = jb->npad;
     int64_t *koff = (int64_t *)scratch;
     for (int64_t p = begin; p < end; p++) {
-        int64_t o3[3], k = 0;
+        int64_t o3[3];
         lc_unravel(p, c->out, o3);
-        for (int64_t kd = 0; kd < c->k[0]; kd++) {
-            int64_t id = o3[0] * c->s[0] - c->pad[0] + kd * c->dil[0];
-            for (int64_t kh = 0; kh < c->k[1]; kh++) {
-                int64_t ih = o3[1] * c->s[1] - c->pad[1] + kh * c->dil[1];
-                for (int64_t kw = 0; kw < c->k[2]; kw++, k++) {
-                    int64_t iw = o3[2] * c->s[2] - c->pad[2] + kw * c->dil[2];
-                    int inside = id >= 0 && id < c->in[0] && ih >= 0 && ih < c->in[1] && iw >= 0 && iw < c->in[2];
-                    koff[k] = (inside ? (id * c->in[1] + ih) * c->in[2] + iw : inputs) * npad;
-                }
-            }
-        }
+        lc_kernel_inputs(jb, o3, npad, inputs * npad, koff);
         const T *wp = w + (c->bank ? c->bank[p] : p) * jb->O * jb->R;
         T *yp = (T *)c->y + o3[0] * c->ys[2] + o3[1] * c->ys[3] + o3[2] * c->ys[4];
         for (int64_t g = 0; g < c->groups; g++) {

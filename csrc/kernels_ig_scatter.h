@@ -95,19 +95,9 @@ STATIC int NAME(input_grad_scatter)(const lc_job *jb, int64_t begin, int64_t end
         }
         memset(gxt, 0, (size_t)(nc * inputs * nb) * sizeof(T));
         for (int64_t p = 0; p < jb->P; p++) {
-            int64_t o3[3], k = 0;
+            int64_t o3[3];
             lc_unravel(p, c->out, o3);
-            for (int64_t kd = 0; kd < c->k[0]; kd++) {
-                int64_t id = o3[0] * c->s[0] - c->pad[0] + kd * c->dil[0];
-                for (int64_t kh = 0; kh < c->k[1]; kh++) {
-                    int64_t ih = o3[1] * c->s[1] - c->pad[1] + kh * c->dil[1];
-                    for (int64_t kw = 0; kw < c->k[2]; kw++, k++) {
-                        int64_t iw = o3[2] * c->s[2] - c->pad[2] + kw * c->dil[2];
-                        int inside = id >= 0 && id < c->in[0] && ih >= 0 && ih < c->in[1] && iw >= 0 && iw < c->in[2];
-                        koff[k] = inside ? ((id * c->in[1] + ih) * c->in[2] + iw) * nb : -1;
-                    }
-                }
-            }
+            lc_kernel_inputs(jb, o3, nb, -1, koff);
             const T *wp = w + (c->bank ? c->bank[p] : p) * O * R + g * og * R + c0 * K;
             if (p + 1 < jb->P) {  /* the next position's runs: one per filter, far apart (no prefetcher follows) */
                 const T *next = w + (c->bank ? c->bank[p + 1] : p + 1) * O * R + g * og * R + c0 * K;

@@ -195,6 +195,25 @@ static inline int64_t lc_itaps(const lc_job *j, int64_t row, int64_t phase, lc_i
     return count;
 }
 
+/* For each kernel offset k of output position o: its input position's index times `scale`, or
+ * `outside` where it falls on padding (forward with the batch inner, scatter input grad). */
+static inline void lc_kernel_inputs(const lc_job *j, const int64_t o[3], int64_t scale, int64_t outside, int64_t *off)
+{
+    const lc_call *c = &j->c;
+    int64_t k = 0;
+    for (int64_t kd = 0; kd < c->k[0]; kd++) {
+        int64_t id = o[0] * c->s[0] - c->pad[0] + kd * c->dil[0];
+        for (int64_t kh = 0; kh < c->k[1]; kh++) {
+            int64_t ih = o[1] * c->s[1] - c->pad[1] + kh * c->dil[1];
+            for (int64_t kw = 0; kw < c->k[2]; kw++, k++) {
+                int64_t iw = o[2] * c->s[2] - c->pad[2] + kw * c->dil[2];
+                int inside = id >= 0 && id < c->in[0] && ih >= 0 && ih < c->in[1] && iw >= 0 && iw < c->in[2];
+                off[k] = inside ? ((id * c->in[1] + ih) * c->in[2] + iw) * scale : outside;
+            }
+        }
+    }
+}
+
 static inline void lc_unravel(int64_t p, const int64_t size[3], int64_t o[3])
 {
     o[2] = p % size[2];
