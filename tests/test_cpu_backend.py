@@ -123,6 +123,27 @@ def test_channel_major_input_grad_past_the_scatter_buffer_limit():
     torch.testing.assert_close(torch.autograd.grad(y, x, gy)[0], torch.autograd.grad(want, x, gy)[0])
 
 
+@requires_kernels
+def test_an_expanded_output_gradient_reaches_the_kernels_as_a_copy(monkeypatch):
+    # y.sum()'s gradient is expanded (all strides 0): the rows path would read it lane by lane
+    seen, launch = [], cpu._launch
+
+    def spy(op, g, n, x, y, w, kernel_major):
+        seen.append((op, y.stride()))
+        return launch(op, g, n, x, y, w, kernel_major)
+
+    monkeypatch.setattr(cpu, "_launch", spy)
+    layer = unshared.LocallyConnected1d(1, 2, 5, input_size=40, backend="cpu", dtype=torch.float64)
+    x = torch.randn(3, 1, 40, dtype=torch.float64, requires_grad=True)
+    layer(x).sum().backward()
+    assert sorted(op for op, _ in seen) == ["forward", "input_grad", "weight_grad"]
+    assert all(0 not in strides for _, strides in seen), seen
+    want = locally_connected_reference(x, layer.weight, layer.bias)
+    gx, gw = torch.autograd.grad(want, (x, layer.weight), torch.ones_like(want))
+    torch.testing.assert_close(x.grad, gx)
+    torch.testing.assert_close(layer.weight.grad, gw)
+
+
 @pytest.mark.skipif(shutil.which("cc") is None, reason="needs a C compiler")
 def test_portable_only_build_as_on_other_cpus(tmp_path, monkeypatch):
     # what other CPUs (aarch64) build: no x86 kernels; compiled here with LC_PORTABLE_ONLY

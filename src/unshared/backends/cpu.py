@@ -308,6 +308,13 @@ def _check_dtypes(op: str, first: torch.Tensor, second: torch.Tensor) -> torch.d
 
 # ----------------------------------------------------------------------------- the three operations
 
+def _unexpanded(gy: torch.Tensor) -> torch.Tensor:
+    """``gy``, copied when it is an expanded tensor (a zero stride: the gradient of ``y.sum()`` or
+    ``y.mean()``), which the kernels would read element by element instead of as vectors."""
+    return gy.contiguous() if 0 in gy.stride() else gy
+
+
+
 def forward(x: torch.Tensor, w: torch.Tensor, g: Geometry) -> torch.Tensor:
     """``(N, C, *input_size)``, public weight -> ``(N, O, *output_size)`` in ``x``'s memory format."""
     dtype = _check_dtypes("forward", x, w)
@@ -330,7 +337,7 @@ def input_grad(gy: torch.Tensor, w: torch.Tensor, g: Geometry,
     if n == 0:
         return gx
     memory, kernel_major = _weight_memory(w)
-    _launch("input_grad", g, n, gx, gy, memory, kernel_major)
+    _launch("input_grad", g, n, gx, _unexpanded(gy), memory, kernel_major)
     return gx
 
 
@@ -344,5 +351,5 @@ def weight_grad(x: torch.Tensor, gy: torch.Tensor, g: Geometry, kernel_major: bo
     gw = empty_weight(shape, g.ndim, kernel_major=kernel_major, dtype=dtype, device=x.device, allocate=pooled_buffer)
     if n == 0 or math.prod(shape) == 0:
         return gw.zero_()
-    _launch("weight_grad", g, n, x, gy, gw, kernel_major)  # gw's data pointer starts its memory
+    _launch("weight_grad", g, n, x, _unexpanded(gy), gw, kernel_major)  # gw's data pointer starts its memory
     return gw
