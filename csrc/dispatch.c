@@ -287,25 +287,25 @@ static int lc_input_grad_rows(const lc_call *c, const lc_kernels *k, int threads
  * the channel path's transpose to kernel-major at batch 16-128), unless a path is forced. */
 static int lc_batch_path(const lc_call *c, const lc_kernels *k)
 {
-    return !c->kernel_major && c->path == LC_PATH_AUTO && c->n <= (k->half ? k->half->lanes : k->lanes);
+    return !c->kernel_major && c->path == LC_PATH_AUTO && k->half && c->n <= k->half->lanes;
 }
 
-/* The forward of channel-major filters with vectors along the batch (kernels_fwd_batch.h): the
- * input copied batch-inner (xt), then the positions. */
+/* The forward of channel-major filters with vectors along the batch (kernels_fwd_batch.h), on the
+ * half-width kernels: the input copied batch-inner (xt), then the positions. */
 static int lc_forward_batch(const lc_call *c, const lc_kernels *k, int dtype, int threads)
 {
-    if (k->half && c->n <= k->half->lanes) k = k->half;
+    k = k->half;
     lc_job j;
     lc_job_init(&j, c);
-    j.npad = (c->n + k->lanes - 1) / k->lanes * k->lanes;
-    int64_t C = c->groups * c->cg, rows = c->in[0] * c->in[1] * c->in[2] + 1, elements;
-    if (__builtin_mul_overflow(C, rows, &elements) || __builtin_mul_overflow(elements, j.npad, &elements) ||
-        __builtin_mul_overflow(elements, 8, &elements))
+    j.npad = k->lanes;
+    int64_t rows = c->in[0] * c->in[1] * c->in[2] + 1, bytes = dtype == LC_FLOAT32 ? 4 : 8;
+    if (__builtin_mul_overflow(bytes, c->groups * c->cg, &bytes) || __builtin_mul_overflow(bytes, rows, &bytes) ||
+        __builtin_mul_overflow(bytes, j.npad, &bytes))
         return LC_TOO_LARGE;
     void *block;
-    j.xt = lc_alloc_lines((size_t)elements / 8 * (dtype == LC_FLOAT32 ? 4 : 8), &block);
+    j.xt = lc_alloc_lines((size_t)bytes, &block);
     if (!j.xt) return LC_NO_MEMORY;
-    int status = lc_run(&j, k->transpose_x, C, 0, threads);
+    int status = lc_run(&j, k->transpose_x, c->groups * c->cg, 0, threads);
     if (status == LC_OK) status = lc_run(&j, k->forward_batch, j.P, k->fwd_batch_scratch(&j), threads);
     free(block);
     return status;

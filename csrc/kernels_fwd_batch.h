@@ -1,6 +1,7 @@
 /* The forward of channel-major filters with vectors along the batch (kernels.h's first
  * operation): y[n, o, p] = sum_{c, k} w[p, o, c * K + k] xt[c, i(p, k), n], xt the input with the
- * batch inner (C, inputs + 1, npad; the last row zeros, read for padding). Each filter is read once,
+ * batch inner (C, inputs + 1, npad; the last row zeros, read for padding), the batch in one
+ * vector (npad == VL). Each filter is read once,
  * in order, as broadcasts: no transpose to kernel-major (what the channel path needs) and no lanes
  * lost to a short patch run. Items: positions. Included by kernels.h (same T, VB, NAME, V, VL,
  * INLINE, STATIC).
@@ -27,90 +28,60 @@ STATIC int NAME(transpose_x)(const lc_job *jb, int64_t begin, int64_t end, void 
     return 0;
 }
 
-/* Output channels of a tile at one batch vector: no more than 8, whose filter rows are walked by
- * as many pointers (general-purpose registers). */
-#define FB_OB1 (IG_CB1 > 8 ? 8 : IG_CB1)
+/* Output channels of a tile: no more than 8, whose filter rows are walked by as many pointers
+ * (general-purpose registers). */
+#define FB_OB (IG_CB1 > 8 ? 8 : IG_CB1)
 
 /* Per thread: the input offset in xt of each kernel offset of a position. */
 STATIC size_t NAME(fwd_batch_scratch)(const lc_job *j) { return (size_t)j->K * sizeof(int64_t); }
 
-/* Output channels o0.. (OB of them, `valid` real) x NV batch vectors n0.., one position. */
-INLINE void NAME(fb_tile)(const lc_job *jb, const T *wo, const T *xg, const int64_t *koff, int64_t valid,
-                          int64_t n0, T *yp, const int NV, const int OB)
+/* Output channels o0.. (FB_OB of them, `valid` real) of one position, the batch in one vector. */
+INLINE void NAME(fb_tile)(const lc_job *jb, const T *wo, const T *xg, const int64_t *koff, int64_t valid, T *yp)
 {
     const lc_call *c = &jb->c;
-    const int64_t K = jb->K, R = jb->R, cstride = (c->in[0] * c->in[1] * c->in[2] + 1) * jb->npad;
-    const T *wr[IG_CB1];
-    for (int j = 0; j < OB; j++) wr[j] = wo + lc_min(j, valid - 1) * R;
-    V acc[IG_CB1][4];
-    for (int j = 0; j < OB; j++)
-        for (int v = 0; v < NV; v++) acc[j][v] = NAME(bcast)(0);
+    const int64_t K = jb->K, R = jb->R, cstride = (c->in[0] * c->in[1] * c->in[2] + 1) * VL;
+    const T *wr[FB_OB];
+    for (int j = 0; j < FB_OB; j++) wr[j] = wo + lc_min(j, valid - 1) * R;
+    V acc[FB_OB];
+    for (int j = 0; j < FB_OB; j++) acc[j] = NAME(bcast)(0);
     for (int64_t ch = 0; ch < c->cg; ch++) {
-        const T *xc = xg + ch * cstride + n0;
-        for (int j = 0; j < OB; j++)  /* the filters two channels ahead: short rows, many at once */
+        const T *xc = xg + ch * cstride;
+        for (int j = 0; j < FB_OB; j++)  /* the filters two channels ahead: short rows, many at once */
             for (int64_t e = 2 * K; e < 3 * K; e += 64 / (int64_t)sizeof(T)) __builtin_prefetch(wr[j] + e);
         for (int64_t k = 0; k < K; k++) {
-            const T *xp = xc + koff[k];
-            V xv[4];
-            for (int v = 0; v < NV; v++) xv[v] = NAME(load)(xp + v * VL);
-            for (int j = 0; j < OB; j++) {
-                V b = NAME(bcast)(wr[j][k]);
-                for (int v = 0; v < NV; v++) acc[j][v] += b * xv[v];
-            }
+            V xv = NAME(load)(xc + koff[k]);
+            for (int j = 0; j < FB_OB; j++) acc[j] += NAME(bcast)(wr[j][k]) * xv;
         }
-        for (int j = 0; j < OB; j++) wr[j] += K;
+        for (int j = 0; j < FB_OB; j++) wr[j] += K;
     }
-    for (int j = 0; j < OB; j++) {
+    for (int j = 0; j < FB_OB; j++) {
         if (j >= valid) continue;
-        for (int v = 0; v < NV; v++) {
-            T lanes[VL];
-            NAME(store)(lanes, acc[j][v]);
-            for (int64_t l = 0; l < lc_min(VL, c->n - n0 - v * VL); l++)
-                yp[(n0 + v * VL + l) * c->ys[0] + j * c->ys[1]] = lanes[l];
-        }
+        T lanes[VL];
+        NAME(store)(lanes, acc[j]);
+        for (int64_t l = 0; l < c->n; l++) yp[l * c->ys[0] + j * c->ys[1]] = lanes[l];
     }
 }
 
-/* Every tile of output channels at NV batch vectors, of group g at one position. */
-INLINE void NAME(fb_channels)(const lc_job *jb, const T *wg, const T *xg, const int64_t *koff, int64_t n0, T *yp,
-                              const int NV, const int OB)
-{
-    const int64_t og = jb->c.og;
-    for (int64_t o0 = 0; o0 < og; o0 += OB)
-        NAME(fb_tile)(jb, wg + o0 * jb->R, xg, koff, lc_min(OB, og - o0), n0, yp + o0 * jb->c.ys[1], NV, OB);
-}
-
+/* Items: positions; the batch fits one vector (npad == VL, the half-width kernels). */
 STATIC int NAME(forward_batch)(const lc_job *jb, int64_t begin, int64_t end, void *scratch)
 {
     const lc_call *c = &jb->c;
     const T *w = (const T *)c->w, *xt = (const T *)jb->xt;
-    const int64_t inputs = c->in[0] * c->in[1] * c->in[2], npad = jb->npad;
+    const int64_t inputs = c->in[0] * c->in[1] * c->in[2], og = c->og;
     int64_t *koff = (int64_t *)scratch;
     for (int64_t p = begin; p < end; p++) {
         int64_t o3[3];
         lc_unravel(p, c->out, o3);
-        lc_kernel_inputs(jb, o3, npad, inputs * npad, koff);
+        lc_kernel_inputs(jb, o3, VL, inputs * VL, koff);
         const T *wp = w + (c->bank ? c->bank[p] : p) * jb->O * jb->R;
         T *yp = (T *)c->y + o3[0] * c->ys[2] + o3[1] * c->ys[3] + o3[2] * c->ys[4];
         for (int64_t g = 0; g < c->groups; g++) {
-            const T *wg = wp + g * c->og * jb->R, *xg = xt + g * c->cg * (inputs + 1) * npad;
-            T *yg = yp + g * c->og * c->ys[1];
-            for (int64_t n0 = 0; n0 < npad;) {
-                int64_t vectors = (npad - n0) / VL;
-                if (vectors >= 4) {
-                    NAME(fb_channels)(jb, wg, xg, koff, n0, yg, 4, IG_CB4);
-                    n0 += 4 * VL;
-                } else if (vectors >= 2) {
-                    NAME(fb_channels)(jb, wg, xg, koff, n0, yg, 2, IG_CB2);
-                    n0 += 2 * VL;
-                } else {
-                    NAME(fb_channels)(jb, wg, xg, koff, n0, yg, 1, FB_OB1);
-                    n0 += VL;
-                }
-            }
+            const T *wg = wp + g * og * jb->R, *xg = xt + g * c->cg * (inputs + 1) * VL;
+            for (int64_t o0 = 0; o0 < og; o0 += FB_OB)
+                NAME(fb_tile)(jb, wg + o0 * jb->R, xg, koff, lc_min(FB_OB, og - o0), yp + (g * og + o0) * c->ys[1]);
         }
     }
     return 0;
 }
 
-#undef FB_OB1
+#undef FB_OB

@@ -66,7 +66,7 @@ STATIC void NAME(igs_write)(const lc_job *jb, const T *gxt, int64_t channel, int
             const T *src = gxt + (cc * inputs + row * c->in[2]) * nb;
             T *dst = gx + nbase * c->xs[0] + (channel + cc) * c->xs[1] + row / c->in[1] * c->xs[2] +
                      row % c->in[1] * c->xs[3];
-            if (c->xs[4] == 1) {
+            if (c->xs[4] == 1) {  /* dst as the end of gx: no whole vector stored past a row */
                 NAME(transpose)(src, nb, end, dst, c->xs[0], dst, c->in[2], nlen, 0);
                 continue;
             }

@@ -50,7 +50,7 @@ typedef struct {
     lc_call c;                        /* x: channel stride 1 (a channels-last copy if needed) */
     int64_t K, R, P, O;               /* kernel volume, R = K * Cg, positions, out channels */
     int64_t merged;                   /* a kernel row's (kw, c) is one run in x */
-    int64_t npad;                     /* input grad: batch of gyt, padded to the vector lanes */
+    int64_t npad;                     /* input grad, batch forward: the batch of gyt or xt, padded to the lanes */
     void *gyt;                        /* input grad: (P, O, npad) output gradient, batch inner */
     void *xt;                         /* forward, batch path: (C, inputs + 1, npad) input, batch inner */
     const int64_t *order, *start;     /* weight grad with banks: positions by bank (CSR) */
@@ -64,7 +64,7 @@ typedef struct {
 typedef int (*lc_range_fn)(const lc_job *job, int64_t begin, int64_t end, void *scratch);
 
 /* The kernels of one ISA, dtype and vector width; `half`: the same at half the width (the input
- * gradient of batches that fit it), or NULL. */
+ * gradient and the batch forward of batches that fit it), or NULL. */
 typedef struct lc_kernels {
     lc_range_fn forward, weight_grad, input_grad, transpose_gy, forward_rows, weight_grad_rows, input_grad_rows,
         input_grad_scatter, forward_batch, transpose_x;

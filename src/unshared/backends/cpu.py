@@ -314,7 +314,6 @@ def _unexpanded(gy: torch.Tensor) -> torch.Tensor:
     return gy.contiguous() if 0 in gy.stride() else gy
 
 
-
 def forward(x: torch.Tensor, w: torch.Tensor, g: Geometry) -> torch.Tensor:
     """``(N, C, *input_size)``, public weight -> ``(N, O, *output_size)`` in ``x``'s memory format."""
     dtype = _check_dtypes("forward", x, w)
