@@ -2,13 +2,16 @@
  * spatial dimension), for inputs with few channels, where vectors along the channels would hold
  * one or a few elements. Included by kernels.h (same T, VB, NAME, V, VL, INLINE, STATIC).
  *
- * An item is a tile of VL consecutive output positions of one row (d, h). Per tile and block of
- * ROWS_OB output channels, the filters (VL, OB, R) are transposed into scratch as (OB, R, VL), so
- * that lane l of every vector is position t0 + l:
+ * A tile is VL consecutive output positions of one row (d, h); a span, up to ROWS_SPAN_MAX
+ * consecutive tiles of one row among a thread's items. Per span and block of ROWS_OB output
+ * channels, each tile's filters (VL, OB, R) are transposed into scratch as (OB, R, VL) (filter
+ * order), so that lane l of every vector is position t0 + l:
  * forward:      y[n, o, t0 + l] += wt[o, r, l] * x[n, patch(t0 + l, r)], a ROWS_NB x OB tile of
  *               (sample, output channel) vectors;
  * weight grad:  gt[o, r, l] = sum_n gy[n, o, t0 + l] * x[n, patch(t0 + l, r)], an OB x ROWS_RB tile
  *               of (output channel, patch element) vectors, transposed back into the gradient.
+ * The span's tiles are taken one after the other for each block of samples, so that each sample's
+ * rows are read (and y's written) as a few long streams, not as one line of each of many rows.
  * The input's lanes along w step by stride * x's w-stride: a plain vector load when that is 1 and
  * the lanes lie inside the input, else a gather with zeros outside (padding).
  */
@@ -16,10 +19,21 @@
 /* Elements ahead that the loads of a tile prefetch along a row (8 cache lines). */
 #define ROWS_AHEAD (512 / (int64_t)sizeof(T))
 
-/* Per-thread scratch: the row's taps and one block of transposed filters. */
+/* Tiles of a span: as many as keep its transposed filters within ROWS_SPAN_BYTES (at least one). */
+#define ROWS_SPAN_MAX 16
+#define ROWS_SPAN_BYTES ((int64_t)128 << 10)
+INLINE int64_t NAME(rows_span)(const lc_job *j)
+{
+    return lc_max(1, lc_min(ROWS_SPAN_MAX, ROWS_SPAN_BYTES / (ROWS_OB * j->R * VL * (int64_t)sizeof(T))));
+}
+
+/* Samples of a block of the weight grad (its accumulators go through scratch between blocks). */
+#define ROWS_MB 8
+
+/* Per-thread scratch: the row's taps and one span's transposed filters of a block. */
 STATIC size_t NAME(rows_scratch)(const lc_job *j)
 {
-    return (size_t)j->R * sizeof(lc_tap) + (size_t)(ROWS_OB * j->R * VL + VL) * sizeof(T);
+    return (size_t)j->R * sizeof(lc_tap) + (size_t)(NAME(rows_span)(j) * ROWS_OB * j->R * VL + VL) * sizeof(T);
 }
 
 /* Lanes l < nv of x at w-coordinates i0 + l * s into v (zeros outside 0..limit and past nv): the
@@ -81,29 +95,34 @@ INLINE void NAME(rows_lanes_of_w)(const lc_job *jb, T *dst, int64_t p0, int64_t 
         for (int64_t l = 0; l < nv; l++) dst[l] = w[(p0 + l) * OR + e];
 }
 
-/* Filters of output channels o0..o0 + OB (clamped) of group g at positions t0.. of the row,
- * transposed into wt (OB, R, VL); zeros in lanes past nv. */
-INLINE void NAME(rows_transpose_w)(const lc_job *jb, const lc_tap *tap, T *wt, int64_t p0, int64_t nv,
-                                   int64_t o, const int OB)
-{
-    const int64_t R = jb->R;
-    for (int j = 0; j < OB; j++)
-        for (int64_t r = 0; r < R; r++) {
-            T *dst = wt + ((int64_t)j * R + r) * VL;
-            NAME(rows_lanes_of_w)(jb, dst, p0, nv, lc_min(o + j, jb->O - 1) * R + tap[r].w);
-            for (int64_t l = nv; l < VL; l++) dst[l] = 0;
-        }
-}
-
-/* The row of item `item` (tiles of VL positions per row) and its taps, recomputed on a new row. */
-INLINE void NAME(rows_item)(const lc_job *jb, int64_t item, lc_tap *tap, int64_t *row, int64_t *t0, int64_t *nv)
+/* Filters of output channels o..o + OB at positions p0..p0 + nv transposed into wt (OB, R, VL) in
+ * filter order: a transpose in registers where the positions' filters are VL rows of w, else lane
+ * by lane with zeros past nv. Channels past O repeat the last. */
+INLINE void NAME(rows_transpose_w)(const lc_job *jb, T *wt, int64_t p0, int64_t nv, int64_t o, const int OB)
 {
     const lc_call *c = &jb->c;
-    int64_t tiles = (c->out[2] + VL - 1) / VL, r = item / tiles;
-    *t0 = item % tiles * VL;
-    *nv = lc_min(VL, c->out[2] - *t0);
+    const T *w = (const T *)c->w;
+    const int64_t R = jb->R, OR = jb->O * R, ob = lc_min(OB, jb->O - o);
+    if (!c->bank && nv == VL)
+        NAME(transpose)(w + p0 * OR + o * R, OR, w + c->w_extent, wt, VL, wt + OB * R * VL, VL, ob * R, 0);
+    else
+        for (int64_t e = 0; e < ob * R; e++) {
+            T *dst = wt + e * VL;
+            NAME(rows_lanes_of_w)(jb, dst, p0, nv, o * R + e);
+            for (int64_t l = nv; l < VL; l++) dst[l] = 0;
+        }
+    for (int64_t j = ob; j < OB; j++) memcpy(wt + j * R * VL, wt + (ob - 1) * R * VL, (size_t)(R * VL) * sizeof(T));
+}
+
+/* The span of items item..: its row (taps recomputed on a new one), first position and tiles. */
+INLINE int64_t NAME(rows_span_of)(const lc_job *jb, int64_t item, int64_t end, lc_tap *tap, int64_t *row, int64_t *t0)
+{
+    const lc_call *c = &jb->c;
+    int64_t tiles = (c->out[2] + VL - 1) / VL, r = item / tiles, t = item % tiles;
     if (r != *row) lc_taps(jb, r, tap);
     *row = r;
+    *t0 = t * VL;
+    return lc_min(NAME(rows_span)(jb), lc_min(end - item, tiles - t));
 }
 
 /* ------------------------------------------------------------------------------- forward */
@@ -135,7 +154,7 @@ INLINE void NAME(rows_fwd_tile)(const lc_job *jb, const lc_tap *tap, const T *wt
         if (!tap[r].ok) continue;
         int64_t i0 = t0 * s + tap[r].iw;
         V wv[ROWS_OB], xv[ROWS_NB1];
-        for (int j = 0; j < OB; j++) wv[j] = NAME(load)(wt + ((int64_t)j * R + r) * VL);
+        for (int j = 0; j < OB; j++) wv[j] = NAME(load)(wt + ((int64_t)j * R + tap[r].w) * VL);
         if (FAST) {
             for (int i = 0; i < NB; i++) xv[i] = NAME(load)(xn[i] + tap[r].x + i0);
             if (r < c->k[2])  /* the next tiles of each sample's rows: many streams at once */
@@ -153,16 +172,24 @@ INLINE void NAME(rows_fwd_tile)(const lc_job *jb, const lc_tap *tap, const T *wt
                                  c->ys[4], nv, acc[i][j]);
 }
 
-INLINE void NAME(rows_fwd_block)(const lc_job *jb, const lc_tap *tap, T *wt, int64_t row, int64_t t0, int64_t nv,
-                                 int64_t g, int64_t o0, const int NB, const int OB)
+INLINE void NAME(rows_fwd_span)(const lc_job *jb, const lc_tap *tap, T *wt, int64_t row, int64_t t0, int64_t ns,
+                                int64_t g, int64_t o0, const int NB, const int OB)
 {
     const lc_call *c = &jb->c;
-    NAME(rows_transpose_w)(jb, tap, wt, row * c->out[2] + t0, nv, g * c->og + o0, OB);
+    const int64_t W = c->out[2], block = OB * jb->R * VL;
+    int fast[ROWS_SPAN_MAX];
+    for (int64_t t = 0; t < ns; t++) {
+        int64_t tt = t0 + t * VL, nv = lc_min(VL, W - tt);
+        NAME(rows_transpose_w)(jb, wt + t * block, row * W + tt, nv, g * c->og + o0, OB);
+        fast[t] = NAME(rows_tile_fast)(c, tap, jb->R, tt, nv);
+    }
     int64_t yrow = row / c->out[1] * c->ys[2] + row % c->out[1] * c->ys[3];
-    if (NAME(rows_tile_fast)(c, tap, jb->R, t0, nv))
-        for (int64_t n0 = 0; n0 < c->n; n0 += NB) NAME(rows_fwd_tile)(jb, tap, wt, yrow, t0, nv, n0, g, o0, NB, OB, 1);
-    else
-        for (int64_t n0 = 0; n0 < c->n; n0 += NB) NAME(rows_fwd_tile)(jb, tap, wt, yrow, t0, nv, n0, g, o0, NB, OB, 0);
+    for (int64_t n0 = 0; n0 < c->n; n0 += NB)
+        for (int64_t t = 0; t < ns; t++) {
+            int64_t tt = t0 + t * VL, nv = lc_min(VL, W - tt);
+            if (fast[t]) NAME(rows_fwd_tile)(jb, tap, wt + t * block, yrow, tt, nv, n0, g, o0, NB, OB, 1);
+            else NAME(rows_fwd_tile)(jb, tap, wt + t * block, yrow, tt, nv, n0, g, o0, NB, OB, 0);
+        }
 }
 
 STATIC int NAME(forward_rows)(const lc_job *jb, int64_t begin, int64_t end, void *scratch)
@@ -170,13 +197,13 @@ STATIC int NAME(forward_rows)(const lc_job *jb, int64_t begin, int64_t end, void
     const lc_call *c = &jb->c;
     lc_tap *tap = (lc_tap *)scratch;
     T *wt = (T *)(tap + jb->R);
-    int64_t row = -1, t0, nv;
-    for (int64_t item = begin; item < end; item++) {
-        NAME(rows_item)(jb, item, tap, &row, &t0, &nv);
+    int64_t row = -1, t0;
+    for (int64_t item = begin, ns; item < end; item += ns) {
+        ns = NAME(rows_span_of)(jb, item, end, tap, &row, &t0);
         for (int64_t g = 0; g < c->groups; g++)
             for (int64_t o0 = 0; o0 < c->og; o0 += c->og >= ROWS_OB ? ROWS_OB : 1) {
-                if (c->og >= ROWS_OB) NAME(rows_fwd_block)(jb, tap, wt, row, t0, nv, g, o0, ROWS_NB4, ROWS_OB);
-                else NAME(rows_fwd_block)(jb, tap, wt, row, t0, nv, g, o0, ROWS_NB1, 1);
+                if (c->og >= ROWS_OB) NAME(rows_fwd_span)(jb, tap, wt, row, t0, ns, g, o0, ROWS_NB4, ROWS_OB);
+                else NAME(rows_fwd_span)(jb, tap, wt, row, t0, ns, g, o0, ROWS_NB1, 1);
             }
     }
     return 0;
@@ -184,30 +211,35 @@ STATIC int NAME(forward_rows)(const lc_job *jb, int64_t begin, int64_t end, void
 
 /* ---------------------------------------------------------------------------- weight grad */
 
+/* Samples m0..m1 of the tile's OB x RB accumulators at patch elements r0.., added to gt (OB, R,
+ * VL; filter order) unless m0 is 0: each sum runs over the samples in order, whatever the blocks. */
 INLINE void NAME(rows_wg_tile)(const lc_job *jb, const lc_tap *tap, T *gt, int64_t yrow, int64_t t0, int64_t nv,
-                               int64_t g, int64_t o0, int64_t r0, const int OB, const int RB, const int FAST)
+                               int64_t g, int64_t o0, int64_t r0, int64_t m0, int64_t m1, const int OB,
+                               const int RB, const int FAST)
 {
     const lc_call *c = &jb->c;
     const T *x = (const T *)c->x + g * c->cg * c->xs[1], *gy = (const T *)c->y;
     const int64_t R = jb->R, og = c->og, s = c->s[2];
     const T *gyr[ROWS_OB];
     for (int j = 0; j < OB; j++) gyr[j] = gy + (g * og + lc_min(o0 + j, og - 1)) * c->ys[1] + yrow + t0 * c->ys[4];
-    int64_t xo[ROWS_RB1], i0[ROWS_RB1];
+    int64_t xo[ROWS_RB1], i0[ROWS_RB1], e[ROWS_RB1];
     int fast[ROWS_RB1], ok[ROWS_RB1];
     for (int q = 0; q < RB; q++) {
         const lc_tap *t = tap + lc_min(r0 + q, R - 1);
         xo[q] = t->x;
         i0[q] = t0 * s + t->iw;
         ok[q] = (int)t->ok;
+        e[q] = t->w;
         fast[q] = NAME(rows_fast)(c, i0[q], nv);
     }
     V acc[ROWS_OB][ROWS_RB1];
     for (int j = 0; j < OB; j++)
-        for (int q = 0; q < RB; q++) acc[j][q] = NAME(bcast)(0);
-    for (int64_t m = 0; m < c->n; m++) {
+        for (int q = 0; q < RB; q++)
+            acc[j][q] = m0 && q < R - r0 ? NAME(load)(gt + ((int64_t)j * R + e[q]) * VL) : NAME(bcast)(0);
+    for (int64_t m = m0; m < m1; m++) {
         const T *xm = x + m * c->xs[0];
         V gv[ROWS_OB], xv[ROWS_RB1];
-        if (FAST && r0 == 0) {  /* the next tiles of each sample's rows: many streams at once */
+        if (FAST && r0 == 0) {  /* the next tiles of each sample's rows */
             __builtin_prefetch(xm + xo[0] + i0[0] + ROWS_AHEAD);
             for (int j = 0; j < OB; j++) __builtin_prefetch(gyr[j] + m * c->ys[0] + ROWS_AHEAD);
         }
@@ -226,35 +258,43 @@ INLINE void NAME(rows_wg_tile)(const lc_job *jb, const lc_tap *tap, T *gt, int64
     }
     for (int j = 0; j < OB; j++)
         for (int q = 0; q < RB; q++)
-            if (q < R - r0) NAME(store)(gt + ((int64_t)j * R + r0 + q) * VL, acc[j][q]);
+            if (q < R - r0) NAME(store)(gt + ((int64_t)j * R + e[q]) * VL, acc[j][q]);
 }
 
-/* The gradient of output channels o..o + ob at positions p0..p0 + nv from gt (OB, R, VL). */
-INLINE void NAME(rows_untranspose)(const lc_job *jb, const lc_tap *tap, const T *gt, int64_t p0, int64_t nv,
-                                   int64_t o, int64_t ob)
+/* The gradient of output channels o..o + ob at positions p0..p0 + nv from gt (OB, R, VL): a
+ * transpose whose whole-vector stores stay inside these positions' filters. */
+INLINE void NAME(rows_untranspose)(const lc_job *jb, const T *gt, int64_t p0, int64_t nv, int64_t o, int64_t ob)
 {
     T *gw = (T *)jb->c.w;
-    const int64_t R = jb->R;
-    for (int64_t l = 0; l < nv; l++)
-        for (int64_t j = 0; j < ob; j++) {
-            T *dst = gw + (p0 + l) * jb->O * R + (o + j) * R;
-            for (int64_t r = 0; r < R; r++) dst[tap[r].w] = gt[(j * R + r) * VL + l];
-        }
+    const int64_t R = jb->R, OR = jb->O * R;
+    NAME(transpose)(gt, VL, gt + ob * R * VL, gw + p0 * OR + o * R, OR, gw + (p0 + nv) * OR, ob * R, nv, 0);
 }
 
-INLINE void NAME(rows_wg_block)(const lc_job *jb, const lc_tap *tap, T *gt, int64_t row, int64_t t0, int64_t nv,
-                                int64_t g, int64_t o0, const int OB, const int RB)
+/* A span's tiles, for each block of ROWS_MB samples (each sample's rows read as a few streams). */
+INLINE void NAME(rows_wg_span)(const lc_job *jb, const lc_tap *tap, T *gt, int64_t row, int64_t t0, int64_t ns,
+                               int64_t g, int64_t o0, const int OB, const int RB)
 {
     const lc_call *c = &jb->c;
+    const int64_t W = c->out[2], R = jb->R, block = OB * R * VL;
     int64_t yrow = row / c->out[1] * c->ys[2] + row % c->out[1] * c->ys[3];
-    for (int64_t r0 = 0; r0 < jb->R; r0 += RB) {
-        int fast = 1;  /* every tap of the block inside the input and one plain load */
-        for (int64_t r = r0; r < lc_min(r0 + RB, jb->R); r++)
-            fast &= tap[r].ok && NAME(rows_fast)(c, t0 * c->s[2] + tap[r].iw, nv);
-        if (fast) NAME(rows_wg_tile)(jb, tap, gt, yrow, t0, nv, g, o0, r0, OB, RB, 1);
-        else NAME(rows_wg_tile)(jb, tap, gt, yrow, t0, nv, g, o0, r0, OB, RB, 0);
+    int64_t m0 = 0;
+    do  /* once at least: a batch of 0 has a zero gradient */
+        for (int64_t t = 0; t < ns; t++) {
+            int64_t tt = t0 + t * VL, nv = lc_min(VL, W - tt), m1 = lc_min(c->n, m0 + ROWS_MB);
+            for (int64_t r0 = 0; r0 < R; r0 += RB) {
+                int fast = 1;  /* every tap of the block inside the input and one plain load */
+                for (int64_t r = r0; r < lc_min(r0 + RB, R); r++)
+                    fast &= tap[r].ok && NAME(rows_fast)(c, tt * c->s[2] + tap[r].iw, nv);
+                if (fast) NAME(rows_wg_tile)(jb, tap, gt + t * block, yrow, tt, nv, g, o0, r0, m0, m1, OB, RB, 1);
+                else NAME(rows_wg_tile)(jb, tap, gt + t * block, yrow, tt, nv, g, o0, r0, m0, m1, OB, RB, 0);
+            }
+        }
+    while ((m0 += ROWS_MB) < c->n);
+    for (int64_t t = 0; t < ns; t++) {
+        int64_t tt = t0 + t * VL;
+        NAME(rows_untranspose)(jb, gt + t * block, row * W + tt, lc_min(VL, W - tt), g * c->og + o0,
+                               lc_min(OB, c->og - o0));
     }
-    NAME(rows_untranspose)(jb, tap, gt, row * c->out[2] + t0, nv, g * c->og + o0, lc_min(OB, c->og - o0));
 }
 
 /* One position per filter (no shared banks: dispatch.c sends those to the channel path). */
@@ -263,13 +303,13 @@ STATIC int NAME(weight_grad_rows)(const lc_job *jb, int64_t begin, int64_t end, 
     const lc_call *c = &jb->c;
     lc_tap *tap = (lc_tap *)scratch;
     T *gt = (T *)(tap + jb->R);
-    int64_t row = -1, t0, nv;
-    for (int64_t item = begin; item < end; item++) {
-        NAME(rows_item)(jb, item, tap, &row, &t0, &nv);
+    int64_t row = -1, t0;
+    for (int64_t item = begin, ns; item < end; item += ns) {
+        ns = NAME(rows_span_of)(jb, item, end, tap, &row, &t0);
         for (int64_t g = 0; g < c->groups; g++)
             for (int64_t o0 = 0; o0 < c->og; o0 += c->og >= ROWS_OB ? ROWS_OB : 1) {
-                if (c->og >= ROWS_OB) NAME(rows_wg_block)(jb, tap, gt, row, t0, nv, g, o0, ROWS_OB, ROWS_RB4);
-                else NAME(rows_wg_block)(jb, tap, gt, row, t0, nv, g, o0, 1, ROWS_RB1);
+                if (c->og >= ROWS_OB) NAME(rows_wg_span)(jb, tap, gt, row, t0, ns, g, o0, ROWS_OB, ROWS_RB4);
+                else NAME(rows_wg_span)(jb, tap, gt, row, t0, ns, g, o0, 1, ROWS_RB1);
             }
     }
     return 0;
