@@ -10,10 +10,19 @@
  * scatter: each gx element is written once, by one thread.
  */
 
-/* Per-thread scratch: the taps of a row and phase, the tile's filters of one group. */
+/* Tiles of a span (consecutive tiles of one row and phase among a thread's items): as many as keep
+ * their gathered filters within ROWS_SPAN_BYTES (at least one). */
+INLINE int64_t NAME(rows_ig_span)(const lc_job *j)
+{
+    int64_t tile = j->c.og * j->c.cg * j->K * VL * (int64_t)sizeof(T);
+    return lc_max(1, lc_min(ROWS_SPAN_MAX, ROWS_SPAN_BYTES / tile));
+}
+
+/* Per-thread scratch: the taps of a row and phase, a span's filters of one group. */
 STATIC size_t NAME(input_grad_rows_scratch)(const lc_job *j)
 {
-    return (size_t)j->K * sizeof(lc_itap) + (size_t)(j->c.og * j->c.cg * j->K * VL + VL) * sizeof(T);
+    return (size_t)j->K * sizeof(lc_itap) +
+           (size_t)(NAME(rows_ig_span)(j) * j->c.og * j->c.cg * j->K * VL + VL) * sizeof(T);
 }
 
 /* The filters of group g at the tile's positions: wt[((o * cg + c) * ntaps + q) * VL + l]. */
@@ -86,38 +95,53 @@ INLINE void NAME(rows_ig_tile)(const lc_job *jb, const lc_itap *tap, int64_t nta
                 NAME(rows_store)(gx + (n0 + i) * c->xs[0] + (g * cg + c0 + j) * c->xs[1] + gxrow, es, nv, acc[i][j]);
 }
 
+/* A span's tiles m0, m0 + VL, ... (ns of them) of group g: their filters gathered, then each block
+ * of samples and channels across the span (each sample's rows read and written as a few streams). */
+INLINE void NAME(rows_ig_span_of_group)(const lc_job *jb, const lc_itap *tap, int64_t ntaps, T *wt, int64_t gxrow,
+                                        int64_t m0, int64_t ns, int64_t npos, int64_t g)
+{
+    const lc_call *c = &jb->c;
+    const int64_t cg = c->cg, block = c->og * cg * ntaps * VL, step = c->s[2] * c->xs[4] * VL;
+    int fast[ROWS_SPAN_MAX];
+    for (int64_t t = 0; t < ns; t++) {
+        int64_t mt = m0 + t * VL, nv = lc_min(VL, npos - mt);
+        NAME(rows_ig_filters)(jb, tap, ntaps, wt + t * block, g, mt, nv);
+        fast[t] = 1;
+        for (int64_t q = 0; q < ntaps; q++) fast[t] &= NAME(rows_ig_fast)(c, tap + q, mt, nv);
+    }
+    const int wide = cg >= ROWS_OB;
+    for (int64_t n0 = 0; n0 < c->n; n0 += wide ? ROWS_NB4 : ROWS_NB1)
+        for (int64_t c0 = 0; c0 < cg; c0 += wide ? ROWS_OB : 1) {
+            int64_t cb = wide ? lc_min(c0, cg - ROWS_OB) : c0;  /* the last tile overlaps */
+            for (int64_t t = 0; t < ns; t++) {
+                int64_t mt = m0 + t * VL, nv = lc_min(VL, npos - mt), row = gxrow + t * step;
+                const T *w = wt + t * block;
+                if (wide && fast[t]) NAME(rows_ig_tile)(jb, tap, ntaps, w, row, mt, nv, g, n0, cb, ROWS_NB4, ROWS_OB, 1);
+                else if (wide) NAME(rows_ig_tile)(jb, tap, ntaps, w, row, mt, nv, g, n0, cb, ROWS_NB4, ROWS_OB, 0);
+                else if (fast[t]) NAME(rows_ig_tile)(jb, tap, ntaps, w, row, mt, nv, g, n0, c0, ROWS_NB1, 1, 1);
+                else NAME(rows_ig_tile)(jb, tap, ntaps, w, row, mt, nv, g, n0, c0, ROWS_NB1, 1, 0);
+            }
+        }
+}
+
 /* Items: (input row, phase, tile of VL positions of that phase); jb->tiles tiles per phase. */
 STATIC int NAME(input_grad_rows)(const lc_job *jb, int64_t begin, int64_t end, void *scratch)
 {
     const lc_call *c = &jb->c;
     lc_itap *tap = (lc_itap *)scratch;
     T *wt = (T *)(tap + jb->K);
-    const int64_t s = c->s[2], phases = lc_min(s, c->in[2]), cg = c->cg;
+    const int64_t s = c->s[2], phases = lc_min(s, c->in[2]);
     int64_t key = -1, ntaps = 0;
-    for (int64_t item = begin; item < end; item++) {
-        int64_t m0 = item % jb->tiles * VL, phase = item / jb->tiles % phases, row = item / jb->tiles / phases;
-        int64_t nv = lc_min(VL, (c->in[2] - phase + s - 1) / s - m0);
-        if (nv <= 0) continue;
+    for (int64_t item = begin, ns; item < end; item += ns) {
+        int64_t t = item % jb->tiles, m0 = t * VL, phase = item / jb->tiles % phases, row = item / jb->tiles / phases;
+        int64_t npos = (c->in[2] - phase + s - 1) / s;  /* positions of this phase */
+        ns = lc_min(NAME(rows_ig_span)(jb), lc_min(end - item, jb->tiles - t));
+        int64_t live = lc_min(ns, (npos - m0 + VL - 1) / VL);  /* tiles holding positions */
+        if (live <= 0) continue;
         if (row * phases + phase != key) ntaps = lc_itaps(jb, row, phase, tap);
         key = row * phases + phase;
         int64_t gxrow = row / c->in[1] * c->xs[2] + row % c->in[1] * c->xs[3] + (phase + s * m0) * c->xs[4];
-        for (int64_t g = 0; g < c->groups; g++) {
-            NAME(rows_ig_filters)(jb, tap, ntaps, wt, g, m0, nv);
-            int fast = 1;
-            for (int64_t q = 0; q < ntaps; q++) fast &= NAME(rows_ig_fast)(c, tap + q, m0, nv);
-            for (int64_t n0 = 0; n0 < c->n; n0 += cg >= ROWS_OB ? ROWS_NB4 : ROWS_NB1)
-                for (int64_t c0 = 0; c0 < cg; c0 += cg >= ROWS_OB ? ROWS_OB : 1) {
-                    int64_t cb = cg >= ROWS_OB ? lc_min(c0, cg - ROWS_OB) : c0;  /* the last tile overlaps */
-                    if (cg >= ROWS_OB && fast)
-                        NAME(rows_ig_tile)(jb, tap, ntaps, wt, gxrow, m0, nv, g, n0, cb, ROWS_NB4, ROWS_OB, 1);
-                    else if (cg >= ROWS_OB)
-                        NAME(rows_ig_tile)(jb, tap, ntaps, wt, gxrow, m0, nv, g, n0, cb, ROWS_NB4, ROWS_OB, 0);
-                    else if (fast)
-                        NAME(rows_ig_tile)(jb, tap, ntaps, wt, gxrow, m0, nv, g, n0, c0, ROWS_NB1, 1, 1);
-                    else
-                        NAME(rows_ig_tile)(jb, tap, ntaps, wt, gxrow, m0, nv, g, n0, c0, ROWS_NB1, 1, 0);
-                }
-        }
+        for (int64_t g = 0; g < c->groups; g++) NAME(rows_ig_span_of_group)(jb, tap, ntaps, wt, gxrow, m0, live, npos, g);
     }
     return 0;
 }
