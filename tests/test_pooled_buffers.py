@@ -1,5 +1,5 @@
-"""Large CPU weight gradients come from a pool (issue 18): a training step reuses the memory of the
-last step's gradient once nothing holds it, and never writes over a gradient that anything holds."""
+"""Large CPU outputs and gradients come from a pool (issue 18): a training step reuses the memory of
+the last step's once nothing holds it, and never writes over one that anything holds."""
 import threading
 
 import pytest
@@ -11,7 +11,7 @@ from unshared.backends import buffers, cpu, release_pooled_buffers, settings
 
 pytestmark = pytest.mark.skipif(not cpu.available_isas(), reason="the compiled CPU kernels are not built")
 
-SMALL_POOL = {"huge_page_bytes": 4096}  # this test's 9 KiB gradients count as large
+SMALL_POOL = {"pooled_from_bytes": 8192}  # this test's 41 KiB weight gradients count as large, not its 3-6 KiB outputs and input gradients
 
 
 def layer_and_input(seed=0):
@@ -85,9 +85,9 @@ def test_autograd_grad_results_are_the_callers():
 
 def test_no_pool_below_the_size_or_when_disabled():
     layer, x = layer_and_input()
-    step(layer, x)  # 9 KiB: below the default huge_page_bytes
+    step(layer, x)  # 41 KiB: below the default pooled_from_bytes
     assert release_pooled_buffers() == 0
-    with settings(huge_page_bytes=4096, pooled_bytes=0):
+    with settings(pooled_from_bytes=4096, pooled_bytes=0):
         step(layer, x)
     assert release_pooled_buffers() == 0
 
@@ -95,7 +95,7 @@ def test_no_pool_below_the_size_or_when_disabled():
 def test_the_pool_keeps_at_most_pooled_bytes():
     layer, x = layer_and_input()
     size = layer.weight.numel() * 8
-    with settings(huge_page_bytes=4096, pooled_bytes=2 * size):
+    with settings(pooled_from_bytes=8192, pooled_bytes=2 * size):
         grads = [torch.autograd.grad(layer(x).sum(), layer.weight)[0] for _ in range(4)]
     assert release_pooled_buffers() == 2 * size and len(grads) == 4
 
@@ -144,7 +144,7 @@ def test_a_held_storage_object_keeps_its_memory():
 def test_a_resized_buffer_leaves_the_pool(monkeypatch):
     # plain heap memory (huge-page mappings cannot be resized): no transparent huge pages, say
     monkeypatch.setattr(buffers, "empty_buffer", lambda shape, dtype=None, device=None: torch.empty(shape, dtype=dtype))
-    with settings(**SMALL_POOL):
+    with settings(pooled_from_bytes=4096):
         first = buffers.pooled_buffer((64, 64), dtype=torch.float32)
         first.untyped_storage().resize_(0)  # as FSDP frees a parameter's memory
         del first
@@ -154,8 +154,51 @@ def test_a_resized_buffer_leaves_the_pool(monkeypatch):
 
 
 def test_no_pool_in_inference_mode():
-    with settings(**SMALL_POOL), torch.inference_mode():
+    with settings(pooled_from_bytes=4096), torch.inference_mode():
         buffers.pooled_buffer((64, 64), dtype=torch.float32)
-    with settings(**SMALL_POOL):
+    with settings(pooled_from_bytes=4096):
         t = buffers.pooled_buffer((64, 64), dtype=torch.float32)
     assert not t.is_inference() and release_pooled_buffers() == 64 * 64 * 4
+
+
+ALL_POOLED = {"pooled_from_bytes": 1024}  # outputs and input gradients too
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_outputs_and_input_gradients_are_reused_and_right(channels_last):
+    layer, x = layer_and_input()
+    x = x.to(memory_format=torch.channels_last) if channels_last else x
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    want_w = reference_grad(layer, x)
+    with settings(**ALL_POOLED):
+        for s in (1.0, 2.0):
+            xs = (s * x).requires_grad_()
+            y = layer(xs)
+            assert y._base is None and y.is_contiguous(memory_format=fmt)
+            pointers = [y.data_ptr()]
+            torch.nn.functional.relu(y, inplace=True)  # an in-place op on the output: not a view made inside
+            y.square().sum().backward()
+            pointers.append(xs.grad.data_ptr())
+            assert xs.grad.is_contiguous(memory_format=fmt)
+            xr = (s * x).detach().requires_grad_()
+            torch.nn.functional.relu(locally_connected_reference(xr, layer.weight.detach(), layer.bias.detach())
+                                     ).square().sum().backward()
+            torch.testing.assert_close(xs.grad, xr.grad)
+            if s == 2.0:
+                assert pointers == first  # the dropped output and input gradient of the last step
+            first = pointers
+            del y, xs
+            layer.zero_grad(set_to_none=True)
+    with settings(**ALL_POOLED):
+        torch.testing.assert_close(step(layer, x), want_w)
+
+
+def test_a_held_output_is_never_written_over():
+    layer, x = layer_and_input()
+    with settings(**ALL_POOLED), torch.no_grad():
+        kept = layer(x)
+        want = kept.clone()
+        others = [layer(3 * x) for _ in range(3)]
+    assert kept.data_ptr() not in {o.data_ptr() for o in others}
+    torch.testing.assert_close(kept, want, rtol=0, atol=0)
+    torch.testing.assert_close(others[-1], locally_connected_reference(3 * x, layer.weight, layer.bias))

@@ -13,6 +13,8 @@ from typing import Callable
 
 import torch
 
+from unshared.backends import release_pooled_buffers
+
 Clock = Callable[[Callable[[], object], int], list[float]]  # (step, repetitions) -> seconds of each
 
 
@@ -70,11 +72,13 @@ def rss_peak_transient_bytes(fn: Callable[[], object]) -> int | None:
     (Linux: ``VmHWM`` after resetting it through ``/proc/self/clear_refs``; ``None`` elsewhere).
 
     It sees every allocation the step touches, whoever makes it (PyTorch's allocator, huge-page
-    mappings, BLAS scratch), through the very code path users run. Pre-existing tensors do not
-    count; the returned ones (outputs, gradients) do, since they are alive at the end.
+    mappings, BLAS scratch, unshared's pool of CPU buffers, emptied first so that the step's
+    pooled outputs and gradients count), through the very code path users run. Pre-existing
+    tensors do not count; the returned ones (outputs, gradients) do, since they are alive at the end.
     """
     try:
         gc.collect()
+        release_pooled_buffers()
         _release_free_heap()
         before = _status_kib("VmRSS")
         Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS

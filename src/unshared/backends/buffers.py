@@ -8,9 +8,11 @@ before its first allocation, so the backends map their large buffers here, anony
 devices, small buffers, platforms without ``MADV_HUGEPAGE`` and kernels that refuse the mapping or
 the advice (no transparent huge pages: ``madvise`` fails with ``EINVAL``) get plain ``torch.empty``.
 
-Weight gradients that large are also pooled (:func:`pooled_buffer`): a training step would
-otherwise first-touch a fresh gradient every step (DeepFace L4: 251 MiB, about 20 ms of page
-faults even with huge pages). A pooled buffer is handed out again only once no tensor holds its
+The compiled CPU kernels' outputs and gradients of ``current_settings().pooled_from_bytes`` or more
+are pooled (:func:`pooled_buffer`): a training step would otherwise first-touch fresh memory every
+step (DeepFace L4's weight gradient: 251 MiB, about 20 ms of page faults even with huge pages; a
+20 MiB output that malloc gave back to the system: 5,000 page faults, longer than the kernel that
+fills it). A pooled buffer is handed out again only once no tensor holds its
 memory any more (its storage's use count and its storage object's references are back to the
 pool's own, its pointer and size unchanged), so a gradient that anyone still holds (``param.grad``
 kept by ``zero_grad(set_to_none=False)``, a view, its storage object, a hook's reference) is never
@@ -69,37 +71,60 @@ def _holders(t: torch.Tensor) -> tuple | None:
     return count(storage._cdata), sys.getrefcount(storage), storage.data_ptr(), storage.nbytes()
 
 
-def pooled_buffer(shape, *, dtype=None, device=None) -> torch.Tensor:
-    """An uninitialised ``shape`` tensor like :func:`empty_buffer`'s; CPU buffers of at least
-    ``huge_page_bytes`` come from a pool of earlier ones that nothing holds any more (their pages
-    already touched), up to ``current_settings().pooled_bytes`` pooled in all. The tensor returned
-    is the caller's: the pool hands its memory out again only after every tensor and storage
-    object on it is gone. Not in inference mode (its tensors could not be used outside it)."""
+def pooled_buffer(shape, *, dtype=None, device=None, memory_format=torch.contiguous_format) -> torch.Tensor:
+    """An uninitialised ``shape`` tensor like :func:`empty_buffer`'s, in ``memory_format``; CPU
+    buffers of at least ``pooled_from_bytes`` come from a pool of earlier ones that nothing holds
+    any more (their pages already touched), up to ``current_settings().pooled_bytes`` pooled in
+    all. The tensor returned is the caller's: the pool hands its memory out again only after every
+    tensor and storage object on it is gone. Not in inference mode (its tensors could not be used
+    outside it)."""
+    shape = tuple(shape)
+    stride, step = [0] * len(shape), 1
+    for d in reversed(_dimension_order(len(shape), memory_format)):
+        stride[d], step = step, step * max(1, shape[d])
+    flat = _pooled_flat(shape, dtype, device)
+    # not a view of the pool's tensor (an autograd Function's output may not be a view made inside it)
+    return torch.empty((0,), dtype=flat.dtype, device=flat.device).set_(flat.untyped_storage(), 0, shape, stride)
+
+
+def _dimension_order(ndim: int, memory_format: torch.memory_format) -> list[int]:
+    """The dimensions of a ``memory_format`` tensor from outermost to innermost in memory."""
+    if memory_format in (torch.channels_last, torch.channels_last_3d) and ndim in (4, 5):
+        return [0, *range(2, ndim), 1]
+    if memory_format not in (torch.contiguous_format, torch.channels_last, torch.channels_last_3d):
+        raise ValueError(f"pooled_buffer: memory_format must be contiguous or channels-last, got {memory_format}")
+    return list(range(ndim))
+
+
+def _pooled_flat(shape, dtype, device) -> torch.Tensor:
+    """A flat buffer of ``prod(shape)`` elements, from the pool where :func:`pooled_buffer` says."""
     dtype = dtype or torch.get_default_dtype()
     device = torch.device(device) if device is not None else torch.device("cpu")
     numel = math.prod(shape)
     nbytes = numel * torch.empty((), dtype=dtype).element_size()
     limits = current_settings()
-    if (device.type != "cpu" or nbytes < limits.huge_page_bytes or nbytes > limits.pooled_bytes
+    if (device.type != "cpu" or nbytes < max(1, limits.pooled_from_bytes) or nbytes > limits.pooled_bytes
             or torch.is_inference_mode_enabled()):
-        return empty_buffer(shape, dtype=dtype, device=device)
+        return empty_buffer((numel,), dtype=dtype, device=device)
     with _POOL_LOCK:
         for base, alone in list(_POOL):
+            if base.dtype != dtype or base.numel() != numel:
+                continue
             now = _holders(base)
             if now[2:] != alone[2:]:  # resized or moved (shared memory): no longer the pool's memory
                 _POOL.remove((base, alone))
-            elif base.dtype == dtype and base.numel() == numel and now == alone:
-                return base.view(shape)  # a new tensor on the memory: its use count is now above `alone`
+            elif now == alone:
+                return base.view(-1)  # a new tensor on the memory: its use count is now above `alone`
         base = empty_buffer((numel,), dtype=dtype, device=device)
         alone = _holders(base)
         if alone is None:
-            return base.view(shape)
+            return base
         pooled = sum(b.numel() * b.element_size() for b, _ in _POOL)
         while _POOL and pooled + nbytes > limits.pooled_bytes:  # the oldest make room
             dropped, _ = _POOL.pop(0)
             pooled -= dropped.numel() * dropped.element_size()
         _POOL.append((base, alone))
-        return base.view(shape)
+        return base.view(-1)
 
 
 def release_pooled_buffers() -> int:

@@ -318,8 +318,8 @@ def forward(x: torch.Tensor, w: torch.Tensor, g: Geometry) -> torch.Tensor:
     """``(N, C, *input_size)``, public weight -> ``(N, O, *output_size)`` in ``x``'s memory format."""
     dtype = _check_dtypes("forward", x, w)
     n = x.shape[0]
-    y = torch.empty((n, g.out_channels, *g.output_size), dtype=dtype, device=x.device,
-                    memory_format=memory_format_of(x))
+    y = pooled_buffer((n, g.out_channels, *g.output_size), dtype=dtype, device=x.device,
+                      memory_format=memory_format_of(x))
     if n == 0:
         return y
     memory, kernel_major = _weight_memory(w)
@@ -332,7 +332,7 @@ def input_grad(gy: torch.Tensor, w: torch.Tensor, g: Geometry,
     """Adjoint in the input: ``(N, O, *output_size)`` -> ``(N, C, *input_size)`` in ``memory_format``."""
     dtype = _check_dtypes("input_grad", gy, w)
     n = gy.shape[0]
-    gx = torch.empty((n, g.in_channels, *g.input_size), dtype=dtype, device=gy.device, memory_format=memory_format)
+    gx = pooled_buffer((n, g.in_channels, *g.input_size), dtype=dtype, device=gy.device, memory_format=memory_format)
     if n == 0:
         return gx
     memory, kernel_major = _weight_memory(w)
