@@ -150,14 +150,14 @@ INLINE void NAME(rows_fwd_tile)(const lc_job *jb, const lc_tap *tap, const T *wt
     V acc[ROWS_NB1][ROWS_OB];
     for (int i = 0; i < NB; i++)
         for (int j = 0; j < OB; j++) acc[i][j] = NAME(bcast)(0);
-    for (int64_t r = 0; r < R; r++) {
+    for (int64_t r = 0, kw = 0; r < R; r++, kw = kw + 1 == c->k[2] ? 0 : kw + 1) {
         if (!tap[r].ok) continue;
         int64_t i0 = t0 * s + tap[r].iw;
         V wv[ROWS_OB], xv[ROWS_NB1];
         for (int j = 0; j < OB; j++) wv[j] = NAME(load)(wt + ((int64_t)j * R + tap[r].w) * VL);
         if (FAST) {
             for (int i = 0; i < NB; i++) xv[i] = NAME(load)(xn[i] + tap[r].x + i0);
-            if (r < c->k[2])  /* the next tiles of each sample's rows: many streams at once */
+            if (kw == 0)  /* the next tiles of each sample's rows (taps go along w): many streams at once */
                 for (int i = 0; i < NB; i++) __builtin_prefetch(xn[i] + tap[r].x + i0 + ROWS_AHEAD);
         } else {
             NAME(rows_x)(xv, xn, tap[r].x, i0, c, nv, NAME(rows_fast)(c, i0, nv), NB);
@@ -167,9 +167,11 @@ INLINE void NAME(rows_fwd_tile)(const lc_job *jb, const lc_tap *tap, const T *wt
     }
     for (int i = 0; i < NB; i++)
         for (int j = 0; j < OB; j++)
-            if (i < c->n - n0 && j < og - o0)
-                NAME(rows_store)(y + (n0 + i) * c->ys[0] + (g * og + o0 + j) * c->ys[1] + yrow + t0 * c->ys[4],
-                                 c->ys[4], nv, acc[i][j]);
+            if (i < c->n - n0 && j < og - o0) {
+                T *yp = y + (n0 + i) * c->ys[0] + (g * og + o0 + j) * c->ys[1] + yrow + t0 * c->ys[4];
+                if (FAST) __builtin_prefetch(yp + ROWS_AHEAD, 1);  /* the line a later tile writes */
+                NAME(rows_store)(yp, c->ys[4], nv, acc[i][j]);
+            }
 }
 
 INLINE void NAME(rows_fwd_span)(const lc_job *jb, const lc_tap *tap, T *wt, int64_t row, int64_t t0, int64_t ns,
@@ -223,9 +225,11 @@ INLINE void NAME(rows_wg_tile)(const lc_job *jb, const lc_tap *tap, T *gt, int64
     const T *gyr[ROWS_OB];
     for (int j = 0; j < OB; j++) gyr[j] = gy + (g * og + lc_min(o0 + j, og - 1)) * c->ys[1] + yrow + t0 * c->ys[4];
     int64_t xo[ROWS_RB1], i0[ROWS_RB1], e[ROWS_RB1];
-    int fast[ROWS_RB1], ok[ROWS_RB1];
+    int fast[ROWS_RB1], ok[ROWS_RB1], nlead = 0;
+    int64_t lead[ROWS_RB1];  /* x offsets of the block's taps that start a row */
     for (int q = 0; q < RB; q++) {
         const lc_tap *t = tap + lc_min(r0 + q, R - 1);
+        if (r0 + q < R && (r0 + q) % c->k[2] == 0) lead[nlead++] = t->x + t0 * s + t->iw;
         xo[q] = t->x;
         i0[q] = t0 * s + t->iw;
         ok[q] = (int)t->ok;
@@ -239,9 +243,10 @@ INLINE void NAME(rows_wg_tile)(const lc_job *jb, const lc_tap *tap, T *gt, int64
     for (int64_t m = m0; m < m1; m++) {
         const T *xm = x + m * c->xs[0];
         V gv[ROWS_OB], xv[ROWS_RB1];
-        if (FAST && r0 == 0) {  /* the next tiles of each sample's rows */
-            __builtin_prefetch(xm + xo[0] + i0[0] + ROWS_AHEAD);
-            for (int j = 0; j < OB; j++) __builtin_prefetch(gyr[j] + m * c->ys[0] + ROWS_AHEAD);
+        if (FAST) {  /* the next tiles of each sample's rows: x's at a row's first tap (taps go along w) */
+            for (int k = 0; k < nlead; k++) __builtin_prefetch(xm + lead[k] + ROWS_AHEAD);
+            if (r0 == 0)
+                for (int j = 0; j < OB; j++) __builtin_prefetch(gyr[j] + m * c->ys[0] + ROWS_AHEAD);
         }
         for (int j = 0; j < OB; j++) gv[j] = NAME(rows_load)(gyr[j] + m * c->ys[0], c->ys[4], nv);
         if (FAST) {

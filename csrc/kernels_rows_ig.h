@@ -91,8 +91,11 @@ INLINE void NAME(rows_ig_tile)(const lc_job *jb, const lc_itap *tap, int64_t nta
     const int64_t es = c->s[2] * c->xs[4];
     for (int i = 0; i < NB; i++)
         for (int j = 0; j < CB; j++)
-            if (i < c->n - n0)
-                NAME(rows_store)(gx + (n0 + i) * c->xs[0] + (g * cg + c0 + j) * c->xs[1] + gxrow, es, nv, acc[i][j]);
+            if (i < c->n - n0) {
+                T *gp = gx + (n0 + i) * c->xs[0] + (g * cg + c0 + j) * c->xs[1] + gxrow;
+                if (FAST && es == 1) __builtin_prefetch(gp + ROWS_AHEAD, 1);  /* the line a later tile writes */
+                NAME(rows_store)(gp, es, nv, acc[i][j]);
+            }
 }
 
 /* A span's tiles m0, m0 + VL, ... (ns of them) of group g: their filters gathered, then each block
