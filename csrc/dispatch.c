@@ -191,50 +191,7 @@ static void *lc_alloc_lines(size_t bytes, void **raw)
     return block ? block + (64 - (uintptr_t)block % 64) % 64 : NULL;
 }
 
-/* Rows (n, d, h) of x copied into j->c.x's channels-last buffer, whole vectors of w at a time. */
-#define LC_TO_CHANNELS_LAST(name, E)                                                               \
-    static int name(const lc_job *j, int64_t begin, int64_t end, void *scratch)                    \
-    {                                                                                              \
-        (void)scratch;                                                                             \
-        const lc_call *c = &j->c;                                                                  \
-        const E *src = (const E *)j->source;                                                       \
-        E *dst = (E *)c->x;                                                                        \
-        int64_t C = c->groups * c->cg, W = c->in[2];                                               \
-        for (int64_t row = begin; row < end; row++) {                                              \
-            int64_t h = row % c->in[1], d = row / c->in[1] % c->in[0], n = row / (c->in[1] * c->in[0]); \
-            const E *s = src + n * j->ss[0] + d * j->ss[2] + h * j->ss[3];                         \
-            E *t = dst + row * W * C;                                                              \
-            for (int64_t w0 = 0; w0 < W; w0 += 16)                                                 \
-                for (int64_t ch = 0; ch < C; ch++)                                                 \
-                    for (int64_t w = w0; w < lc_min(w0 + 16, W); w++)                              \
-                        t[w * C + ch] = s[ch * j->ss[1] + w * j->ss[4]];                           \
-        }                                                                                          \
-        return 0;                                                                                  \
-    }
-LC_TO_CHANNELS_LAST(lc_to_channels_last32, uint32_t)
-LC_TO_CHANNELS_LAST(lc_to_channels_last64, uint64_t)
-
-/* Gives job->c.x a channel stride of 1: x itself, or a channels-last copy in *block (to free). */
-static int lc_channel_inner(lc_job *j, int dtype, int threads, void **block)
-{
-    lc_call *c = &j->c;
-    *block = NULL;
-    if (c->xs[1] == 1) return LC_OK;
-    int64_t C = c->groups * c->cg, rows = c->n * c->in[0] * c->in[1];
-    size_t item = dtype == LC_FLOAT32 ? 4 : 8;
-    void *copy = lc_alloc_lines((size_t)(rows * c->in[2] * C) * item, block);
-    if (!copy) return LC_NO_MEMORY;
-    j->source = c->x;
-    memcpy(j->ss, c->xs, sizeof(j->ss));
-    c->x = copy;
-    c->xs[4] = C;
-    c->xs[3] = C * c->in[2];
-    c->xs[2] = c->xs[3] * c->in[1];
-    c->xs[0] = c->xs[2] * c->in[0];
-    c->xs[1] = 1;
-    j->merged = c->groups == 1 && c->dil[2] == 1;
-    return lc_run(j, item == 4 ? lc_to_channels_last32 : lc_to_channels_last64, rows, 0, threads);
-}
+#include "layouts.h"
 
 /* Shared banks: each bank is summed by one thread, over its positions (a counting sort). */
 static int lc_weight_grad(lc_job *j, const lc_kernels *k, int threads)
@@ -260,15 +217,22 @@ static int lc_weight_grad(lc_job *j, const lc_kernels *k, int threads)
     return status;
 }
 
+enum { LC_OP_FORWARD, LC_OP_INPUT_GRAD, LC_OP_WEIGHT_GRAD };
+
 /* Whether a call takes the rows path: asked for, or by shape (fewer channels per group than
- * vector lanes, stride 1 along w, rows of at least half a vector: with a stride the rows path's
- * loads become gathers, and the channel path was measured faster at All-TNN's 3 -> 64 channels,
- * stride 3); never a weight grad with shared banks. */
-static int lc_rows_path(const lc_call *c, const lc_kernels *k, int weight_grad)
+ * vector lanes, rows of at least half a vector; never a weight grad with shared banks). With a
+ * stride along w, forward and weight grad read a copy of x with its phases apart (layouts.h):
+ * at All-TNN's 3 -> 64 channels, kernel 7, stride 3, batch 16, 2-core AVX-512, forward 15.5 ->
+ * 9 ms and weight grad 20.5 -> 14.8 against the channel path, but slower on AVX2 (8 lanes, smaller
+ * register tiles: 16.5 and 35 ms against 14 and 20), so strided calls take it with 16 lanes only;
+ * its input grad stays on the channel path there (10 ms against 55: the rows input grad writes gx
+ * lane by lane with a stride). */
+static int lc_rows_path(const lc_call *c, const lc_kernels *k, int op)
 {
-    if (weight_grad && c->bank) return 0;
+    if (op == LC_OP_WEIGHT_GRAD && c->bank) return 0;
     if (c->path != LC_PATH_AUTO) return c->path == LC_PATH_ROWS;
-    return c->cg < k->lanes && c->s[2] == 1 && 2 * c->out[2] >= k->lanes;
+    int stride_ok = c->s[2] == 1 || (op != LC_OP_INPUT_GRAD && k->lanes >= 16);
+    return c->cg < k->lanes && stride_ok && 2 * c->out[2] >= k->lanes;
 }
 
 /* The rows input grad: items (input row, phase along w, tile of VL positions of the phase). */
@@ -320,9 +284,13 @@ static int lc_patch_op(const lc_call *c, int dtype, int isa, int threads, int we
     lc_job j;
     void *block;
     lc_job_init(&j, c);
-    if (lc_rows_path(c, k, weight_grad)) {
+    if (lc_rows_path(c, k, weight_grad ? LC_OP_WEIGHT_GRAD : LC_OP_FORWARD)) {
         int64_t items = c->out[0] * c->out[1] * ((c->out[2] + k->lanes - 1) / k->lanes);
-        return lc_run(&j, weight_grad ? k->weight_grad_rows : k->forward_rows, items, k->rows_scratch(&j), threads);
+        status = lc_phases_apart(&j, dtype, threads, &block);
+        if (status == LC_OK)
+            status = lc_run(&j, weight_grad ? k->weight_grad_rows : k->forward_rows, items, k->rows_scratch(&j), threads);
+        free(block);
+        return status;
     }
     if (!weight_grad && lc_batch_path(c, k)) return lc_forward_batch(c, k, dtype, threads);
     status = lc_channel_inner(&j, dtype, threads, &block);
@@ -368,7 +336,7 @@ LC_EXPORT int unshared_input_grad(const lc_call *c, int dtype, int isa, int thre
     const lc_kernels *k = kernels_for(isa, dtype);
     int status = k ? lc_check(c) : LC_BAD_ARGUMENT;
     if (status) return status;
-    if (lc_rows_path(c, k, 0)) return lc_input_grad_rows(c, k, threads);
+    if (lc_rows_path(c, k, LC_OP_INPUT_GRAD)) return lc_input_grad_rows(c, k, threads);
     if (k->half && c->n <= k->half->lanes) k = k->half;
     lc_job j;
     lc_job_init(&j, c);

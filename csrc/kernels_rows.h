@@ -157,7 +157,8 @@ INLINE void NAME(rows_fwd_tile)(const lc_job *jb, const lc_tap *tap, const T *wt
         for (int j = 0; j < OB; j++) wv[j] = NAME(load)(wt + ((int64_t)j * R + tap[r].w) * VL);
         if (FAST) {
             for (int i = 0; i < NB; i++) xv[i] = NAME(load)(xn[i] + tap[r].x + i0);
-            if (kw == 0)  /* the next tiles of each sample's rows (taps go along w): many streams at once */
+            if (kw < lc_max(1, jb->split))  /* the next tiles of each sample's rows (taps go along w; each phase's
+                                                row with a stride): many streams at once */
                 for (int i = 0; i < NB; i++) __builtin_prefetch(xn[i] + tap[r].x + i0 + ROWS_AHEAD);
         } else {
             NAME(rows_x)(xv, xn, tap[r].x, i0, c, nv, NAME(rows_fast)(c, i0, nv), NB);
@@ -229,7 +230,7 @@ INLINE void NAME(rows_wg_tile)(const lc_job *jb, const lc_tap *tap, T *gt, int64
     int64_t lead[ROWS_RB1];  /* x offsets of the block's taps that start a row */
     for (int q = 0; q < RB; q++) {
         const lc_tap *t = tap + lc_min(r0 + q, R - 1);
-        if (r0 + q < R && (r0 + q) % c->k[2] == 0) lead[nlead++] = t->x + t0 * s + t->iw;
+        if (r0 + q < R && (r0 + q) % c->k[2] < lc_max(1, jb->split)) lead[nlead++] = t->x + t0 * s + t->iw;
         xo[q] = t->x;
         i0[q] = t0 * s + t->iw;
         ok[q] = (int)t->ok;

@@ -59,6 +59,8 @@ typedef struct {
     int64_t sc_cblocks, sc_nblocks;   /* and the blocks of a group's channels and of npad */
     const void *source;               /* x given with another channel stride, and its strides */
     int64_t ss[5];
+    int64_t split, split_len, split_w; /* rows path: x's copy with the phases of stride `split` along w
+                                          apart, rows of split_len per phase, from rows split_w long */
 } lc_job;
 
 typedef int (*lc_range_fn)(const lc_job *job, int64_t begin, int64_t end, void *scratch);
@@ -159,9 +161,13 @@ static inline void lc_taps(const lc_job *j, int64_t row, lc_tap *tap)
                 int64_t ih = oh * c->s[1] - c->pad[1] + kh * c->dil[1];
                 int64_t ok = id >= 0 && id < c->in[0] && ih >= 0 && ih < c->in[1];
                 for (int64_t kw = 0; kw < c->k[2]; kw++, r++) {
-                    int64_t k = (kd * c->k[1] + kh) * c->k[2] + kw;
-                    tap[r] = (lc_tap){ok ? ch * c->xs[1] + id * c->xs[2] + ih * c->xs[3] : 0,
-                                      kw * c->dil[2] - c->pad[2], ok, c->kernel_major ? k * c->cg + ch : ch * j->K + k};
+                    int64_t k = (kd * c->k[1] + kh) * c->k[2] + kw, iw = kw * c->dil[2] - c->pad[2], ph = 0;
+                    if (j->split > 1) {  /* phases apart: phase ph's row, at position (iw - ph) / split */
+                        ph = (iw % j->split + j->split) % j->split;
+                        iw = (iw - ph) / j->split;
+                    }
+                    tap[r] = (lc_tap){ok ? ch * c->xs[1] + id * c->xs[2] + ih * c->xs[3] + ph * j->split_len : 0,
+                                      iw, ok, c->kernel_major ? k * c->cg + ch : ch * j->K + k};
                 }
             }
         }

@@ -57,9 +57,12 @@ MEDIUM = [
     Config(2, 3, 5, (3, 3), (1, 1), 1, (1, 1), 1, "zeros", (9, 37), 4, "shared", "channels_last", False),
     Config(3, 2, 4, (2, 3, 3), (1, 1, 2), 1, (1, 2, 1), 1, "zeros", (3, 5, 35), 6, None, "contiguous", True),
     Config(1, 3, 2, (9,), (1,), 2, (1,), 1, "zeros", (6,), 3, None, "contiguous", False),  # kernel > input
+    # strides along w: forward and weight grad read a copy of x with the phases apart
+    Config(1, 2, 3, (3,), (4,), 2, (1,), 1, "zeros", (101,), 7, None, "noncontiguous", False),
+    Config(2, 3, 4, (3, 5), (2, 3), 1, (1, 1), 1, "zeros", (9, 50), 3, "shared", "channels_last", False),
 ]
 MEDIUM_IDS = ["genomics-like", "genomics-wide-like", "groups-stride3-dilation", "alltnn-like",
-              "channels-last", "3d", "kernel-past-input"]
+              "channels-last", "3d", "kernel-past-input", "stride-past-kernel", "channels-last-stride"]
 
 
 @requires_kernels
