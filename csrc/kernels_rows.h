@@ -249,7 +249,8 @@ INLINE void NAME(rows_wg_tile)(const lc_job *jb, const lc_tap *tap, T *gt, int64
             if (r0 == 0)
                 for (int j = 0; j < OB; j++) __builtin_prefetch(gyr[j] + m * c->ys[0] + ROWS_AHEAD);
         }
-        for (int j = 0; j < OB; j++) gv[j] = NAME(rows_load)(gyr[j] + m * c->ys[0], c->ys[4], nv);
+        for (int j = 0; j < OB; j++)  /* FAST: no loop a compiler could make a call of (accumulators stay in registers) */
+            gv[j] = FAST ? NAME(load)(gyr[j] + m * c->ys[0]) : NAME(rows_load)(gyr[j] + m * c->ys[0], c->ys[4], nv);
         if (FAST) {
             for (int q = 0; q < RB; q++) xv[q] = NAME(load)(xm + xo[q] + i0[q]);
         } else {
@@ -288,7 +289,7 @@ INLINE void NAME(rows_wg_span)(const lc_job *jb, const lc_tap *tap, T *gt, int64
         for (int64_t t = 0; t < ns; t++) {
             int64_t tt = t0 + t * VL, nv = lc_min(VL, W - tt), m1 = lc_min(c->n, m0 + ROWS_MB);
             for (int64_t r0 = 0; r0 < R; r0 += RB) {
-                int fast = 1;  /* every tap of the block inside the input and one plain load */
+                int fast = c->ys[4] == 1;  /* gy's lanes and every tap of the block inside the input: plain loads */
                 for (int64_t r = r0; r < lc_min(r0 + RB, R); r++)
                     fast &= tap[r].ok && NAME(rows_fast)(c, tt * c->s[2] + tap[r].iw, nv);
                 if (fast) NAME(rows_wg_tile)(jb, tap, gt + t * block, yrow, tt, nv, g, o0, r0, m0, m1, OB, RB, 1);
