@@ -6,7 +6,8 @@
  * them reaches all lanes from the consecutive output positions p = q + m0 + l, so that
  *   gx[n, c, iw] = sum_taps sum_o wt[o, c, tap, l] * gy[n, o, row(tap), q + m0 + l]
  * with the filters of the tile's positions gathered once per tile into wt (zeros for positions
- * outside the output) and a ROWS_NB x CB tile of (sample, channel) vectors. A gather, not a
+ * outside the output), or in 1d read from a window of positions transposed once per span, and a
+ * ROWS_NB x CB tile of (sample, channel) vectors: filter (o, c) of tap q at wt + o * so + c * sc + toff[q]. A gather, not a
  * scatter: each gx element is written once, by one thread.
  */
 
@@ -18,11 +19,45 @@ INLINE int64_t NAME(rows_ig_span)(const lc_job *j)
     return lc_max(1, lc_min(ROWS_SPAN_MAX, ROWS_SPAN_BYTES / tile));
 }
 
-/* Per-thread scratch: the taps of a row and phase, a span's filters of one group. */
+/* Whether the span's filters are one transposed window of positions (one kernel offset along d and
+ * h, no banks: every tap reaches the same output row), else gathered per tile. */
+INLINE int NAME(rows_ig_window)(const lc_job *j)
+{
+    return j->c.k[0] * j->c.k[1] == 1 && !j->c.bank;
+}
+
+/* Positions of a span's window: its tiles' and the reach of the kernel, in whole vectors. */
+INLINE int64_t NAME(rows_ig_window_len)(const lc_job *j)
+{
+    int64_t reach = (j->c.k[2] - 1) * j->c.dil[2] / j->c.s[2] + 1;
+    return (NAME(rows_ig_span)(j) * VL + reach + 2 * VL - 1) / VL * VL;
+}
+
+/* Per-thread scratch: the taps of a row and phase, each tap's filter offset, a span's filters of
+ * one group (gathered per tile, or the window). */
 STATIC size_t NAME(input_grad_rows_scratch)(const lc_job *j)
 {
-    return (size_t)j->K * sizeof(lc_itap) +
-           (size_t)(NAME(rows_ig_span)(j) * j->c.og * j->c.cg * j->K * VL + VL) * sizeof(T);
+    int64_t gathered = NAME(rows_ig_span)(j) * j->c.og * j->c.cg * j->K * VL;
+    int64_t window = NAME(rows_ig_window)(j) ? j->c.og * j->R * NAME(rows_ig_window_len)(j) : 0;
+    return (size_t)j->K * (sizeof(lc_itap) + sizeof(int64_t)) + (size_t)(lc_max(gathered, window) + VL) * sizeof(T);
+}
+
+/* The window of group g: wt[(o * R + r) * len + p - base] = w[prow + p, g * og + o, r] for positions
+ * base <= p < base + len of output row prow (zeros outside it), in register transposes of rows of w. */
+INLINE void NAME(rows_ig_window_fill)(const lc_job *jb, T *wt, int64_t prow, int64_t base, int64_t len, int64_t g)
+{
+    const lc_call *c = &jb->c;
+    const T *w = (const T *)c->w;
+    const int64_t OR = jb->O * jb->R, cols = c->og * jb->R;
+    int64_t p0 = lc_max(0, base), p1 = lc_min(c->out[2], base + len);
+    for (int64_t e = 0; e < cols; e++) {
+        T *row = wt + e * len;
+        for (int64_t i = 0; i < p0 - base && i < len; i++) row[i] = 0;
+        for (int64_t i = lc_max(0, p1 - base); i < len; i++) row[i] = 0;
+    }
+    if (p1 > p0)
+        NAME(transpose)(w + (prow + p0) * OR + g * cols, OR, w + c->w_extent, wt + (p0 - base), len, wt + cols * len,
+                        p1 - p0, cols, 0);
 }
 
 /* The filters of group g at the tile's positions: wt[((o * cg + c) * ntaps + q) * VL + l]. */
@@ -54,9 +89,9 @@ INLINE int NAME(rows_ig_fast)(const lc_call *c, const lc_itap *tap, int64_t m0, 
 
 /* FAST: every tap is one plain load, so that the loops make no call (vector registers are
  * caller-saved: a call keeps the accumulators in memory). */
-INLINE void NAME(rows_ig_tile)(const lc_job *jb, const lc_itap *tap, int64_t ntaps, const T *wt, int64_t gxrow,
-                               int64_t m0, int64_t nv, int64_t g, int64_t n0, int64_t c0, const int NB, const int CB,
-                               const int FAST)
+INLINE void NAME(rows_ig_tile)(const lc_job *jb, const lc_itap *tap, int64_t ntaps, const T *wt, int64_t so,
+                               int64_t sc, const int64_t *toff, int64_t gxrow, int64_t m0, int64_t nv, int64_t g,
+                               int64_t n0, int64_t c0, const int NB, const int CB, const int FAST)
 {
     const lc_call *c = &jb->c;
     const T *gy = (const T *)c->y;
@@ -82,7 +117,7 @@ INLINE void NAME(rows_ig_tile)(const lc_job *jb, const lc_itap *tap, int64_t nta
                     gv[i] = NAME(load)(lanes);
                 }
             }
-            for (int j = 0; j < CB; j++) wv[j] = NAME(load)(wt + ((o * cg + c0 + j) * ntaps + q) * VL);
+            for (int j = 0; j < CB; j++) wv[j] = NAME(load)(wt + o * so + (c0 + j) * sc + toff[q]);
             for (int i = 0; i < NB; i++)
                 for (int j = 0; j < CB; j++) acc[i][j] += gv[i] * wv[j];
         }
@@ -100,15 +135,34 @@ INLINE void NAME(rows_ig_tile)(const lc_job *jb, const lc_itap *tap, int64_t nta
 
 /* A span's tiles m0, m0 + VL, ... (ns of them) of group g: their filters gathered, then each block
  * of samples and channels across the span (each sample's rows read and written as a few streams). */
-INLINE void NAME(rows_ig_span_of_group)(const lc_job *jb, const lc_itap *tap, int64_t ntaps, T *wt, int64_t gxrow,
-                                        int64_t m0, int64_t ns, int64_t npos, int64_t g)
+INLINE void NAME(rows_ig_span_of_group)(const lc_job *jb, const lc_itap *tap, int64_t ntaps, int64_t *toff, T *wt,
+                                        int64_t gxrow, int64_t m0, int64_t ns, int64_t npos, int64_t g)
 {
     const lc_call *c = &jb->c;
-    const int64_t cg = c->cg, block = c->og * cg * ntaps * VL, step = c->s[2] * c->xs[4] * VL;
+    const int64_t cg = c->cg, step = c->s[2] * c->xs[4] * VL;
+    const int window = NAME(rows_ig_window)(jb);
+    int64_t so, sc, tile_step, len = 0, base = 0;
+    if (window) {  /* tap q of tile t reads positions tap[q].q + m0 + t * VL + l of the window */
+        int64_t qmin = ntaps ? tap[0].q : 0;
+        for (int64_t q = 0; q < ntaps; q++) qmin = lc_min(qmin, tap[q].q);
+        len = NAME(rows_ig_window_len)(jb);
+        base = m0 + qmin;
+        NAME(rows_ig_window_fill)(jb, wt, ntaps ? tap[0].prow : 0, base, len, g);
+        for (int64_t q = 0; q < ntaps; q++)
+            toff[q] = (c->kernel_major ? tap[q].k * cg : tap[q].k) * len + tap[q].q + m0 - base;
+        so = jb->R * len;
+        sc = (c->kernel_major ? 1 : jb->K) * len;
+        tile_step = VL;
+    } else {
+        for (int64_t q = 0; q < ntaps; q++) toff[q] = q * VL;
+        so = cg * ntaps * VL;
+        sc = ntaps * VL;
+        tile_step = c->og * cg * ntaps * VL;
+    }
     int fast[ROWS_SPAN_MAX];
     for (int64_t t = 0; t < ns; t++) {
         int64_t mt = m0 + t * VL, nv = lc_min(VL, npos - mt);
-        NAME(rows_ig_filters)(jb, tap, ntaps, wt + t * block, g, mt, nv);
+        if (!window) NAME(rows_ig_filters)(jb, tap, ntaps, wt + t * tile_step, g, mt, nv);
         fast[t] = 1;
         for (int64_t q = 0; q < ntaps; q++) fast[t] &= NAME(rows_ig_fast)(c, tap + q, mt, nv);
     }
@@ -118,11 +172,15 @@ INLINE void NAME(rows_ig_span_of_group)(const lc_job *jb, const lc_itap *tap, in
             int64_t cb = wide ? lc_min(c0, cg - ROWS_OB) : c0;  /* the last tile overlaps */
             for (int64_t t = 0; t < ns; t++) {
                 int64_t mt = m0 + t * VL, nv = lc_min(VL, npos - mt), row = gxrow + t * step;
-                const T *w = wt + t * block;
-                if (wide && fast[t]) NAME(rows_ig_tile)(jb, tap, ntaps, w, row, mt, nv, g, n0, cb, ROWS_NB4, ROWS_OB, 1);
-                else if (wide) NAME(rows_ig_tile)(jb, tap, ntaps, w, row, mt, nv, g, n0, cb, ROWS_NB4, ROWS_OB, 0);
-                else if (fast[t]) NAME(rows_ig_tile)(jb, tap, ntaps, w, row, mt, nv, g, n0, c0, ROWS_NB1, 1, 1);
-                else NAME(rows_ig_tile)(jb, tap, ntaps, w, row, mt, nv, g, n0, c0, ROWS_NB1, 1, 0);
+                const T *w = wt + t * tile_step;
+                if (wide && fast[t])
+                    NAME(rows_ig_tile)(jb, tap, ntaps, w, so, sc, toff, row, mt, nv, g, n0, cb, ROWS_NB4, ROWS_OB, 1);
+                else if (wide)
+                    NAME(rows_ig_tile)(jb, tap, ntaps, w, so, sc, toff, row, mt, nv, g, n0, cb, ROWS_NB4, ROWS_OB, 0);
+                else if (fast[t])
+                    NAME(rows_ig_tile)(jb, tap, ntaps, w, so, sc, toff, row, mt, nv, g, n0, c0, ROWS_NB1, 1, 1);
+                else
+                    NAME(rows_ig_tile)(jb, tap, ntaps, w, so, sc, toff, row, mt, nv, g, n0, c0, ROWS_NB1, 1, 0);
             }
         }
 }
@@ -132,7 +190,8 @@ STATIC int NAME(input_grad_rows)(const lc_job *jb, int64_t begin, int64_t end, v
 {
     const lc_call *c = &jb->c;
     lc_itap *tap = (lc_itap *)scratch;
-    T *wt = (T *)(tap + jb->K);
+    int64_t *toff = (int64_t *)(tap + jb->K);
+    T *wt = (T *)(toff + jb->K);
     const int64_t s = c->s[2], phases = lc_min(s, c->in[2]);
     int64_t key = -1, ntaps = 0;
     for (int64_t item = begin, ns; item < end; item += ns) {
@@ -144,7 +203,7 @@ STATIC int NAME(input_grad_rows)(const lc_job *jb, int64_t begin, int64_t end, v
         if (row * phases + phase != key) ntaps = lc_itaps(jb, row, phase, tap);
         key = row * phases + phase;
         int64_t gxrow = row / c->in[1] * c->xs[2] + row % c->in[1] * c->xs[3] + (phase + s * m0) * c->xs[4];
-        for (int64_t g = 0; g < c->groups; g++) NAME(rows_ig_span_of_group)(jb, tap, ntaps, wt, gxrow, m0, live, npos, g);
+        for (int64_t g = 0; g < c->groups; g++) NAME(rows_ig_span_of_group)(jb, tap, ntaps, toff, wt, gxrow, m0, live, npos, g);
     }
     return 0;
 }
