@@ -78,13 +78,22 @@ def pooled_buffer(shape, *, dtype=None, device=None, memory_format=torch.contigu
     all. The tensor returned is the caller's: the pool hands its memory out again only after every
     tensor and storage object on it is gone. Not in inference mode (its tensors could not be used
     outside it)."""
-    shape = tuple(shape)
+    dtype = dtype or torch.get_default_dtype()
+    nbytes, limits = math.prod(shape) * dtype.itemsize, current_settings()
+    if nbytes < max(1, limits.pooled_from_bytes):  # small buffers: no more than torch.empty costs
+        return torch.empty(shape, dtype=dtype, device=device, memory_format=memory_format)
+    shape, device = tuple(shape), torch.device(device) if device is not None else torch.device("cpu")
+    order = _dimension_order(len(shape), memory_format)
+    if device.type != "cpu" or nbytes > limits.pooled_bytes or torch.is_inference_mode_enabled():
+        if order != sorted(order):
+            return torch.empty(shape, dtype=dtype, device=device, memory_format=memory_format)
+        return empty_buffer(shape, dtype=dtype, device=device)
     stride, step = [0] * len(shape), 1
-    for d in reversed(_dimension_order(len(shape), memory_format)):
+    for d in reversed(order):
         stride[d], step = step, step * max(1, shape[d])
-    flat = _pooled_flat(shape, dtype, device)
+    flat = _pooled_flat(math.prod(shape), dtype, device)
     # not a view of the pool's tensor (an autograd Function's output may not be a view made inside it)
-    return torch.empty((0,), dtype=flat.dtype, device=flat.device).set_(flat.untyped_storage(), 0, shape, stride)
+    return torch.empty((0,), dtype=dtype, device=device).set_(flat.untyped_storage(), 0, shape, stride)
 
 
 def _dimension_order(ndim: int, memory_format: torch.memory_format) -> list[int]:
@@ -96,16 +105,10 @@ def _dimension_order(ndim: int, memory_format: torch.memory_format) -> list[int]
     return list(range(ndim))
 
 
-def _pooled_flat(shape, dtype, device) -> torch.Tensor:
-    """A flat buffer of ``prod(shape)`` elements, from the pool where :func:`pooled_buffer` says."""
-    dtype = dtype or torch.get_default_dtype()
-    device = torch.device(device) if device is not None else torch.device("cpu")
-    numel = math.prod(shape)
-    nbytes = numel * torch.empty((), dtype=dtype).element_size()
+def _pooled_flat(numel: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """A flat buffer of ``numel`` elements from the pool (or new, and pooled)."""
+    nbytes = numel * dtype.itemsize
     limits = current_settings()
-    if (device.type != "cpu" or nbytes < max(1, limits.pooled_from_bytes) or nbytes > limits.pooled_bytes
-            or torch.is_inference_mode_enabled()):
-        return empty_buffer((numel,), dtype=dtype, device=device)
     with _POOL_LOCK:
         for base, alone in list(_POOL):
             if base.dtype != dtype or base.numel() != numel:
