@@ -170,8 +170,12 @@ INLINE void NAME(rows_fwd_tile)(const lc_job *jb, const lc_tap *tap, const T *wt
         for (int j = 0; j < OB; j++)
             if (i < c->n - n0 && j < og - o0) {
                 T *yp = y + (n0 + i) * c->ys[0] + (g * og + o0 + j) * c->ys[1] + yrow + t0 * c->ys[4];
-                if (FAST) __builtin_prefetch(yp + ROWS_AHEAD, 1);  /* the line a later tile writes */
-                NAME(rows_store)(yp, c->ys[4], nv, acc[i][j]);
+                if (FAST) {  /* whole vectors (no lane loop: the accumulators stay in registers) */
+                    __builtin_prefetch(yp + ROWS_AHEAD, 1);  /* the line a later tile writes */
+                    NAME(store)(yp, acc[i][j]);
+                } else {
+                    NAME(rows_store)(yp, c->ys[4], nv, acc[i][j]);
+                }
             }
 }
 
@@ -184,7 +188,7 @@ INLINE void NAME(rows_fwd_span)(const lc_job *jb, const lc_tap *tap, T *wt, int6
     for (int64_t t = 0; t < ns; t++) {
         int64_t tt = t0 + t * VL, nv = lc_min(VL, W - tt);
         NAME(rows_transpose_w)(jb, wt + t * block, row * W + tt, nv, g * c->og + o0, OB);
-        fast[t] = NAME(rows_tile_fast)(c, tap, jb->R, tt, nv);
+        fast[t] = nv == VL && c->ys[4] == 1 && NAME(rows_tile_fast)(c, tap, jb->R, tt, nv);
     }
     int64_t yrow = row / c->out[1] * c->ys[2] + row % c->out[1] * c->ys[3];
     for (int64_t n0 = 0; n0 < c->n; n0 += NB)

@@ -128,8 +128,12 @@ INLINE void NAME(rows_ig_tile)(const lc_job *jb, const lc_itap *tap, int64_t nta
         for (int j = 0; j < CB; j++)
             if (i < c->n - n0) {
                 T *gp = gx + (n0 + i) * c->xs[0] + (g * cg + c0 + j) * c->xs[1] + gxrow;
-                if (FAST && es == 1) __builtin_prefetch(gp + ROWS_AHEAD, 1);  /* the line a later tile writes */
-                NAME(rows_store)(gp, es, nv, acc[i][j]);
+                if (FAST && es == 1) {  /* whole vectors (FAST: nv == VL) */
+                    __builtin_prefetch(gp + ROWS_AHEAD, 1);  /* the line a later tile writes */
+                    NAME(store)(gp, acc[i][j]);
+                } else {
+                    NAME(rows_store)(gp, es, nv, acc[i][j]);
+                }
             }
 }
 
@@ -163,7 +167,7 @@ INLINE void NAME(rows_ig_span_of_group)(const lc_job *jb, const lc_itap *tap, in
     for (int64_t t = 0; t < ns; t++) {
         int64_t mt = m0 + t * VL, nv = lc_min(VL, npos - mt);
         if (!window) NAME(rows_ig_filters)(jb, tap, ntaps, wt + t * tile_step, g, mt, nv);
-        fast[t] = 1;
+        fast[t] = nv == VL;  /* FAST stores whole vectors (also with no tap at all) */
         for (int64_t q = 0; q < ntaps; q++) fast[t] &= NAME(rows_ig_fast)(c, tap + q, mt, nv);
     }
     const int wide = cg >= ROWS_OB;
