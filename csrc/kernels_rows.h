@@ -76,6 +76,10 @@ INLINE void NAME(rows_store)(T *p, int64_t es, int64_t nv, V v)
     for (int64_t l = 0; l < nv; l++) p[l * es] = v[l];
 }
 
+/* Whether the tap at kernel offset kw along w is the first to read its row of x (its phase's row
+ * with a stride, taps going along w): where the loads of a tile prefetch the next tiles. */
+INLINE int NAME(rows_lead)(const lc_job *jb, int64_t kw) { return kw < lc_max(1, jb->split); }
+
 /* Whether tap r's lanes at tile t0 are one plain vector load. */
 INLINE int NAME(rows_fast)(const lc_call *c, int64_t i0, int64_t nv)
 {
@@ -157,8 +161,7 @@ INLINE void NAME(rows_fwd_tile)(const lc_job *jb, const lc_tap *tap, const T *wt
         for (int j = 0; j < OB; j++) wv[j] = NAME(load)(wt + ((int64_t)j * R + tap[r].w) * VL);
         if (FAST) {
             for (int i = 0; i < NB; i++) xv[i] = NAME(load)(xn[i] + tap[r].x + i0);
-            if (kw < lc_max(1, jb->split))  /* the next tiles of each sample's rows (taps go along w; each phase's
-                                                row with a stride): many streams at once */
+            if (NAME(rows_lead)(jb, kw))  /* the next tiles of each sample's rows: many streams at once */
                 for (int i = 0; i < NB; i++) __builtin_prefetch(xn[i] + tap[r].x + i0 + ROWS_AHEAD);
         } else {
             NAME(rows_x)(xv, xn, tap[r].x, i0, c, nv, NAME(rows_fast)(c, i0, nv), NB);
@@ -234,7 +237,7 @@ INLINE void NAME(rows_wg_tile)(const lc_job *jb, const lc_tap *tap, T *gt, int64
     int64_t lead[ROWS_RB1];  /* x offsets of the block's taps that start a row */
     for (int q = 0; q < RB; q++) {
         const lc_tap *t = tap + lc_min(r0 + q, R - 1);
-        if (r0 + q < R && (r0 + q) % c->k[2] < lc_max(1, jb->split)) lead[nlead++] = t->x + t0 * s + t->iw;
+        if (r0 + q < R && NAME(rows_lead)(jb, (r0 + q) % c->k[2])) lead[nlead++] = t->x + t0 * s + t->iw;
         xo[q] = t->x;
         i0[q] = t0 * s + t->iw;
         ok[q] = (int)t->ok;
@@ -248,12 +251,13 @@ INLINE void NAME(rows_wg_tile)(const lc_job *jb, const lc_tap *tap, T *gt, int64
     for (int64_t m = m0; m < m1; m++) {
         const T *xm = x + m * c->xs[0];
         V gv[ROWS_OB], xv[ROWS_RB1];
-        if (FAST) {  /* the next tiles of each sample's rows: x's at a row's first tap (taps go along w) */
+        if (FAST) {  /* the next tiles of each sample's rows: x's at the leading taps */
             for (int k = 0; k < nlead; k++) __builtin_prefetch(xm + lead[k] + ROWS_AHEAD);
             if (r0 == 0)
                 for (int j = 0; j < OB; j++) __builtin_prefetch(gyr[j] + m * c->ys[0] + ROWS_AHEAD);
         }
-        for (int j = 0; j < OB; j++)  /* FAST: no loop a compiler could make a call of (accumulators stay in registers) */
+        /* FAST: no lane loop, which a compiler may make a call of (the accumulators stay in registers) */
+        for (int j = 0; j < OB; j++)
             gv[j] = FAST ? NAME(load)(gyr[j] + m * c->ys[0]) : NAME(rows_load)(gyr[j] + m * c->ys[0], c->ys[4], nv);
         if (FAST) {
             for (int q = 0; q < RB; q++) xv[q] = NAME(load)(xm + xo[q] + i0[q]);

@@ -6,9 +6,9 @@
  * them reaches all lanes from the consecutive output positions p = q + m0 + l, so that
  *   gx[n, c, iw] = sum_taps sum_o wt[o, c, tap, l] * gy[n, o, row(tap), q + m0 + l]
  * with the filters of the tile's positions gathered once per tile into wt (zeros for positions
- * outside the output), or in 1d read from a window of positions transposed once per span, and a
- * ROWS_NB x CB tile of (sample, channel) vectors: filter (o, c) of tap q at wt + o * so + c * sc + toff[q]. A gather, not a
- * scatter: each gx element is written once, by one thread.
+ * outside the output), or in 1d read from a window of positions transposed once per span (filter
+ * (o, c) of tap q at wt + o * so + c * sc + toff[q] either way), and a ROWS_NB x CB tile of (sample,
+ * channel) vectors. A gather, not a scatter: each gx element is written once, by one thread.
  */
 
 /* Tiles of a span (consecutive tiles of one row and phase among a thread's items): as many as keep
@@ -137,8 +137,9 @@ INLINE void NAME(rows_ig_tile)(const lc_job *jb, const lc_itap *tap, int64_t nta
             }
 }
 
-/* A span's tiles m0, m0 + VL, ... (ns of them) of group g: their filters gathered, then each block
- * of samples and channels across the span (each sample's rows read and written as a few streams). */
+/* A span's tiles m0, m0 + VL, ... (ns of them) of group g: their filters gathered per tile or
+ * transposed as one window, then each block of samples and channels across the span (each
+ * sample's rows read and written as a few streams). */
 INLINE void NAME(rows_ig_span_of_group)(const lc_job *jb, const lc_itap *tap, int64_t ntaps, int64_t *toff, T *wt,
                                         int64_t gxrow, int64_t m0, int64_t ns, int64_t npos, int64_t g)
 {
@@ -207,7 +208,8 @@ STATIC int NAME(input_grad_rows)(const lc_job *jb, int64_t begin, int64_t end, v
         if (row * phases + phase != key) ntaps = lc_itaps(jb, row, phase, tap);
         key = row * phases + phase;
         int64_t gxrow = row / c->in[1] * c->xs[2] + row % c->in[1] * c->xs[3] + (phase + s * m0) * c->xs[4];
-        for (int64_t g = 0; g < c->groups; g++) NAME(rows_ig_span_of_group)(jb, tap, ntaps, toff, wt, gxrow, m0, live, npos, g);
+        for (int64_t g = 0; g < c->groups; g++)
+            NAME(rows_ig_span_of_group)(jb, tap, ntaps, toff, wt, gxrow, m0, live, npos, g);
     }
     return 0;
 }

@@ -91,7 +91,7 @@ def pooled_buffer(shape, *, dtype=None, device=None, memory_format=torch.contigu
     stride, step = [0] * len(shape), 1
     for d in reversed(order):
         stride[d], step = step, step * max(1, shape[d])
-    flat = _pooled_flat(math.prod(shape), dtype, device)
+    flat = _pooled_flat(nbytes // dtype.itemsize, nbytes, dtype, device, limits.pooled_bytes)
     # not a view of the pool's tensor (an autograd Function's output may not be a view made inside it)
     return torch.empty((0,), dtype=dtype, device=device).set_(flat.untyped_storage(), 0, shape, stride)
 
@@ -105,10 +105,9 @@ def _dimension_order(ndim: int, memory_format: torch.memory_format) -> list[int]
     return list(range(ndim))
 
 
-def _pooled_flat(numel: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """A flat buffer of ``numel`` elements from the pool (or new, and pooled)."""
-    nbytes = numel * dtype.itemsize
-    limits = current_settings()
+def _pooled_flat(numel: int, nbytes: int, dtype: torch.dtype, device: torch.device, pooled_bytes: int) -> torch.Tensor:
+    """A flat buffer of ``numel`` elements (``nbytes``) from the pool, or new and pooled (the
+    oldest dropped to keep at most ``pooled_bytes``)."""
     with _POOL_LOCK:
         for base, alone in list(_POOL):
             if base.dtype != dtype or base.numel() != numel:
@@ -123,7 +122,7 @@ def _pooled_flat(numel: int, dtype: torch.dtype, device: torch.device) -> torch.
         if alone is None:
             return base
         pooled = sum(b.numel() * b.element_size() for b, _ in _POOL)
-        while _POOL and pooled + nbytes > limits.pooled_bytes:  # the oldest make room
+        while _POOL and pooled + nbytes > pooled_bytes:  # the oldest make room
             dropped, _ = _POOL.pop(0)
             pooled -= dropped.numel() * dropped.element_size()
         _POOL.append((base, alone))
