@@ -60,9 +60,12 @@ MEDIUM = [
     # strides along w: forward and weight grad read a copy of x with the phases apart
     Config(1, 2, 3, (3,), (4,), 2, (1,), 1, "zeros", (101,), 7, None, "noncontiguous", False),
     Config(2, 3, 4, (3, 5), (2, 3), 1, (1, 1), 1, "zeros", (9, 50), 3, "shared", "channels_last", False),
+    # a batch past the weight grad's block of samples (ROWS_MB): sums carried between blocks
+    Config(1, 1, 2, (5,), (1,), 1, (1,), 1, "zeros", (40,), 131, None, "contiguous", False),
 ]
 MEDIUM_IDS = ["genomics-like", "genomics-wide-like", "groups-stride3-dilation", "alltnn-like",
-              "channels-last", "3d", "kernel-past-input", "stride-past-kernel", "channels-last-stride"]
+              "channels-last", "3d", "kernel-past-input", "stride-past-kernel", "channels-last-stride",
+              "batch-past-block"]
 
 
 @requires_kernels
