@@ -123,8 +123,9 @@ def prepare_backends(args) -> None:
     if "jax" in args.providers and jax_device(args.device) is None:
         why = "`import jax` failed" if jax is None else f"JAX has no {args.device} backend"
         raise SystemExit(f"error: provider jax: {why}")
-    if "unshared-cpu" in args.providers and not cpu.available_isas():
-        raise SystemExit(f"error: provider unshared-cpu: {cpu._REASON}")
+    for provider in ("unshared-cpu", "unshared-cpu-contiguous"):
+        if provider in args.providers and not cpu.available_isas():
+            raise SystemExit(f"error: provider {provider}: {cpu._REASON}")
     if args.device == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = args.tf32
     if not uses_triton(args.providers):

@@ -105,6 +105,22 @@ def test_gpu_providers_on_the_tiny_case(tmp_path):
         assert "Triton kernels ran in Triton's interpreter" in text
 
 
+@pytest.mark.skipif(CPU_AUTO != "cpu", reason="the compiled CPU kernels are not built")
+def test_contiguous_weight_provider_runs_beside_the_default_layout(tmp_path):
+    # the layout that pruning and parameters_to_vector need, timed against the layer's own
+    text = run(tmp_path, "--providers", "unshared-cpu,unshared-cpu-contiguous")
+    got = rows(text)
+    assert [r[2:4] for r in got] == [[m, p] for m in benchmark.MODES for p in ("unshared-cpu", "unshared-cpu-contiguous")]
+    case, device = benchmark.CASES["tiny"], devices.CpuDevice()
+    layer, x, gy = providers.case_tensors(case, device, torch.float32)
+    ours, contiguous = (providers.PROVIDERS[p](case, layer.weight, x, gy, device)
+                        for p in ("unshared-cpu", "unshared-cpu-contiguous"))
+    assert not layer.weight.is_contiguous()  # the layer's own layout, and a channel-major copy of it
+    torch.testing.assert_close(contiguous.output(), ours.output())
+    for a, b in zip(contiguous.run["forward+backward"](), ours.run["forward+backward"]()):
+        torch.testing.assert_close(a, b)
+
+
 def test_dtypes_add_a_column_and_scale_the_bytes(tmp_path):
     text = run(tmp_path, "--providers", "unshared-torch,unfold+einsum", "--dtype", "float32,bfloat16")
     assert "| case | batch | dtype | mode | provider |" in text
@@ -147,6 +163,8 @@ def test_unavailable_provider_and_bad_arguments(capsys, monkeypatch):
     monkeypatch.setattr(cpu, "_REASON", "the compiled CPU kernels are not built: (simulated)")
     with pytest.raises(SystemExit, match=r"^error: provider unshared-cpu: the compiled CPU kernels are not built"):
         benchmark.main([*FAST, "--providers", "unshared-cpu"])
+    with pytest.raises(SystemExit, match=r"^error: provider unshared-cpu-contiguous: the compiled CPU kernels are not"):
+        benchmark.main([*FAST, "--providers", "unshared-cpu-contiguous"])
     assert "unshared-cpu" not in benchmark.parse_args([]).providers
     monkeypatch.undo()
     for argv, error in ((["--providers", "cudnn"], "unknown provider(s) ['cudnn']; choose from ['unshared-auto', "),

@@ -170,6 +170,18 @@ def test_few_channel_table_is_the_recorded_run():
             ours["median ms"], unfold["median ms"], f"{unfold['unshared-cpu speed-up']}x", f"{ours['time/floor']}x"]
 
 
+def test_contiguous_weight_costs_are_the_recorded_run():
+    rows = {(r["case"], r["mode"], r["provider"]): r
+            for r in markdown_table(cited("layouts-cpu-").read_text(), "| case | batch | mode |")}
+
+    def cost(case):
+        return rows[(case, "forward+backward", "unshared-cpu-contiguous")]["unshared-cpu speed-up"]
+    said(f"a training step took {cost('L4-8')}x as long at DeepFace L4 (batch 8), {cost('L5-8')}x at L5, "
+         f"{cost('L6-8')}x at L6, {cost('lc-resnet-16')}x at LC-ResNet (16)")
+    others = sorted(float(cost(c)) for c in ("cifar-128", "wide-64", "genomics-1d-32", "genomics-1d-wide-32",
+                                               "alltnn-1-16"))
+    said(f"and {others[0]:.2f}-{others[-1]:.2f}x at CIFAR, wide, genomics and All-TNN")
+
 def test_host_time_table_is_the_recorded_run():
     path = cited("overhead-cpu-")
     rows = {(r["layer"], r["mode"], r["provider"]): r for r in markdown_table(path.read_text(), "| layer | mode | provider |")}

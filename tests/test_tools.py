@@ -193,3 +193,39 @@ def test_compile_warns_about_nothing(kind):
             if not ("torch.jit" in str(w.message) and "deprecated" in str(w.message))]
     assert ours == []
     torch.testing.assert_close(y, layer(x.detach()))
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_contiguous_weights_work_with_pruning_and_flat_parameter_tools(kind):
+    # The default weight is a strided view (the fastest layout on the CPU), on which `.view(-1)`
+    # fails; after `p.data = p.data.contiguous()` every layer computes the same, stays contiguous
+    # through a training step, and the tools that flatten parameters work.
+    from torch.nn.utils import parameters_to_vector, prune, vector_to_parameters
+
+    layer, inputs = make(kind)
+    contiguous, _ = make(kind)
+    for p in contiguous.parameters():
+        p.data = p.data.contiguous()
+    x = inputs(3)
+    torch.testing.assert_close(contiguous(x), layer(x))
+    layer(x).square().sum().backward()
+    contiguous(x).square().sum().backward()
+    for got, want in zip(contiguous.parameters(), layer.parameters()):
+        assert got.is_contiguous() and got.grad.is_contiguous()
+        torch.testing.assert_close(got.grad, want.grad, rtol=1e-5, atol=1e-5)
+    torch.optim.SGD(contiguous.parameters(), lr=0.1, momentum=0.9).step()
+    assert all(p.is_contiguous() for p in contiguous.parameters())
+
+    flat = parameters_to_vector(contiguous.parameters())
+    assert flat.numel() == sum(p.numel() for p in contiguous.parameters())
+    vector_to_parameters(2 * flat, contiguous.parameters())
+    torch.testing.assert_close(parameters_to_vector(contiguous.parameters()), 2 * flat)
+
+    owned = [(m, name) for m in contiguous.modules() for name, _ in m.named_parameters(recurse=False)]
+    prune.global_unstructured(owned, prune.L1Unstructured, amount=0.5)
+    pruned = sum(int((getattr(m, name) == 0).sum()) for m, name in owned)
+    assert pruned >= flat.numel() // 2
+    contiguous(x).square().sum().backward()  # through the pruning hooks
+    for m, name in owned:
+        prune.remove(m, name)
+    assert sum(int((getattr(m, name) == 0).sum()) for m, name in owned) == pruned

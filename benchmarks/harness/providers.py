@@ -66,12 +66,16 @@ def case_tensors(case: Case, device: Device, dtype: torch.dtype, seed: int = 0):
     return layer, x, grad_out
 
 
-def unshared_provider(backend: str) -> Callable[..., Steps]:
-    """Steps of ``unshared.functional.locally_connected`` with ``backend`` (no bias)."""
+def unshared_provider(backend: str, contiguous: bool = False) -> Callable[..., Steps]:
+    """Steps of ``unshared.functional.locally_connected`` with ``backend`` (no bias), on the
+    layer's weight (its layout as the layer holds it, read without a copy) or, with
+    ``contiguous``, on a copy contiguous in the public shape (channel-major: what
+    ``weight.data = weight.data.contiguous()`` gives, for tools that flatten parameters)."""
     def make(case: Case, w: torch.Tensor, x, grad_out, device: Device) -> Steps:
         def forward(x, w):
             return UF.locally_connected(x, w, None, case.stride, case.padding, backend=backend)
-        # w is the layer's weight (its layout as the layer holds it, read without a copy)
+        if contiguous:
+            w = w.detach().contiguous().requires_grad_()
         return torch_steps(forward, x, w, grad_out, device)
     return make
 
@@ -165,6 +169,7 @@ def jax_steps(case: Case, w: torch.Tensor, x, grad_out, device: Device) -> Steps
 BACKENDS = {"unshared-auto": "auto", "unshared-torch": "torch", "unshared-cpu": "cpu", "unshared-triton": "triton"}
 PROVIDERS = {
     **{name: unshared_provider(backend) for name, backend in BACKENDS.items()},
+    "unshared-cpu-contiguous": unshared_provider("cpu", contiguous=True),
     "unfold+einsum": unfold_einsum_steps,
     "unfold+bmm": unfold_bmm_steps,
     "jax": jax_steps,
