@@ -182,6 +182,7 @@ def test_contiguous_weight_costs_are_the_recorded_run():
                                                "alltnn-1-16"))
     said(f"and {others[0]:.2f}-{others[-1]:.2f}x at CIFAR, wide, genomics and All-TNN")
 
+
 def test_host_time_table_is_the_recorded_run():
     path = cited("overhead-cpu-")
     rows = {(r["layer"], r["mode"], r["provider"]): r for r in markdown_table(path.read_text(), "| layer | mode | provider |")}
