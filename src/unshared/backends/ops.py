@@ -11,13 +11,13 @@ included. The backend name ``"auto"`` inside an op means "choose now, with real 
 :mod:`.selection` measures once per key); the choice is never made while tracing. Backends made of standard operators (``composite``, ``conv``: their module sets
 ``STANDARD_OPERATORS``) are called directly and differentiated by autograd. What the ops compute
 is :mod:`.compute`; eager calls that nothing observes (plain tensors, no mode, no tracer) skip
-the dispatcher and call it through :mod:`.eager`, with the same checks and results.
+the dispatcher and call it through :mod:`.derivatives`, with the same checks and results.
 """
 import torch
 from torch import Tensor
 
-from .._utils import Geometry, is_kernel_major, memory_format_of
-from . import checks, compute, eager, func
+from .._utils import Geometry, memory_format_of
+from . import checks, compute, derivatives
 from .registry import BACKENDS
 
 __all__ = ["locally_connected", "locally_connected_transpose"]
@@ -35,19 +35,7 @@ def locally_connected(x: Tensor, weight: Tensor, geometry: Geometry, backend: st
     module = BACKENDS.get(backend)  # "auto": chosen inside the operator
     if getattr(module, "STANDARD_OPERATORS", False):
         return _with_bias(module.forward(x, weight, geometry), bias)
-    if eager.applies(x, weight):
-        e = entry or checks.entry_of(geometry)
-        folded = bias if bias is None or eager.foldable(bias, x) else None  # added inside the call
-        if eager.needs_grad(x, weight, folded):
-            y = eager.Forward.apply(x, weight, folded, e, backend)
-        else:
-            y = compute.forward(e, x, weight, backend)
-            if folded is not None:
-                y.add_(compute.bias_view(folded, y.dim()))
-        return y if folded is not None else _with_bias(y, bias)
-    if func.transforms_active():  # torch.func cannot differentiate the operator itself
-        return _with_bias(func.Forward.apply(x, weight, geometry.encode(), backend), bias)
-    return _with_bias(torch.ops.unshared.forward(x, weight, geometry.encode(), backend), bias)
+    return derivatives.forward(x, weight, bias, entry or checks.entry_of(geometry), backend)
 
 
 def locally_connected_transpose(x: Tensor, weight: Tensor, geometry: Geometry, backend: str,
@@ -55,24 +43,15 @@ def locally_connected_transpose(x: Tensor, weight: Tensor, geometry: Geometry, b
     """The adjoint of :func:`locally_connected` in its input: ``(N, O, *output_size)`` ->
     ``(N, C, *input_size)`` of ``geometry`` (the transposed layer's forward), plus ``bias``
     (``(C,)`` or ``(C, *input_size)``) when given."""
-    return _with_bias(_transpose(x, weight, geometry, backend, entry), bias)
-
-
-def _transpose(x: Tensor, weight: Tensor, geometry: Geometry, backend: str, entry: checks.Entry | None) -> Tensor:
     module = BACKENDS.get(backend)
     channels_last = memory_format_of(x) != torch.contiguous_format
     if getattr(module, "STANDARD_OPERATORS", False):
         if not hasattr(module, "input_grad"):
             raise ValueError(f"backend={backend!r} cannot compute a transposed layer")
-        return module.input_grad(x, weight, geometry, compute.input_grad_format(channels_last, x.dim()))
-    if eager.applies(x, weight):
-        e = entry or checks.entry_of(geometry)
-        if eager.needs_grad(x, weight):
-            return eager.InputGrad.apply(x, weight, e, backend, channels_last)
-        return compute.input_grad(e, x, weight, backend, channels_last)
-    if func.transforms_active():
-        return func.InputGrad.apply(x, weight, geometry.encode(), backend, channels_last)
-    return torch.ops.unshared.input_grad(x, weight, geometry.encode(), backend, channels_last)
+        y = module.input_grad(x, weight, geometry, compute.input_grad_format(channels_last, x.dim()))
+    else:
+        y = derivatives.call("input_grad", x, weight, entry or checks.entry_of(geometry), backend, channels_last)
+    return _with_bias(y, bias)
 
 
 # ----------------------------------------------------------------------------- the ops
@@ -120,59 +99,4 @@ def _(x, grad_output, geometry, backend, kernel_major):
 
 # ----------------------------------------------------------------------------- derivatives
 
-def _save(ctx, first: Tensor, second: Tensor, geometry, backend) -> None:
-    ctx.save_for_backward(first, second)
-    ctx.geometry, ctx.backend = geometry, backend
-
-
-def _forward_setup(ctx, inputs, output):
-    x, weight, geometry, backend = inputs
-    _save(ctx, x, weight, geometry, backend)
-    ctx.channels_last = memory_format_of(x) != torch.contiguous_format
-
-
-def _forward_backward(ctx, grad):
-    x, weight = ctx.saved_tensors
-    gx = gw = None
-    if ctx.needs_input_grad[0]:
-        gx = _input_grad(grad, weight, ctx.geometry, ctx.backend, ctx.channels_last)
-    if ctx.needs_input_grad[1]:
-        gw = _weight_grad(x, grad, ctx.geometry, ctx.backend, is_kernel_major(weight))
-    return gx, gw, None, None
-
-
-def _input_grad_setup(ctx, inputs, output):
-    grad_output, weight, geometry, backend, channels_last = inputs
-    _save(ctx, grad_output, weight, geometry, backend)
-
-
-def _input_grad_backward(ctx, grad):
-    # input_grad(gy, w) is linear in each argument: d/dgy is forward(., w), d/dw is weight_grad(., gy)
-    grad_output, weight = ctx.saved_tensors
-    g_gy = g_w = None
-    if ctx.needs_input_grad[0]:
-        g_gy = _forward(grad, weight, ctx.geometry, ctx.backend)
-    if ctx.needs_input_grad[1]:
-        g_w = _weight_grad(grad, grad_output, ctx.geometry, ctx.backend, is_kernel_major(weight))
-    return g_gy, g_w, None, None, None
-
-
-def _weight_grad_setup(ctx, inputs, output):
-    x, grad_output, geometry, backend, kernel_major = inputs
-    _save(ctx, x, grad_output, geometry, backend)
-    ctx.channels_last = memory_format_of(x) != torch.contiguous_format
-
-
-def _weight_grad_backward(ctx, grad):
-    x, grad_output = ctx.saved_tensors
-    g_x = g_gy = None
-    if ctx.needs_input_grad[0]:
-        g_x = _input_grad(grad_output, grad, ctx.geometry, ctx.backend, ctx.channels_last)
-    if ctx.needs_input_grad[1]:
-        g_gy = _forward(x, grad, ctx.geometry, ctx.backend)
-    return g_x, g_gy, None, None, None
-
-
-_forward.register_autograd(_forward_backward, setup_context=_forward_setup)
-_input_grad.register_autograd(_input_grad_backward, setup_context=_input_grad_setup)
-_weight_grad.register_autograd(_weight_grad_backward, setup_context=_weight_grad_setup)
+derivatives.register({"forward": _forward, "input_grad": _input_grad, "weight_grad": _weight_grad}, checks.entry)

@@ -1,0 +1,224 @@
+"""The one derivative table of the three operations, and every autograd entry derived from it.
+
+The layer is ``forward(x, w)``; its adjoints are ``input_grad(gy, w)`` (also the transposed
+layer's forward) and ``weight_grad(x, gy)``. Each is bilinear in its two tensors, so:
+
+- its vector-Jacobian products are the other two operations (:data:`TABLE`, the only place they
+  are written);
+- its Jacobian-vector product is ``op(ta, b) + op(a, tb)``;
+- under ``vmap``, a batched first operand with an unbatched second one joins the batch dimension
+  (one call; ``weight_grad``, which sums over the batch, and batched weights run per sample).
+
+From it come the ``torch.autograd.Function`` s :data:`FUNCTIONS` (reverse mode at every order,
+forward mode, ``torch.func`` and batched gradients) and the custom operators' backward
+(:func:`register`). Every call goes through :func:`call`, which picks one of three routes:
+
+- plain tensors and nothing observing: the backend's code directly (:mod:`.compute`), inside a
+  Function when autograd records the call (gradients, or forward-mode AD);
+- a ``torch.func`` transform or forward-mode AD on wrapped or dual tensors: the Function, whose
+  ``vmap``/``jvp`` rules reduce the call to plain tensors;
+- anything else (compiling, exporting, a dispatch mode such as ``FlopCounterMode``, fake or meta
+  tensors, subclasses, the batched tensors of ``is_grads_batched`` and ``gradcheck``'s batched
+  check, whose vmap runs the operator once per sample): the registered operator
+  ``torch.ops.unshared.<op>``, which they can see.
+
+So a backend only ever computes on plain tensors.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import Tensor, nn
+from torch.autograd import forward_ad
+
+from .._utils import is_kernel_major, memory_format_of
+from . import compute
+from .checks import Entry
+
+__all__ = ["TABLE", "FUNCTIONS", "call", "forward", "applies", "register"]
+
+_PLAIN = (Tensor, nn.Parameter)
+_is_wrapped = torch._C._functorch.is_functorch_wrapped_tensor
+_is_legacy_batched = torch._C._functorch.is_legacy_batchedtensor  # gradcheck's and is_grads_batched's vmap
+
+#: Per operation ``op(a, b)``, the vector-Jacobian products of a cotangent ``g``: for ``a``, then for
+#: ``b``, as ``(operation, its first operand, its second, its flag)``. Operands are named ``"a"``,
+#: ``"b"`` and ``"g"``; flags are the input gradient's ``channels_last`` (of the tensor that was
+#: ``x``) and the weight gradient's ``kernel_major`` (of the tensor that was the weight).
+TABLE = {
+    "forward":     (("input_grad", "g", "b", "a_channels_last"), ("weight_grad", "a", "g", "b_kernel_major")),
+    "input_grad":  (("forward", "g", "b", None), ("weight_grad", "g", "a", "b_kernel_major")),
+    "weight_grad": (("input_grad", "b", "g", "a_channels_last"), ("forward", "a", "g", None)),
+}
+
+#: What each operation computes on plain tensors: ``(entry, a, b, backend, *flag)``.
+_COMPUTE = {"forward": compute.forward, "input_grad": compute.input_grad, "weight_grad": compute.weight_grad}
+
+
+def _flags(op: str, a: Tensor, b: Tensor) -> dict:
+    """The flags that ``op``'s rows of :data:`TABLE` name, from its operands."""
+    flags = {None: None}
+    for _, _, _, flag in TABLE[op]:
+        if flag == "a_channels_last":
+            flags[flag] = memory_format_of(a) != torch.contiguous_format
+        elif flag == "b_kernel_major":
+            flags[flag] = is_kernel_major(b)
+    return flags
+
+
+def _forward_ad_active() -> bool:
+    return getattr(forward_ad, "_current_level", -1) >= 0
+
+
+def _plain(t: Tensor) -> bool:
+    return type(t) in _PLAIN and (t.is_cpu or t.is_cuda) and not _is_wrapped(t) and not _is_legacy_batched(t)
+
+
+def applies(a: Tensor, b: Tensor) -> bool:
+    """Whether the backend may compute a call on these tensors directly: plain CPU or CUDA tensors
+    (no subclass, no functorch wrapper, not meta), no dispatch or ``__torch_function__`` mode
+    (``FlopCounterMode``, fake tensors, proxies), not compiling, not tracing."""
+    if torch.compiler.is_compiling():  # first: Dynamo folds it, and traces none of the rest
+        return False
+    return (_plain(a) and _plain(b) and not torch._C._len_torch_dispatch_stack()
+            and not torch._C._is_torch_function_mode_enabled() and not torch.jit.is_tracing())
+
+
+def _operator(op: str, a: Tensor, b: Tensor, e: Entry, backend: str, flag) -> Tensor:
+    fn = getattr(torch.ops.unshared, op)
+    return fn(a, b, e.encoded, backend) if flag is None else fn(a, b, e.encoded, backend, flag)
+
+
+def _recorded(a: Tensor, b: Tensor, bias: Tensor | None = None) -> bool:
+    """Whether autograd records a call on these operands: gradients, or forward-mode AD."""
+    return (torch.is_grad_enabled() and (a.requires_grad or b.requires_grad
+                                         or (bias is not None and bias.requires_grad))) or _forward_ad_active()
+
+
+def _unrecorded(op: str, a: Tensor, b: Tensor, e: Entry, backend: str, flag) -> Tensor:
+    """``op(a, b)`` where autograd records nothing at this level (inside a Function's forward)."""
+    if applies(a, b):
+        return _COMPUTE[op](e, a, b, backend, *(() if flag is None else (flag,)))
+    if torch._C._are_functorch_transforms_active():  # wrapped by an outer transform: its level's Function
+        return FUNCTIONS[op].apply(a, b, e, backend, flag, None)
+    return _operator(op, a, b, e, backend, flag)
+
+
+def call(op: str, a: Tensor, b: Tensor, e: Entry, backend: str, flag=None) -> Tensor:
+    """``op(a, b)`` (``flag``: ``input_grad``'s ``channels_last``, ``weight_grad``'s
+    ``kernel_major``) by the route the module docstring describes."""
+    if applies(a, b):
+        if _recorded(a, b):
+            return FUNCTIONS[op].apply(a, b, e, backend, flag, None)
+        return _COMPUTE[op](e, a, b, backend, *(() if flag is None else (flag,)))
+    if torch._C._are_functorch_transforms_active() or _forward_ad_active():
+        return FUNCTIONS[op].apply(a, b, e, backend, flag, None)
+    return _operator(op, a, b, e, backend, flag)
+
+
+def _foldable(bias: Tensor, x: Tensor) -> bool:
+    """Whether the forward may add ``bias`` to its fresh output in place: a plain tensor of the
+    output's dtype and device (else type promotion or broadcasting rules would differ)."""
+    return _plain(bias) and bias.dtype == x.dtype and bias.device == x.device
+
+
+def forward(x: Tensor, weight: Tensor, bias: Tensor | None, e: Entry, backend: str) -> Tensor:
+    """The layer: ``forward(x, weight)`` plus ``bias`` (``(O,)`` or ``(O, *output_size)``), added
+    inside the call's one autograd node where it can be, else after it."""
+    if bias is None or not applies(x, weight) or not _foldable(bias, x):
+        y = call("forward", x, weight, e, backend)
+        return y if bias is None else y + compute.bias_view(bias, y.dim())
+    if _recorded(x, weight, bias):
+        return FUNCTIONS["forward"].apply(x, weight, e, backend, None, bias)
+    return compute.forward(e, x, weight, backend).add_(compute.bias_view(bias, x.dim()))
+
+
+# ----------------------------------------------------------------------------- the Functions
+
+def _vjps(op: str, ctx, a: Tensor, b: Tensor, grad: Tensor) -> list:
+    """The vector-Jacobian products of ``op`` for ``a`` and ``b`` that ``ctx`` needs, by :data:`TABLE`."""
+    operands = {"a": a, "b": b, "g": grad}
+    return [call(name, operands[first], operands[second], ctx.entry, ctx.backend, ctx.flags[flag])
+            if needed else None for needed, (name, first, second, flag) in zip(ctx.needs_input_grad[:2], TABLE[op])]
+
+
+def _per_sample(info, dims, tensors, apply: Callable) -> tuple[Tensor, int]:
+    """``apply(*tensors)`` for each vmapped sample, stacked along dimension 0."""
+    return torch.stack([apply(*[t if d is None else t.select(d, i) for t, d in zip(tensors, dims)])
+                        for i in range(info.batch_size)]), 0
+
+
+def _fold(t: Tensor, dim: int) -> Tensor:
+    """``(..., B at dim, N, ...)`` -> ``(B * N, ...)``."""
+    t = t.movedim(dim, 0)
+    return t.reshape(t.shape[0] * t.shape[1], *t.shape[2:])
+
+
+def _function(op: str) -> type:
+    """The ``torch.autograd.Function`` of ``op``, ``apply(a, b, entry, backend, flag, bias)``
+    (``bias``: the forward's, or ``None``), derived from :data:`TABLE`."""
+
+    def forward(a, b, e, backend, flag, bias):
+        y = _unrecorded(op, a, b, e, backend, flag)
+        return y if bias is None else y.add_(compute.bias_view(bias, y.dim()))
+
+    def setup_context(ctx, inputs, output):
+        a, b, e, backend, flag, bias = inputs
+        ctx.save_for_backward(a, b)
+        ctx.save_for_forward(a, b)
+        ctx.entry, ctx.backend, ctx.flag, ctx.flags = e, backend, flag, _flags(op, a, b)
+        ctx.bias_shape, ctx.output_shape = None if bias is None else bias.shape, output.shape
+
+    def backward(ctx, grad):
+        a, b = ctx.saved_tensors
+        g_a, g_b = _vjps(op, ctx, a, b, grad)
+        g_bias = None
+        if ctx.bias_shape is not None and ctx.needs_input_grad[5]:
+            shape = ctx.bias_shape
+            g_bias = grad.sum_to_size((shape[0], *(1,) * (grad.dim() - 2)) if len(shape) == 1 else shape).view(shape)
+        return g_a, g_b, None, None, None, g_bias
+
+    def jvp(ctx, ta, tb, _e, _backend, _flag, t_bias):
+        a, b = ctx.saved_tensors
+        terms = [call(op, ta, b, ctx.entry, ctx.backend, ctx.flag) if ta is not None else None,
+                 call(op, a, tb, ctx.entry, ctx.backend, ctx.flag) if tb is not None else None]
+        if t_bias is not None:
+            terms.append(compute.bias_view(t_bias, len(ctx.output_shape)).expand(ctx.output_shape))
+        terms = [t for t in terms if t is not None]
+        return sum(terms[1:], terms[0])
+
+    def vmap(info, in_dims, a, b, e, backend, flag, bias):
+        a_dim, b_dim, bias_dim = in_dims[0], in_dims[1], in_dims[5]
+        if op != "weight_grad" and a_dim is not None and b_dim is None and bias_dim is None:
+            y = FUNCTIONS[op].apply(_fold(a, a_dim), b, e, backend, flag, bias)
+            return y.unflatten(0, (info.batch_size, -1)), 0
+        return _per_sample(info, (a_dim, b_dim, bias_dim), (a, b, bias),
+                           lambda a_i, b_i, bias_i: FUNCTIONS[op].apply(a_i, b_i, e, backend, flag, bias_i))
+
+    name = "".join(part.capitalize() for part in op.split("_"))
+    return type(name, (torch.autograd.Function,), {
+        "forward": staticmethod(forward), "setup_context": staticmethod(setup_context),
+        "backward": staticmethod(backward), "jvp": staticmethod(jvp), "vmap": staticmethod(vmap),
+        "__doc__": f"``unshared::{op}`` as an autograd Function, derived from the derivative table."})
+
+
+FUNCTIONS = {op: _function(op) for op in TABLE}
+
+
+# ----------------------------------------------------------------------------- the operators
+
+def register(operators: dict, entry_of_encoded: Callable[[list], Entry]) -> None:
+    """The backward of each registered custom operator (``operators[op]``, taking ``(a, b,
+    geometry list, backend[, flag])``), derived from :data:`TABLE`."""
+    for op, operator in operators.items():
+        def setup_context(ctx, inputs, output, op=op):
+            a, b, encoded, backend = inputs[:4]
+            ctx.save_for_backward(a, b)
+            ctx.entry, ctx.backend, ctx.flags = entry_of_encoded(encoded), backend, _flags(op, a, b)
+
+        def backward(ctx, grad, op=op):
+            a, b = ctx.saved_tensors
+            return (*_vjps(op, ctx, a, b, grad), *(None,) * (len(ctx.needs_input_grad) - 2))
+
+        operator.register_autograd(backward, setup_context=setup_context)
