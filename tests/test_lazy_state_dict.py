@@ -6,6 +6,7 @@ import torch
 from torch.nn.parameter import UninitializedParameter
 
 import unshared
+import unshared._utils
 
 # lazy class, its eager class, constructor arguments (no in_channels), in_channels, input_size
 CASES = {
@@ -45,6 +46,16 @@ def test_lazy_layer_loads_a_state_dict_before_its_first_call(name):
     torch.testing.assert_close(y, source(x))
     for key, value in source.state_dict().items():
         torch.testing.assert_close(lazy.state_dict()[key], value)
+    assert lazy.weight.stride() == source.weight.stride()  # the default (kernel-major) layout, as the eager layer's
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_a_loaded_lazy_layer_takes_the_default_layout_of_a_contiguous_checkpoint(name):
+    lazy, source, x = _pair(name)
+    state = {key: value.contiguous() for key, value in source.state_dict().items()}
+    lazy.load_state_dict(state)
+    assert unshared._utils.is_kernel_major(lazy.weight) and lazy.weight.stride() == source.weight.stride()
+    torch.testing.assert_close(lazy(x), source(x))
 
 
 def test_the_first_input_gives_the_input_size_and_must_produce_the_loaded_grid():

@@ -182,10 +182,16 @@ class LazyInitialization(LazyModuleMixin):
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
                               unexpected_keys, error_msgs):
         weight = state_dict.get(prefix + "weight")
-        if isinstance(self.weight, UninitializedParameter) and isinstance(weight, Tensor) and not is_lazy(weight):
+        loads = isinstance(self.weight, UninitializedParameter) and isinstance(weight, Tensor) and not is_lazy(weight)
+        if loads:
             self._sizes_from_state(tuple(weight.shape), state_dict.get(prefix + "bias"))
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
                                       unexpected_keys, error_msgs)
+        if loads and not isinstance(self.weight, UninitializedParameter) and not U.is_kernel_major(self.weight):
+            with torch.no_grad():  # materialised contiguous: the default layout, as an eager layer has
+                self.weight.data = U.empty_weight(tuple(self.weight.shape), self._nd, kernel_major=True,
+                                                  device=self.weight.device,
+                                                  dtype=self.weight.dtype).copy_(self.weight)
 
     def _sizes_from_state(self, shape: tuple[int, ...], bias) -> None:
         """Set the sizes a loaded weight of ``shape`` determines, after checking it (and the bias)

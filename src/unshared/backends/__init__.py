@@ -46,7 +46,8 @@ def choose_backend(x: torch.Tensor, w: torch.Tensor, geometry, backend: str = "a
     ``"auto"``, in order: shared filter banks with at least ``min_positions_per_conv`` positions
     per bank on average run as convolutions (``conv``); while ``torch.onnx.export`` or
     ``torch.jit.trace`` traces, the composite backend (neither records custom operators: the
-    traced graph is then standard operators, with the batch size left free); CUDA tensors: the fastest of Triton, the
+    traced graph is then standard operators, with the batch size left free); while ``torch.export``
+    exports, ``"auto"`` (the program chooses when it runs, on its own dtype and device); CUDA tensors: the fastest of Triton, the
     PyTorch backend and the one-shot plan (``unfold``, when its temporaries fit), measured once per shape (Triton
     alone when measuring is off, the PyTorch backend when Triton cannot run); CPU tensors: the compiled kernels (``cpu``) when they can run
     (built, float32/float64); otherwise the PyTorch backend.
@@ -74,6 +75,8 @@ def choose_backend(x: torch.Tensor, w: torch.Tensor, geometry, backend: str = "a
         return "conv"
     if torch.onnx.is_in_onnx_export() or torch.jit.is_tracing():
         return "composite"
+    if torch.compiler.is_exporting():  # a portable program: chosen when it runs, for its dtype and device
+        return "auto"
     if x.device.type == "cuda" and BACKENDS["triton"].can_run(x, w, geometry) is None:
         return "auto" if measuring() else "triton"
     if x.device.type == "cpu" and BACKENDS["cpu"].can_run(x, w, geometry) is None:

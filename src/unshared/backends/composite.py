@@ -13,7 +13,7 @@ import itertools
 import torch
 import torch.nn.functional as F
 
-from .._utils import Geometry, flat_bank_index
+from .._utils import Geometry, flat_bank_index, public_to_storage_perm, storage_to_public_perm
 
 #: made of standard differentiable operators: called directly, differentiated by autograd
 STANDARD_OPERATORS = True
@@ -90,3 +90,25 @@ def input_grad(gy: torch.Tensor, w: torch.Tensor, g: Geometry,
         gxp = placed if gxp is None else gxp + placed
     interior = (slice(None), slice(None)) + tuple(slice(lo, lo + i) for (lo, _), i in zip(g.padding, g.input_size))
     return gxp[interior].to(gy.dtype).contiguous(memory_format=memory_format)
+
+
+def weight_grad(x: torch.Tensor, gy: torch.Tensor, g: Geometry, kernel_major: bool = False) -> torch.Tensor:
+    """The adjoint of :func:`forward` in its weight: the public-shaped weight gradient (kernel-major
+    strides when asked), summed over each shared bank's positions; standard operators only."""
+    n = x.shape[0]
+    groups, cg, og = g.groups, g.in_channels // g.groups, g.out_channels // g.groups
+    compute = _compute_dtype(x.dtype)
+    pads = [p for pair in reversed(g.padding) for p in pair]
+    xp = F.pad(x, pads) if any(pads) else x
+    grads = gy.reshape(n, groups, og, g.positions).to(compute)
+    terms = [torch.einsum("ngcp,ngop->pgoc", xp[(slice(None), slice(None), *window)]
+                          .reshape(n, groups, cg, g.positions).to(compute), grads)
+             for _, _, window in _windows(g)]
+    per_position = torch.stack(terms, -1).reshape(g.positions, g.out_channels, cg, g.kernel_volume)
+    if g.banks is not None:
+        per_position = per_position.new_zeros(g.bank_count, *per_position.shape[1:]).index_add(
+            0, flat_bank_index(g, x.device), per_position)
+    gw = per_position.reshape(*g.weight_leading, g.out_channels, cg, *g.kernel_size).to(x.dtype)
+    if kernel_major:
+        gw = gw.permute(public_to_storage_perm(g.ndim)).contiguous().permute(storage_to_public_perm(g.ndim))
+    return gw

@@ -17,10 +17,10 @@ import torch
 from torch import Tensor
 
 from .._utils import Geometry, memory_format_of
-from . import checks, compute, derivatives
+from . import checks, composite, compute, derivatives
 from .registry import BACKENDS
 
-__all__ = ["locally_connected", "locally_connected_transpose"]
+__all__ = ["locally_connected", "locally_connected_transpose", "decompositions"]
 
 
 def _with_bias(y: Tensor, bias: Tensor | None) -> Tensor:
@@ -100,3 +100,43 @@ def _(x, grad_output, geometry, backend, kernel_major):
 # ----------------------------------------------------------------------------- derivatives
 
 derivatives.register({"forward": _forward, "input_grad": _input_grad, "weight_grad": _weight_grad}, checks.entry)
+
+
+# ----------------------------------------------------------------------------- decompositions
+
+def _decoded(geometry: list[int]) -> Geometry:
+    g = Geometry.decode(geometry)
+    if g.banks is not None:
+        raise NotImplementedError(
+            "unshared.decompositions: shared filter banks (tiled and region layers) do not decompose (their bank "
+            "index is a constant tensor that run_decompositions cannot lift); export such a layer with "
+            "backend='composite', which records standard operators")
+    return g
+
+
+def decompositions() -> dict:
+    """The three operators as standard operators (the composite backend), for
+    ``ExportedProgram.run_decompositions``: the decomposed program runs and loads without ``unshared``.
+    Layers with shared filter banks (tiled, region) raise ``NotImplementedError``: export them
+    with ``backend="composite"``.
+
+    Example::
+
+        >>> import torch, unshared
+        >>> layer = unshared.LocallyConnected1d(2, 3, 3, input_size=8)
+        >>> program = torch.export.export(layer, (torch.randn(4, 2, 8),))
+        >>> program = program.run_decompositions(unshared.decompositions())
+        >>> any("unshared" in str(node.target) for node in program.graph.nodes)
+        False
+    """
+    return {
+        torch.ops.unshared.forward.default:
+            lambda x, weight, geometry, backend: composite.forward(x, weight, _decoded(geometry)),
+        torch.ops.unshared.input_grad.default:
+            lambda grad_output, weight, geometry, backend, channels_last: composite.input_grad(
+                grad_output, weight, _decoded(geometry),
+                compute.input_grad_format(channels_last, grad_output.dim())),
+        torch.ops.unshared.weight_grad.default:
+            lambda x, grad_output, geometry, backend, kernel_major: composite.weight_grad(
+                x, grad_output, _decoded(geometry), kernel_major),
+    }
