@@ -1,6 +1,7 @@
 """unshared: locally connected layers (convolutions with unshared weights) for PyTorch."""
-from . import functional, interop, models
+from . import functional, interop, models, topography
 from .analysis import translation_equivariance_error
+from .backends.ops import decompositions
 from .conversions import ConvConversion, from_conv, from_conv_transpose, from_linear, to_conv, to_linear
 from .costs import LayerCost, layer_costs
 from .lowrank import LowRankLocallyConnected1d, LowRankLocallyConnected2d, LowRankLocallyConnected3d
@@ -28,7 +29,7 @@ from .transposed import (
     LocallyConnectedTranspose2d,
     LocallyConnectedTranspose3d,
 )
-from .tying import share_weights_, untie
+from .tying import share_every, share_weights_, untie
 
 __version__ = "0.1.0"
 
@@ -40,7 +41,8 @@ __all__ = [
     "LowRankLocallyConnected1d", "LowRankLocallyConnected2d", "LowRankLocallyConnected3d",
     "LocallyConnectedTranspose1d", "LocallyConnectedTranspose2d", "LocallyConnectedTranspose3d",
     "LazyLocallyConnectedTranspose1d", "LazyLocallyConnectedTranspose2d", "LazyLocallyConnectedTranspose3d",
-    "from_conv", "from_conv_transpose", "to_conv", "to_linear", "from_linear", "ConvConversion", "untie", "share_weights_",
-    "layer_costs", "LayerCost", "translation_equivariance_error",
-    "functional", "interop", "models", "__version__",
+    "from_conv", "from_conv_transpose", "to_conv", "to_linear", "from_linear", "ConvConversion",
+    "untie", "share_weights_", "share_every",
+    "layer_costs", "LayerCost", "translation_equivariance_error", "decompositions",
+    "functional", "interop", "models", "topography", "__version__",
 ]

@@ -1,5 +1,5 @@
-"""Reference networks built from locally connected layers, and the TensorFlow CIFAR-10 net whose
-"local" layers are in fact fully connected."""
+"""Reference networks built from locally connected layers (DeepFace, cuda-convnet's CIFAR-10 net,
+All-TNN), and the TensorFlow CIFAR-10 net whose "local" layers are in fact fully connected."""
 from __future__ import annotations
 
 import math
@@ -8,8 +8,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .modules import LocallyConnected2d
+from .topography import smoothness_loss
 
-__all__ = ["DeepFace", "TFCifar10", "CudaConvnetCifar10"]
+__all__ = ["DeepFace", "TFCifar10", "CudaConvnetCifar10", "AllTNN"]
 
 
 class DeepFace(nn.Module):
@@ -249,3 +250,109 @@ class CudaConvnetCifar10(nn.Module):
         x = self.pool2(self.rnorm2(F.relu(self.conv2(x))))
         x = F.relu(self.local4(F.relu(self.local3(x))))
         return self.fc10(x.flatten(-3))
+
+
+class AllTNN(nn.Module):
+    """The All-topographic neural network (All-TNN; Lu, Doerig, Bosch, Krahmer, Kaiser, Cichy,
+    Kietzmann, "End-to-end topographic networks as models of cortical map formation and human
+    visual behaviour", 2025, arXiv:2308.09431; code KietzmannLab/All-TNN) on ``(N, 3, 150, 150)``
+    images: six locally connected layers trained with a spatial smoothness loss on their weights.
+
+    ====== ================================================ ===============
+    name   layer                                            output
+    ====== ================================================ ===============
+    layer1 locally connected 64 filters 7x7 stride 3, ReLU   64 x 48 x 48
+    pool   max-pool 2x2                                      64 x 24 x 24
+    layer2 locally connected 81 filters 3x3, ReLU            81 x 22 x 22
+    layer3 locally connected 81 filters 3x3, ReLU            81 x 20 x 20
+    pool   max-pool 2x2                                      81 x 10 x 10
+    layer4 locally connected 256 filters 3x3, ReLU           256 x 8 x 8
+    layer5 locally connected 256 filters 3x3, ReLU           256 x 6 x 6
+    pool   max-pool 2x2                                      256 x 3 x 3
+    layer6 locally connected 2500 filters 3x3, ReLU          2500 x 1 x 1
+    readout fully connected ``num_classes`` (logits)         num_classes
+    ====== ================================================ ===============
+
+    107,061,896 parameters in the locally connected layers (weights and per-position biases).
+    Taken from the public code (``all_tnn/models/tnn.py``, ``models/layers/local.py``,
+    ``model_helper/model_helper_functions.py``, ``defaults/hparams_defaults.py``): the six layers'
+    filters, kernel sizes and strides; Keras ``LocallyConnected2D`` defaults, i.e. valid padding
+    and one bias per filter and position; ReLU after each layer and no normalisation (the defaults
+    ``activation="relu"``, ``norm_type="no_norm"``); ``MaxPool2D()`` (2x2, stride 2) after layers
+    1, 3 and 5; a flattening dense readout; 150x150 inputs; the spatial loss summed over the six
+    layers with one factor per layer (``layer_alpha_factors``, default 1), circular and with 4
+    neighbours by default (:meth:`spatial_loss`). Chosen here: the initialisation is
+    ``nn.Conv2d``'s per position (the code's default is Glorot-uniform); the readout returns
+    logits (the code's softmax belongs to the loss); the readout flattens in PyTorch's
+    ``(C, H, W)`` order, which at 150x150 (a 1x1 grid) is Keras' order too. The code's L2 weight
+    penalty (1e-6), dropout and the ReLU it applies to the (never negative) spatial loss are left
+    to the training script.
+
+    Args:
+        num_classes: outputs of the readout.
+        input_size: height and width of the (square) input, at least 148 (smaller inputs leave
+            layer 6 no room). Default: 150.
+        device, dtype: factory arguments for all parameters (``device="meta"`` builds it for free).
+
+    Attributes:
+        layers: the six ``LocallyConnected2d`` (an ``nn.ModuleList``), in order.
+        readout: the ``nn.Linear`` readout.
+
+    Shape:
+        ``(N, 3, input_size, input_size)`` -> ``(N, num_classes)`` logits.
+
+    Example (on the meta device: no memory, no computation)::
+
+        >>> import torch, unshared
+        >>> net = unshared.models.AllTNN(565, device="meta")
+        >>> sum(p.numel() for layer in net.layers for p in layer.parameters())
+        107061896
+        >>> [layer.output_size[0] for layer in net.layers]
+        [48, 22, 20, 8, 6, 1]
+        >>> net(torch.empty(2, 3, 150, 150, device="meta")).shape
+        torch.Size([2, 565])
+    """
+
+    #: (in_channels, out_channels, kernel_size, stride) of the six layers, and the layers a pool follows.
+    LAYERS = ((3, 64, 7, 3), (64, 81, 3, 1), (81, 81, 3, 1), (81, 256, 3, 1), (256, 256, 3, 1), (256, 2500, 3, 1))
+    POOLED_AFTER = (0, 2, 4)
+
+    def __init__(self, num_classes: int, input_size: int = 150, *, device=None, dtype=None) -> None:
+        super().__init__()
+        kw = {"device": device, "dtype": dtype}
+        if isinstance(input_size, bool) or not isinstance(input_size, int) or input_size < 148:
+            raise ValueError(f"AllTNN: input_size must be an int >= 148 (the six valid-padded layers and three "
+                             f"pools need it), got input_size={input_size!r}")
+        layers, size = [], input_size
+        for index, (cin, cout, kernel, stride) in enumerate(self.LAYERS):
+            layer = LocallyConnected2d(cin, cout, kernel, stride=stride, input_size=size, **kw)
+            layers.append(layer)
+            size = layer.output_size[0] // 2 if index in self.POOLED_AFTER else layer.output_size[0]
+        self.layers = nn.ModuleList(layers)
+        self.readout = nn.Linear(self.LAYERS[-1][1] * size * size, num_classes, **kw)
+
+    def forward(self, x: Tensor) -> Tensor:
+        for index, layer in enumerate(self.layers):
+            x = F.relu(layer(x))
+            if index in self.POOLED_AFTER:
+                x = F.max_pool2d(x, 2)
+        return self.readout(x.flatten(-3))
+
+    def spatial_loss(self, alpha: float, layer_factors=None, *, circular: bool = True, neighbours: int = 4) -> Tensor:
+        """All-TNN's spatial loss: ``sum_l alpha * layer_factors[l] * smoothness_loss(layers[l])``
+        (:func:`unshared.topography.smoothness_loss`); layers with factor 0 are not computed.
+
+        Args:
+            alpha: the loss's weight (the code's ``alpha``).
+            layer_factors: six numbers (the code's ``layer_alpha_factors``). Default: all 1.
+            circular, neighbours: as for :func:`~unshared.topography.smoothness_loss`.
+        """
+        factors = [1.0] * len(self.layers) if layer_factors is None else list(layer_factors)
+        if len(factors) != len(self.layers):
+            raise ValueError(f"AllTNN.spatial_loss: layer_factors must hold {len(self.layers)} numbers, one per "
+                             f"locally connected layer, got {len(factors)}: {layer_factors!r}")
+        total = self.layers[0].weight.new_zeros(())
+        for layer, factor in zip(self.layers, factors):
+            if factor:
+                total = total + alpha * factor * smoothness_loss(layer, circular=circular, neighbours=neighbours)
+        return total
