@@ -13,7 +13,7 @@ from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
 SOURCES = ["csrc/dispatch.c", "csrc/cpu_portable.c", "csrc/cpu_avx2.c", "csrc/cpu_avx512.c"]
-HEADERS = ["csrc/unshared_cpu.h", "csrc/kernels.h", "csrc/kernels_ig.h", "csrc/kernels_ig_scatter.h", "csrc/kernels_fwd_batch.h", "csrc/kernels_rows.h", "csrc/kernels_rows_ig.h", "csrc/layouts.h", "csrc/isa.h"]
+HEADERS = ["csrc/unshared_cpu.h", "csrc/kernels.h", "csrc/kernels_ig.h", "csrc/kernels_ig_scatter.h", "csrc/kernels_fwd_batch.h", "csrc/kernels_rows.h", "csrc/kernels_rows_ig.h", "csrc/layouts.h", "csrc/isa.h", "csrc/threads.h"]
 WARNING = ("unshared: the compiled CPU kernels were not built ({}); unshared works without them "
            "(backend='auto' uses the PyTorch backend). Install a C compiler and reinstall for them.")
 
@@ -42,7 +42,7 @@ setup(
     ext_modules=[Extension(
         "unshared._cpu_kernels", sources=SOURCES, depends=HEADERS, optional=True,
         extra_compile_args=["-O3", "-std=gnu11", "-fvisibility=hidden"] if unix else [],
-        extra_link_args=["-pthread"] if unix else [],
+        extra_link_args=["-pthread"] + (["-ldl"] if sys.platform.startswith("linux") else []) if unix else [],
     )],
     cmdclass={"build_ext": OptionalBuildExt},
 )

@@ -1,8 +1,13 @@
 /* Entry points of the compiled CPU kernels: instruction-set dispatch, per-call threads.
  *
- * Nothing here is global or mutable: each call gets its threads (pthreads, joined before it
- * returns), its own work counter and its own buffers, so several threads may call at once.
- * No OpenMP: PyTorch's CPU wheels bring their own OpenMP runtime, and two in one process clash.
+ * Each call gets its own work counter and its own buffers, so several threads may call at once.
+ * Its threads are those of the OpenMP runtime that PyTorch has loaded, found at run time
+ * (GOMP_parallel, which libgomp and LLVM's and Intel's runtimes export): the team that runs
+ * PyTorch's own parallel ops, whose idle workers spin for a while after each op, runs ours too,
+ * instead of a second set of threads fighting it for the cores. Where no runtime is loaded (or
+ * unshared_thread_pool(0) asked), pthreads are started per call and joined before it returns.
+ * Not linked against OpenMP: two runtimes in one process clash. The one global setting is the
+ * choice of pool, an atomic.
  */
 #include <stdatomic.h>
 #include <stdlib.h>
@@ -13,12 +18,14 @@
 #ifdef _WIN32
 #define LC_EXPORT __declspec(dllexport)
 #else
+#include <dlfcn.h>
 #include <pthread.h>
+#include <stdint.h>
 #define LC_EXPORT __attribute__((visibility("default")))
 #endif
 
 /* Bumped whenever lc_call or an entry point changes: the Python side checks it. */
-#define LC_ABI_VERSION 3
+#define LC_ABI_VERSION 4
 
 LC_EXPORT int unshared_abi_version(void) { return LC_ABI_VERSION; }
 
@@ -56,61 +63,7 @@ static const lc_kernels *kernels_for(int isa, int dtype)
     }
 }
 
-/* ------------------------------------------------------------------------- threads */
-
-typedef struct {
-    const lc_job *job;
-    lc_range_fn fn;
-    int64_t total, chunk;
-    size_t scratch;
-    atomic_llong next;
-    atomic_int error;
-} lc_pool;
-
-/* Takes chunks of items until none is left (chunks are contiguous: neighbouring positions share
- * input rows in cache); each item is computed by one thread in a fixed order: results do not
- * depend on the scheduling. */
-static void *lc_worker(void *arg)
-{
-    lc_pool *pool = (lc_pool *)arg;
-    void *scratch = pool->scratch ? malloc(pool->scratch) : NULL;
-    if (pool->scratch && !scratch) {
-        atomic_store(&pool->error, LC_NO_MEMORY);
-        return NULL;
-    }
-    for (;;) {
-        int64_t begin = atomic_fetch_add(&pool->next, pool->chunk);
-        if (begin >= pool->total || atomic_load(&pool->error)) break;
-        int status = pool->fn(pool->job, begin, lc_min(begin + pool->chunk, pool->total), scratch);
-        if (status) {
-            atomic_store(&pool->error, status);
-            break;
-        }
-    }
-    free(scratch);
-    return NULL;
-}
-
-/* fn over items 0..total on up to `threads` threads (the caller is one of them). */
-static int lc_run(const lc_job *job, lc_range_fn fn, int64_t total, size_t scratch, int threads)
-{
-    if (total <= 0) return LC_OK;
-    int64_t t = lc_max(1, lc_min(threads, total));
-    lc_pool pool = {job, fn, total, lc_max(1, total / (8 * t)), scratch, 0, 0};
-#ifdef _WIN32
-    t = 1;
-#else
-    pthread_t ids[256];
-    int started = 0;
-    t = lc_min(t, 256);
-    while (started < t - 1 && pthread_create(&ids[started], NULL, lc_worker, &pool) == 0) started++;
-#endif
-    lc_worker(&pool);
-#ifndef _WIN32
-    for (int i = 0; i < started; i++) pthread_join(ids[i], NULL);
-#endif
-    return atomic_load(&pool.error);
-}
+#include "threads.h"
 
 /* ------------------------------------------------------------------------- the calls */
 

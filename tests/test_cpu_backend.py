@@ -366,3 +366,47 @@ def test_a_library_from_other_sources_is_refused(monkeypatch, tmp_path):
     monkeypatch.setattr(cpu.ctypes, "CDLL", lambda path: Stale())
     lib, reason = cpu._load()
     assert lib is None and "were built from other sources" in reason
+
+
+@requires_kernels
+def test_the_kernels_run_on_pytorchs_openmp_team_and_both_pools_agree(monkeypatch):
+    # the default pool is the OpenMP runtime PyTorch loaded (its parallel backend here is OpenMP)
+    if "OpenMP" in torch.__config__.parallel_info().split("ATen parallel backend:")[-1]:
+        assert cpu.thread_pool() == "openmp"
+    monkeypatch.setattr(cpu, "SERIAL_BELOW", 0)
+    layer = unshared.LocallyConnected2d(3, 5, 3, input_size=9, backend="cpu", dtype=torch.float64)
+    x = torch.randn(6, 3, 9, 9, dtype=torch.float64, requires_grad=True)
+    results = {}
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        for pool in cpu.THREAD_POOLS:
+            with cpu.use_thread_pool(pool) as used:
+                assert used == pool or (pool == "openmp" and used == "pthreads")  # no OpenMP runtime loaded
+                y = layer(x)
+                results[pool] = (y, *torch.autograd.grad(y.square().sum(), (x, layer.weight)))
+    finally:
+        torch.set_num_threads(before)
+    for a, b in zip(*results.values()):
+        assert torch.equal(a, b)  # each item is computed by one thread in a fixed order
+    want = locally_connected_reference(x, layer.weight, layer.bias)
+    torch.testing.assert_close(results["openmp"][0], want)
+    with pytest.raises(ValueError, match=r"pool must be one of \('pthreads', 'openmp'\), got pool='tbb'"):
+        with cpu.use_thread_pool("tbb"):
+            pass
+
+
+@requires_kernels
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork() here")
+def test_a_forked_child_starts_threads_of_its_own():
+    # libgomp is not fork-safe: a child must not wait on the team of workers it did not inherit
+    cpu.thread_pool()  # the runtime looked up (and the fork handler registered) in the parent
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover (the child)
+        os.write(write, cpu.thread_pool().encode())
+        os._exit(0)
+    os.waitpid(pid, 0)
+    assert os.read(read, 16).decode() == "pthreads"
+    os.close(read)
+    os.close(write)

@@ -37,6 +37,7 @@ from .._utils import Geometry, empty_weight, is_kernel_major, memory_format_of
 from .buffers import pooled_buffer
 
 __all__ = ["can_run", "forward", "input_grad", "weight_grad", "use_isa", "available_isas", "current_isa",
+           "thread_pool", "use_thread_pool", "THREAD_POOLS",
            "library_path", "ISAS", "PATHS", "use_path"]
 
 #: The instruction sets of the kernels, in the library's numbering.
@@ -45,7 +46,7 @@ ISAS = ("portable", "avx2", "avx512")
 #: vectors along the channels of a patch, or along the output positions of a row (few channels).
 PATHS = ("auto", "channels", "rows")
 _PATH_INDEX = {name: i for i, name in enumerate(PATHS)}
-ABI_VERSION = 3  # must match LC_ABI_VERSION in csrc/dispatch.c
+ABI_VERSION = 4  # must match LC_ABI_VERSION in csrc/dispatch.c
 _DTYPES = {torch.float32: 0, torch.float64: 1}
 #: The refusals of the C entry points (csrc/unshared_cpu.h), by status.
 _REFUSED = {2: "a size, the dtype or the instruction set is invalid",
@@ -103,6 +104,7 @@ def _load() -> tuple[ctypes.CDLL | None, str | None]:
     for name in ("unshared_forward", "unshared_input_grad", "unshared_weight_grad"):
         getattr(lib, name).argtypes = [ctypes.POINTER(_Call), ctypes.c_int, ctypes.c_int, ctypes.c_int]
     lib.unshared_isa_supported.argtypes = [ctypes.c_int]
+    lib.unshared_thread_pool.argtypes = [ctypes.c_int]
     return lib, None
 
 
@@ -175,6 +177,46 @@ def use_path(name: str):
         yield name
     finally:
         _PATH.reset(token)
+
+
+#: The thread pools the kernels can run on: the OpenMP runtime PyTorch has loaded (its team, the
+#: default), or threads of their own started per call.
+THREAD_POOLS = ("pthreads", "openmp")
+
+
+def thread_pool() -> str:
+    """The pool the kernels' threads come from: ``"openmp"`` (the OpenMP runtime that PyTorch loaded:
+    the threads of PyTorch's own parallel ops) or ``"pthreads"`` (started per call; where no such
+    runtime is loaded, or :func:`use_thread_pool` asked). ``torch.set_num_threads`` sets how many."""
+    if _LIB is None:
+        raise RuntimeError(_REASON)
+    return THREAD_POOLS[_LIB.unshared_thread_pool(-1)]
+
+
+_POOL_CHOICE = ["openmp"]  # what the library was last asked for (it starts with OpenMP)
+
+
+@contextlib.contextmanager
+def use_thread_pool(name: str):
+    """Run the kernels on pool ``name`` (one of :data:`THREAD_POOLS`) inside a ``with`` block, in
+    every thread (a process-wide setting, for comparisons: the default, ``"openmp"``, is the one
+    that does not fight PyTorch's own threads for the cores)."""
+    if name not in THREAD_POOLS:
+        raise ValueError(f"pool must be one of {THREAD_POOLS}, got pool={name!r}")
+    lib, before = _library(), _POOL_CHOICE[0]
+    lib.unshared_thread_pool(THREAD_POOLS.index(name))
+    _POOL_CHOICE[0] = name
+    try:
+        yield thread_pool()
+    finally:
+        lib.unshared_thread_pool(THREAD_POOLS.index(before))
+        _POOL_CHOICE[0] = before
+
+
+def _library() -> ctypes.CDLL:
+    if _LIB is None:
+        raise RuntimeError(_REASON)
+    return _LIB
 
 
 def can_run(x: torch.Tensor, w: torch.Tensor | None, g: Geometry) -> str | None:
