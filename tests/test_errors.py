@@ -90,3 +90,13 @@ def test_forward_errors(layer, x, error, match):
 def test_functional_errors(call, error, match):
     with pytest.raises(error, match=match):
         call()
+
+
+def test_a_geometry_error_names_the_layer_and_the_padding_as_written():
+    # a stack built for too small an input: the message says which layer, with the user's padding
+    with pytest.raises(ValueError, match=r"^LocallyConnected2d\(81, 256, kernel_size=\(3, 3\), stride=\(1, 1\), "
+                                         r"padding='valid'\) at input_size=\(2, 2\): kernel larger than the padded"):
+        unshared.LocallyConnected2d(81, 256, 3, padding="valid", input_size=2)
+    lazy = unshared.LazyLocallyConnected1d(4, 5, padding=(1,))
+    with pytest.raises(ValueError, match=r"^LazyLocallyConnected1d\(3, 4, .*padding=\(1,\)\) at input_size=\(2,\)"):
+        lazy(torch.randn(1, 3, 2))

@@ -90,8 +90,13 @@ class LocallyConnectedNd(PositionParameters, nn.Module):
     # -- geometry -------------------------------------------------------------------------------
     def _set_input_size(self, input_size) -> None:
         self.input_size = U.positive(U.ntuple(input_size, self._nd, "input_size"), "input_size")
-        self.output_size = U.output_size(self.input_size, self.kernel_size, self.stride,
-                                         self._padding, self.dilation)
+        try:
+            self.output_size = U.output_size(self.input_size, self.kernel_size, self.stride,
+                                             self._padding, self.dilation)
+        except ValueError as error:  # say which layer, with the padding as written
+            raise ValueError(f"{type(self).__name__}({self.in_channels}, {self.out_channels}, "
+                             f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding!r}) "
+                             f"at input_size={self.input_size}: {error}") from None
 
     #: what the leading weight dimensions index, for messages
     _grid_name = "output size"
