@@ -19,7 +19,7 @@ import unshared.functional as UF
 from configs import Config, configs
 from conftest import EXAMPLES_SCALE
 from reference import locally_connected_reference
-from test_functional import FN, check_against_reference, check_banks_against_reference
+from test_functional import FN, check_against_reference
 from unshared._utils import Geometry
 from unshared.backends import choose_backend, cpu
 
@@ -212,23 +212,6 @@ def test_gradcheck_and_gradgradcheck(cfg):
     fn = lambda *t: FN[cfg.nd](*t, **cfg.kwargs(), backend="cpu")  # noqa: E731
     assert gradcheck(fn, inputs, fast_mode=True)
     assert gradgradcheck(fn, inputs, fast_mode=True)
-
-
-@requires_kernels
-@pytest.mark.parametrize("kernel_major", [True, False])
-@pytest.mark.parametrize("kind", ["tiled", "region"])
-def test_shared_banks_sum_their_positions(kind, kernel_major):
-    extra = {"tile_size": 2} if kind == "tiled" else {"regions": (2, 1)}
-    cls = unshared.TiledLocallyConnected2d if kind == "tiled" else unshared.RegionLocallyConnected2d
-    layer = cls(3, 5, 2, padding=1, input_size=(5, 4), dtype=torch.float64, backend="cpu", **extra)
-    assert layer.position_bank is not None
-    if not kernel_major:
-        layer.weight = torch.nn.Parameter(layer.weight.detach().contiguous())
-    check_banks_against_reference(layer, torch.randn(3, 3, 5, 4, dtype=torch.float64, requires_grad=True),
-                                  padding=1)
-    layer.zero_grad()
-    layer(torch.randn(1, 3, 5, 4, dtype=torch.float64)).sum().backward()
-    assert layer.weight.grad.stride() == layer.weight.stride()  # the gradient keeps the weight's layout
 
 
 @requires_kernels

@@ -334,3 +334,22 @@ def test_partial_sharing_built_on_meta_then_loaded(cls):
     torch.testing.assert_close(layer(x), ref(x))
     torch.testing.assert_close(layer(x), locally_connected_reference(
         x, ref.expanded_weight(), ref.expanded_bias()).float())
+
+
+@pytest.mark.parametrize("backend", ["unfold"] + (["cpu"] if CPU_AUTO == "cpu" else []))
+@pytest.mark.parametrize("kernel_major", [True, False])
+@pytest.mark.parametrize("kind", ["tiled", "region"])
+def test_shared_banks_sum_their_positions(kind, kernel_major, backend):
+    # the backends that read each position's filters from its bank: bank gradients sum positions
+    from test_functional import check_banks_against_reference
+    extra = {"tile_size": 2} if kind == "tiled" else {"regions": (2, 1)}
+    cls = unshared.TiledLocallyConnected2d if kind == "tiled" else unshared.RegionLocallyConnected2d
+    layer = cls(3, 5, 2, padding=1, input_size=(5, 4), dtype=torch.float64, backend=backend, **extra)
+    assert layer.position_bank is not None
+    if not kernel_major:
+        layer.weight = torch.nn.Parameter(layer.weight.detach().contiguous())
+    check_banks_against_reference(layer, torch.randn(3, 3, 5, 4, dtype=torch.float64, requires_grad=True),
+                                  padding=1)
+    layer.zero_grad()
+    layer(torch.randn(1, 3, 5, 4, dtype=torch.float64)).sum().backward()
+    assert layer.weight.grad.stride() == layer.weight.stride()  # the gradient keeps the weight's layout

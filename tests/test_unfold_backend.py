@@ -13,7 +13,7 @@ from unshared.backends.unfold import transient_bytes
 from conftest import EXAMPLES_SCALE
 from configs import Config, configs
 from test_backends import StandIn, fake_timer
-from test_functional import FN, check_against_reference, check_banks_against_reference
+from test_functional import FN, check_against_reference
 
 
 @settings(max_examples=200 * EXAMPLES_SCALE, deadline=None)
@@ -47,19 +47,6 @@ def test_gradcheck_and_gradgradcheck(cfg, kernel_major):
     fn = lambda *t: FN[cfg.nd](*t, **cfg.kwargs(), backend="unfold")  # noqa: E731
     assert gradcheck(fn, inputs, fast_mode=True)
     assert gradgradcheck(fn, inputs, fast_mode=True)
-
-
-@pytest.mark.parametrize("kernel_major", [True, False])
-@pytest.mark.parametrize("kind", ["tiled", "region"])
-def test_shared_banks_sum_their_positions(kind, kernel_major):
-    extra = {"tile_size": 2} if kind == "tiled" else {"regions": (2, 1)}
-    cls = unshared.TiledLocallyConnected2d if kind == "tiled" else unshared.RegionLocallyConnected2d
-    layer = cls(3, 5, 2, padding=1, input_size=(5, 4), dtype=torch.float64, backend="unfold", **extra)
-    assert layer.position_bank is not None
-    if not kernel_major:
-        layer.weight = torch.nn.Parameter(layer.weight.detach().contiguous())
-    check_banks_against_reference(layer, torch.randn(3, 3, 5, 4, dtype=torch.float64, requires_grad=True),
-                                  padding=1)
 
 
 def test_over_the_budget_it_refuses_and_names_the_bytes():
