@@ -12,7 +12,7 @@ import sys
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
-SOURCES = ["csrc/dispatch.c", "csrc/cpu_portable.c", "csrc/cpu_avx2.c", "csrc/cpu_avx512.c"]
+SOURCES = ["csrc/dispatch.c", "csrc/cpu_portable.c", "csrc/cpu_avx2.c", "csrc/cpu_avx512.c", "csrc/peak.c"]
 HEADERS = ["csrc/unshared_cpu.h", "csrc/kernels.h", "csrc/kernels_ig.h", "csrc/kernels_ig_scatter.h", "csrc/kernels_fwd_batch.h", "csrc/kernels_rows.h", "csrc/kernels_rows_ig.h", "csrc/layouts.h", "csrc/isa.h", "csrc/threads.h"]
 WARNING = ("unshared: the compiled CPU kernels were not built ({}); unshared works without them "
            "(backend='auto' uses the PyTorch backend). Install a C compiler and reinstall for them.")

@@ -7,8 +7,9 @@ or on a CUDA GPU (``--device``), from a checkout::
     python benchmarks/bench.py --device cuda     # DeepFace L4-L6 at batch 32 and 256, float32 and bfloat16
 
 Providers run side by side in one process, interleaved per case; every time is reported with the
-roofline floor measured on the same device at the start, and the peak transient memory of one
-step. Results go to stdout and to ``benchmarks/results/<device>-<date>...md`` (a ``--quick`` run
+roofline floor measured on the same device at the start (on the CPU the physical floor: the cores'
+FMA peak and the copy bandwidth, with the matmul rate beside it), and the peak transient memory of
+one step. Results go to stdout and to ``benchmarks/results/<device>-<date>...md`` (a ``--quick`` run
 writes only to ``--output``). ``benchmarks/README.md`` explains every column.
 """
 from __future__ import annotations
@@ -166,10 +167,16 @@ def run(args) -> None:
         log(f"note: the jax provider is not run (not chosen, or JAX has no {args.device} backend)")
 
     check_against_reference(device, list(dict.fromkeys(BACKENDS[p] for p in args.providers if p in BACKENDS)))
-    log("measuring matmul rate and bandwidth ...")
+    log(f"measuring {'FMA peak, ' if device.kind == 'cpu' else ''}matmul rate and bandwidth ...")
     roofline = measure_roofline(device, args.dtypes, args.system_reps)
-    log("  " + ", ".join(f"{dtype_name(d)} {rate:.1f} GFLOP/s" for d, rate in roofline.gflops.items())
-        + f", {roofline.gbps:.1f} GB/s")
+    if roofline.physical:
+        log("  FMA peak (the floor's compute rate): "
+            + ", ".join(f"{dtype_name(d)} {rate:.1f} GFLOP/s" for d, rate in roofline.peak.items()))
+    elif roofline.peak_how:
+        log(f"  FMA peak {roofline.peak_how}: the floor's compute rate is the matmul rate")
+    log(f"  matmul rate{' (what a BLAS gets here)' if roofline.physical else ''}: "
+        + ", ".join(f"{dtype_name(d)} {rate:.1f} GFLOP/s" for d, rate in roofline.gflops.items())
+        + f"; bandwidth {roofline.gbps:.1f} GB/s")
 
     rows = []
     for key in args.keys:

@@ -25,7 +25,7 @@
 #endif
 
 /* Bumped whenever lc_call or an entry point changes: the Python side checks it. */
-#define LC_ABI_VERSION 4
+#define LC_ABI_VERSION 5
 
 LC_EXPORT int unshared_abi_version(void) { return LC_ABI_VERSION; }
 

@@ -85,6 +85,12 @@ extern const lc_kernels kernels_portable_f32, kernels_portable_f64;
 extern const lc_kernels kernels_avx2_f32, kernels_avx2_f64, kernels_avx512_f32, kernels_avx512_f64;
 #endif
 
+/* 1 when this CPU runs `isa` (dispatch.c). */
+int unshared_isa_supported(int isa);
+/* The FMA microbenchmark (peak.c): LC_PEAK_CHAINS chains of vector multiply-adds per thread,
+ * `iterations` steps; the checksum of their final values and the flops done. */
+int unshared_fma_peak(int isa, int dtype, int threads, int64_t iterations, double *checksum, int64_t *flops);
+
 static inline int64_t lc_min(int64_t a, int64_t b) { return a < b ? a : b; }
 static inline int64_t lc_max(int64_t a, int64_t b) { return a > b ? a : b; }
 

@@ -20,6 +20,7 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 import bench  # noqa: E402
 from conftest import CPU_AUTO  # noqa: E402
 from harness import cases, devices, measure, providers, report  # noqa: E402
+from unshared.backends import cpu  # noqa: E402
 
 # the harness's public names in one place
 benchmark = types.SimpleNamespace(
@@ -33,7 +34,10 @@ DEVICE = "cuda" if CUDA else "cpu"
 FAST = ["--quick", "--cases", "tiny", "--warmup", "1", "--min-reps", "2", "--max-reps", "2", "--budget", "0"]
 #: the default CPU providers: the compiled kernels (when built) are the first, the speed-up reference
 CPU_PROVIDERS = (["unshared-cpu"] if CPU_AUTO == "cpu" else []) + ["unshared-torch", "unfold+einsum"]
-HEADER = ("| case | batch | mode | provider | median ms | IQR ms | reps | floor ms | time/floor "
+#: with the compiled kernels built, the floor is the physical one (their FMA microbenchmark's peak)
+PHYSICAL = CPU_AUTO == "cpu"
+RATIOS = "x physical floor | x matmul floor" if PHYSICAL else "time/floor"
+HEADER = (f"| case | batch | mode | provider | median ms | IQR ms | reps | floor ms | {RATIOS} "
           f"| {CPU_PROVIDERS[0]} speed-up | peak MiB | peak/weight |")
 
 
@@ -64,31 +68,117 @@ def masked(line: str) -> str:
     return re.sub(r"\d+(\.\d+)?", "N", line)
 
 
-def test_default_cpu_path_keeps_the_committed_format(tmp_path):
+def test_default_cpu_path_keeps_the_committed_format(tmp_path, monkeypatch):
+    # the run's FMA peaks and the values the results table is made from, for the floor's check below
+    peaks, tables = [], []
+    fma_peak, results_table = devices.cpu_kernels.fma_peak, bench.results_table
+
+    def recorded_peak(*args, **kwargs):
+        peaks.append(fma_peak(*args, **kwargs))
+        return peaks[-1]
+
+    def recorded_table(rows, roofline, *args):
+        tables.append((rows, roofline))
+        return results_table(rows, roofline, *args)
+
+    monkeypatch.setattr(devices.cpu_kernels, "fma_peak", recorded_peak)
+    monkeypatch.setattr(bench, "results_table", recorded_table)
     text = run(tmp_path, "--warmup", "2")  # as the committed run (the last value wins)
     newest = max((REPO / "benchmarks" / "results").glob("cpu-*.md"))
     committed = newest.read_text().splitlines()
     lines = text.splitlines()
     assert lines[0] == "# unshared CPU benchmark (--quick)"
     assert HEADER in lines
-    if CPU_AUTO == "cpu":  # the committed results were measured with the compiled kernels
+    # results recorded before the physical floor (issue 37) have no FMA-peak bullet and say
+    # "median" of the bandwidth and "matmul rate" in the floor: only the other bullets must match
+    physical_committed = any(line.startswith("- measured float32 FMA peak") for line in committed)
+    if CPU_AUTO == "cpu" and physical_committed:  # the committed results were measured with the compiled kernels
         assert HEADER in committed
     assert "| case | layer | weight MiB | forward GFLOP |" in lines
     # the same bullets, and the same text in those that hold no machine-specific names
-    assert bullet_names(lines) == bullet_names(committed)
+    new_bullets = () if physical_committed else ("- measured float32 FMA peak",)
+
+    def names(text_lines):  # without how a rate was measured when the committed results predate the change
+        found = bullet_names([l for l in text_lines if not l.startswith(new_bullets)])
+        return found if physical_committed else [re.sub(r" \(.*\)$", "", n) if isinstance(n, str) else n
+                                                 for n in found]
+    assert names(lines) == names(committed)
     jax = benchmark.jax
     jax_text = ("not installed (provider skipped)" if jax is None else
                 jax.__version__ if benchmark.jax_device("cpu") else f"{jax.__version__} (provider not run)")
     assert (f"- python {platform.python_version()}, torch {torch.__version__}, jax {jax_text}, "
             f"unshared {unshared.__version__}") in lines
-    for prefix in ("- measured", "- times", "- floor", "- speed-up"):
+    same = ("- measured", "- times", "- floor", "- speed-up") if physical_committed else ("- times", "- speed-up")
+    for prefix in same:
         assert [masked(l) for l in lines if l.startswith(prefix)] == \
                [masked(l) for l in committed if l.startswith(prefix)]
     providers = CPU_PROVIDERS + (["jax"] if benchmark.jax_device("cpu") else [])
     got = rows(text)
     assert [(r[2], r[3]) for r in got] == [(m, p) for m in benchmark.MODES for p in providers]
-    assert all(len(r) == 12 and r[1] == "2" and r[6] == "2" for r in got)
-    assert all(r[9] == "1.00" for r in got if r[3] == CPU_PROVIDERS[0])
+    assert all(len(r) == 12 + PHYSICAL and r[1] == "2" and r[6] == "2" for r in got)
+    assert all(r[9 + PHYSICAL] == "1.00" for r in got if r[3] == CPU_PROVIDERS[0])
+
+    # the floor: the FMA peak that the microbenchmark measured (the best of its calls), the matmul
+    # rate beside it (what a BLAS gets here), the copy bandwidth as the best of many copies
+    (measured, roofline), = tables
+    rate = r"(\d+\.\d) GFLOP/s"
+    if PHYSICAL:
+        assert len(peaks) == 3 and roofline.peak == {torch.float32: max(peaks)}
+        shown = [re.fullmatch(rf"- measured float32 FMA peak \({cpu.current_isa()} microbenchmark, "
+                              rf"{torch.get_num_threads()} threads?, 12 chains of fused multiply-adds per thread, "
+                              rf"best of 3 medians\): {rate}, the cores' compute limit", l) for l in lines]
+        assert [float(m[1]) for m in shown if m] == [round(max(peaks), 1)]
+        assert any(re.fullmatch(rf"- measured float32 matmul rate \(2048\^3, median\): {rate}: what a BLAS "
+                                rf"gets here", l) for l in lines)
+        assert "x physical floor = median / floor" in text and "max(flops / FMA peak, bytes" in text
+    else:
+        assert peaks == [] and not roofline.physical and "max(flops / matmul rate, bytes" in text
+    assert re.search(r"^- measured memory bandwidth \(copy of 256 MiB, read \+ write, best of 12\): "
+                     r"\d+\.\d GB/s$", text, re.M)
+    # every ratio in the table, recomputed from the rates: time / max(flops / rate, bytes / bandwidth)
+    case = benchmark.CASES["tiny"]
+    for row, cells in zip(measured, got):
+        def ratio(gflops):
+            floor = max(case.flops(row.mode) / (gflops * 1e9), case.bytes_moved(row.mode) / (roofline.gbps * 1e9))
+            return f"{row.timing.median / floor:.1f}"
+        assert cells[8] == ratio(max(peaks) if PHYSICAL else roofline.gflops[torch.float32])
+        if PHYSICAL:
+            assert cells[9] == ratio(roofline.gflops[torch.float32])
+
+
+def test_physical_floor_in_the_report_and_its_fallback(monkeypatch):
+    """Made-up rates: a compute-bound case's ratio is to the FMA peak; where the kernels are not
+    built, the floor falls back to the matmul rate and says so."""
+    args = benchmark.parse_args(["--providers", "unshared-torch", "--dtype", "float32,bfloat16"])
+    device = devices.CpuDevice()
+    case = benchmark.CASES["wide-64"]
+    roofline = benchmark.Roofline({torch.float32: 200.0, torch.bfloat16: 400.0}, 40.0,
+                                  {torch.float32: 500.0}, "avx512 microbenchmark, 2 threads", 9)
+    flops = case.flops("forward")
+    assert flops / 500e9 > case.bytes_moved("forward") / 40e9  # compute-bound at either rate
+    row = benchmark.Row("wide-64", case, torch.float32, "forward", "unshared-torch",
+                        benchmark.Timing(2 * flops / 500e9, 0, 0, 5), None)
+    table = benchmark.results_table([row], roofline, "unshared-torch", True)
+    assert "| floor ms | x physical floor | x matmul floor | unshared-torch speed-up |" in table
+    assert f"| {flops / 500e9 * 1e3:.2f} | 2.0 | 0.8 | 1.00 |" in table
+    text = benchmark.header(device, "2030-01-02", 0.0, roofline, args)
+    assert "- measured float32 FMA peak (avx512 microbenchmark, 2 threads): 500.0 GFLOP/s, the cores' compute limit" in text
+    assert "- measured bfloat16 matmul rate (2048^3, median): 400.0 GFLOP/s: what a BLAS gets here" in text
+    assert "(copy of 256 MiB, read + write, best of 9): 40.0 GB/s" in text
+    assert "; bfloat16: no FMA microbenchmark, the matmul rate" in text
+    assert roofline.floor(case, "forward", torch.bfloat16) == roofline.matmul_floor(case, "forward", torch.bfloat16)
+
+    monkeypatch.setattr(cpu, "_LIB", None)  # the compiled kernels not built
+    peak, how = device.fma_peak([torch.float32], 3)
+    assert peak == {} and "not built" in how
+    fallback = benchmark.Roofline({torch.float32: 200.0}, 40.0, peak, how, 9)
+    assert fallback.floor(case, "forward", torch.float32) == flops / 200e9
+    text = benchmark.header(device, "2030-01-02", 0.0, fallback, benchmark.parse_args(["--providers", "unshared-torch"]))
+    assert "FMA peak" not in text.split("- floor")[0]
+    assert ("; FMA peak not measured (the compiled CPU kernels, and with them the FMA microbenchmark, are not "
+            "built): the compute rate is the matmul rate") in text
+    table = benchmark.results_table([row], fallback, "unshared-torch", False)
+    assert "| floor ms | time/floor | unshared-torch speed-up |" in table and "| 0.8 | 1.00 |" in table
 
 
 def test_gpu_providers_on_the_tiny_case(tmp_path):

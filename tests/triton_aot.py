@@ -2,8 +2,9 @@
 ``tests/test_triton_compile.py`` and ``tests/test_triton_sass.py``, run in a subprocess so that
 ``TRITON_INTERPRET`` is unset when the kernels are defined). Each variant is compiled with the
 arguments the launcher passes for a real layer (``SHAPES``: the layouts it chooses, on meta
-tensors) and Triton's specialization of them (integers divisible by 16, aligned pointers), so
-the code is the code a GPU would run. Prints one JSON line per variant::
+tensors), specialized by Triton's own launch binder (integers equal to 1 become constants,
+integers divisible by 16 and aligned pointers are marked so), so the code is the code a GPU would
+run. Prints one JSON line per variant::
 
     python tests/triton_aot.py [--full]
 """
@@ -23,14 +24,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # a checko
 import torch  # noqa: E402
 import triton  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
-from triton.compiler import ASTSource  # noqa: E402
+from triton.compiler import ASTSource, make_backend  # noqa: E402
+from triton.runtime.jit import create_function_from_signature  # noqa: E402
 
 from unshared._utils import Geometry, empty_weight, weight_memory  # noqa: E402
 from unshared.backends.triton import configs, launch  # noqa: E402
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "float64": torch.float64}
-POINTER = {torch.float32: "*fp32", torch.float16: "*fp16", torch.bfloat16: "*bf16", torch.float64: "*fp64",
-           torch.int64: "*i64"}
 CUOBJDUMP = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
 
 
@@ -39,15 +39,31 @@ def _deepface_l4(banks: bool) -> Geometry:
     return Geometry((63, 63), (55, 55), (9, 9), (1, 1), ((0, 0),) * 2, (1, 1), 1, 16, 16, **shared)
 
 
+def _genomics(in_channels: int, out_channels: int, length: int = 20000) -> Geometry:
+    return Geometry((length,), (length - 9,), (10,), (1,), ((0, 0),), (1,), 1, in_channels, out_channels)
+
+
 #: The layers compiled for, with their batch: DeepFace L4 at batch 256 (the tensor-core target),
-#: a channel-poor genomics layer (4 -> 8 channels, kernel 10, length 20,000), and int64 offsets
-#: (a 3d layer whose input passes 2^31 elements).
+#: channel-poor genomics layers ``genomics-C-O`` (C -> O channels, kernel 10, length 20,000: 1, 2
+#: and 8 channels on the narrow side; 4 -> 1 is one-hot DNA to one output channel, whose weight
+#: gradient has the longest channel-poor tile), and int64 offsets (a 3d layer whose input passes
+#: 2^31 elements, and a genomics layer of length 2^23).
 SHAPES = {
     "deepface-l4": (lambda banks: _deepface_l4(banks), 256),
-    "genomics-wide": (lambda banks: Geometry((20000,), (19991,), (10,), (1,), ((0, 0),), (1,), 1, 4, 8), 256),
+    **{f"genomics-{c}-{o}": (lambda banks, c=c, o=o: _genomics(c, o), 256)
+       for c, o in ((1, 1), (4, 1), (2, 2), (8, 8), (4, 8))},
     "huge": (lambda banks: Geometry((128, 128, 128), (126, 126, 126), (3, 3, 3), (1, 1, 1), ((0, 0),) * 3,
                                     (1, 1, 1), 1, 16, 16), 80),
+    "huge-genomics-4-1": (lambda banks: _genomics(4, 1, 1 << 23), 256),
 }
+#: The channel-poor shapes at 1, 2 and 8 channels, where every candidate the launcher can pick is compiled in full.
+GENOMICS = ("genomics-1-1", "genomics-4-1", "genomics-2-2", "genomics-8-8")
+
+
+def launcher_candidates(op: str, shape: str) -> tuple:
+    """Every candidate the launcher may pick for ``op`` on ``shape`` (its default first)."""
+    make, _ = SHAPES[shape]
+    return launch._options(op, make(False))
 
 
 def tensors(op, g: Geometry, n: int, dtype, kernel_major: bool, small: bool) -> dict:
@@ -69,27 +85,22 @@ def tensors(op, g: Geometry, n: int, dtype, kernel_major: bool, small: bool) -> 
 
 
 def compile_variant(op, candidate, shape, dtype_name, kernel_major, banks, arch):
-    """``triton.compile`` one kernel variant for ``sm_{arch}`` with the launcher's arguments."""
+    """``triton.compile`` one kernel variant for ``sm_{arch}`` with the launcher's arguments, bound
+    and specialized as Triton's launch does (``JITFunction.run``: its binder, then ``_pack_args``)."""
     make, n = SHAPES[shape]
     g, dtype = make(banks), DTYPES[dtype_name]
     torch.backends.cuda.matmul.allow_tf32 = True  # float32 as the benchmarks run it: TF32 products
     named = launch.arguments(op, g, n, dtype, kernel_major, "meta",
                              tensors(op, g, n, dtype, kernel_major, candidate.small), candidate)
     fn = launch._kernel_of(candidate)
-    signature, constexprs, attrs = {}, {}, {}
-    for index, name in enumerate(fn.arg_names):
-        value = named[name]
-        if fn.params[index].is_constexpr:
-            signature[name], constexprs[name] = "constexpr", value
-        elif isinstance(value, torch.Tensor):
-            signature[name], attrs[(index,)] = POINTER[value.dtype], [["tt.divisibility", 16]]  # allocations: aligned
-        else:
-            signature[name] = "i32" if -2**31 <= value < 2**31 else "i64"
-            if value % 16 == 0:
-                attrs[(index,)] = [["tt.divisibility", 16]]
+    target = GPUTarget("cuda", arch, 32)
+    backend = make_backend(target)
+    options = dict(num_warps=candidate.num_warps, num_stages=candidate.num_stages)
+    # (meta tensors have address 0: aligned, as the launcher's allocations are)
+    bound, specialization, rest = create_function_from_signature(fn.signature, fn.params, backend)(**named, **options)
+    options, signature, constexprs, attrs = fn._pack_args(backend, options, bound, specialization, rest)
     source = ASTSource(fn=fn, signature=signature, constexprs=constexprs, attrs=attrs)
-    return triton.compile(source, target=GPUTarget("cuda", arch, 32),
-                          options=dict(num_warps=candidate.num_warps, num_stages=candidate.num_stages))
+    return triton.compile(source, target=target, options=options.__dict__)
 
 
 def _cuobjdump(compiled, *flags) -> str:
@@ -100,8 +111,9 @@ def _cuobjdump(compiled, *flags) -> str:
 
 
 def features(compiled) -> dict:
-    """Resources (``REG``, ``STACK``, ``SHARED``, ``LOCAL``) and the instructions that the design
-    promises, counted in the PTX and the SASS."""
+    """Resources (``REG``, ``STACK``, ``SHARED``, ``LOCAL``), the local-memory loads and stores
+    (``sass_local``, ``ptx_local``: spills, or a local array) and the instructions that the
+    design promises, counted in the PTX and the SASS."""
     usage = {k: int(v) for k, v in re.findall(r"(REG|STACK|SHARED|LOCAL):(\d+)", _cuobjdump(compiled, "-res-usage"))}
     ptx, sass = compiled.asm["ptx"], _cuobjdump(compiled, "-sass")
     widths = Counter()  # bytes per global load instruction (cp.async: its size operand)
@@ -119,22 +131,28 @@ def features(compiled) -> dict:
                 cvt_rn_bf16=len(re.findall(r"cvt\.rn\.bf16", ptx)), cvt_rz_bf16=len(re.findall(r"cvt\.rz\.bf16", ptx)),
                 sass_hgmma=sass.count("HGMMA"), sass_hmma=sass.count("HMMA"),
                 sass_ldg128=len(re.findall(r"LDG(?:STS)?\.E[\w.]*\.128", sass)),
-                sass_local=len(re.findall(r"\b(?:LDL|STL)\b", sass)))
+                sass_local=len(re.findall(r"\b(?:LDL|STL)\b", sass)),
+                ptx_local=len(re.findall(r"\b(?:ld|st)\.local\b", ptx)))
 
 
 def variants(full: bool):
-    """(op, candidate, shape, dtype, kernel_major, banks, arch) to compile: in full, every candidate
-    x dtype x weight layout x banks x architecture; quickly, a spread that still covers every kernel
-    family, both layouts, both architectures, banks, int64 offsets and float64."""
+    """(op, candidate, shape, dtype, kernel_major, banks, arch) to compile: in full, every tensor-core
+    candidate x dtype x weight layout x banks x architecture at DeepFace L4, and every candidate the
+    launcher can pick for the channel-poor shapes (at 1, 2 and 8 channels) x weight layout x
+    architecture (float32 and bfloat16; the channel-poor kernels float16 and float64 too);
+    quickly, a spread that still covers every kernel family, both layouts, both architectures,
+    banks, int64 offsets, float64, and the channel-poor kernels at 1, 2 and 8 channels (the one
+    output channel weight gradient's every candidate on sm_80 and sm_90)."""
     for op in launch.OPS:
         tensor_cores = configs.TENSOR_CORE[op]
-        small = configs.small_candidates(op, 8, 40)
         if full:
             for c, dtype, km, banks, arch in itertools.product(tensor_cores, ("float32", "float16", "bfloat16"),
                                                                (True, False), (False, True), (80, 90)):
                 yield op, c, "deepface-l4", dtype, km, banks, arch
-            for c, dtype, km, arch in itertools.product(small, ("float32", "bfloat16"), (True, False), (80, 90)):
-                yield op, c, "genomics-wide", dtype, km, False, arch
+            for shape, km, arch in itertools.product(GENOMICS, (True, False), (80, 90)):
+                for c in launcher_candidates(op, shape):
+                    for dtype in ("float32", "bfloat16", *(("float16", "float64") if c.small else ())):
+                        yield op, c, shape, dtype, km, False, arch
         else:
             single = next(c for c in tensor_cores if c.block["BLOCK_P"] == 1 and c.num_warps == 4)
             tiled = max(tensor_cores, key=lambda c: (c.block["BLOCK_P"], c.num_warps))
@@ -143,9 +161,17 @@ def variants(full: bool):
             yield op, tiled, "deepface-l4", "bfloat16", True, True, 90     # batched mma.sync, banks
             yield op, tiled, "deepface-l4", "float32", False, False, 80    # Ampere, channel-major
             yield op, tiled, "deepface-l4", "float32", True, False, 90     # batched TF32
-            yield op, small[0], "genomics-wide", "float32", False, False, 90
-            yield op, small[0], "genomics-wide", "bfloat16", True, False, 80
+            yield op, launcher_candidates(op, "genomics-4-8")[0], "genomics-4-8", "float32", False, False, 90
+            yield op, launcher_candidates(op, "genomics-4-8")[0], "genomics-4-8", "bfloat16", True, False, 80
+            yield op, launcher_candidates(op, "genomics-1-1")[0], "genomics-1-1", "float32", True, False, 90
+            yield op, launcher_candidates(op, "genomics-2-2")[0], "genomics-2-2", "bfloat16", False, False, 80
+            yield op, launcher_candidates(op, "genomics-8-8")[1], "genomics-8-8", "float64", True, False, 90
+            if op == "weight_grad":  # one output channel: the tile with the most gathers per thread
+                for c, arch in itertools.product(launcher_candidates(op, "genomics-4-1")[:2], (80, 90)):
+                    yield op, c, "genomics-4-1", "float32", True, False, arch
+                yield op, launcher_candidates(op, "genomics-1-1")[0], "genomics-1-1", "float32", False, False, 80
         yield op, tensor_cores[0], "huge", "bfloat16", True, False, 90  # int64 offsets
+        yield op, launcher_candidates(op, "huge-genomics-4-1")[0], "huge-genomics-4-1", "float32", True, False, 80
         smallest = min(tensor_cores, key=lambda c: (math.prod(c.block.values()), -c.block["BLOCK_P"]))
         yield op, smallest, "deepface-l4", "float64", True, False, 90
 

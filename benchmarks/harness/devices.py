@@ -1,5 +1,7 @@
 """Where the benchmark runs: the CPU or a CUDA GPU (clock, memory probe, report lines), and the
-device's measured limits (matmul rate, memory bandwidth) that make the roofline floor."""
+device's measured limits that make the roofline floor: on the CPU the cores' FMA peak (the compiled
+microbenchmark, ``unshared.backends.cpu.fma_peak``) and the copy bandwidth, with the matmul rate
+beside them (what a BLAS gets here); on CUDA the matmul rate and the copy bandwidth."""
 from __future__ import annotations
 
 import os
@@ -7,7 +9,7 @@ import platform
 import re
 import subprocess
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -106,6 +108,11 @@ class Device:
     def timing_note(self) -> str:
         return ""
 
+    def fma_peak(self, dtypes, reps: int) -> tuple[dict[torch.dtype, float], str]:
+        """The cores' measured FMA peak in GFLOP/s per dtype it was measured for, and how it was
+        measured (or why not: then the floor's compute rate is the matmul rate); none on CUDA."""
+        return {}, ""
+
     def memory_note(self) -> str:
         raise NotImplementedError
 
@@ -124,6 +131,20 @@ class CpuDevice(Device):
 
     def peak_transient_bytes(self, fn: Callable[[], object]) -> int | None:
         return rss_peak_transient_bytes(fn)
+
+    fma_seconds = 0.1  # per fma_peak call (the median of 5 calls of the microbenchmark)
+
+    def fma_peak(self, dtypes, reps: int) -> tuple[dict[torch.dtype, float], str]:
+        """The best of ``reps`` measurements of ``cpu.fma_peak`` (each the median of its calls) with
+        the instruction set the kernels use, on ``torch.get_num_threads()`` threads, for float32
+        and float64 (the dtypes the microbenchmark has)."""
+        if not cpu_kernels.available_isas():
+            return {}, "not measured (the compiled CPU kernels, and with them the FMA microbenchmark, are not built)"
+        isa, threads = cpu_kernels.current_isa(), torch.get_num_threads()
+        peaks = {d: max(cpu_kernels.fma_peak(isa, d, threads, self.fma_seconds) for _ in range(reps))
+                 for d in dtypes if d in (torch.float32, torch.float64)}
+        return peaks, (f"{isa} microbenchmark, {threads} thread{'s' * (threads != 1)}, 12 chains of "
+                       f"fused multiply-adds per thread, best of {reps} medians")
 
     def describe(self, busy: float | None) -> list[str]:
         kernels = cpu_kernels.current_isa() if cpu_kernels.available_isas() else "not built"
@@ -251,14 +272,36 @@ DEVICES = {"cpu": CpuDevice, "cuda": CudaDevice}
 
 @dataclass
 class Roofline:
-    """Rates measured on the device: matmul GFLOP/s per dtype, copy bandwidth in GB/s."""
+    """Rates measured on the device: matmul GFLOP/s per dtype (what a BLAS gets here), copy
+    bandwidth in GB/s, and on the CPU the cores' FMA peak in GFLOP/s per dtype (``peak``; how it
+    was measured, or why not, in ``peak_how``). The floor's compute rate is the FMA peak where it
+    was measured, else the matmul rate."""
     gflops: dict[torch.dtype, float]
     gbps: float
+    peak: dict[torch.dtype, float] = field(default_factory=dict)
+    peak_how: str = ""
+    copies: int = 0  # copies the bandwidth is the best of (0: not said)
+
+    @property
+    def physical(self) -> bool:
+        """Whether the floor is the machine's physical one (FMA peak and copy bandwidth)."""
+        return bool(self.peak)
+
+    def compute_rate(self, dtype: torch.dtype) -> float:
+        """GFLOP/s of the floor's compute term: the FMA peak, else the matmul rate."""
+        return self.peak.get(dtype, self.gflops[dtype])
 
     def floor(self, case: Case, mode: str, dtype: torch.dtype) -> float:
-        """Seconds: max(flops / matmul rate, bytes a step must move / bandwidth)."""
-        return max(case.flops(mode) / (self.gflops[dtype] * 1e9),
-                   case.bytes_moved(mode, itemsize(dtype)) / (self.gbps * 1e9))
+        """Seconds: max(flops / FMA peak (else matmul rate), bytes a step must move / bandwidth)."""
+        return self._floor(case, mode, dtype, self.compute_rate(dtype))
+
+    def matmul_floor(self, case: Case, mode: str, dtype: torch.dtype) -> float:
+        """Seconds: max(flops / matmul rate, bytes a step must move / bandwidth): the floor as a
+        BLAS would see it."""
+        return self._floor(case, mode, dtype, self.gflops[dtype])
+
+    def _floor(self, case: Case, mode: str, dtype: torch.dtype, gflops: float) -> float:
+        return max(case.flops(mode) / (gflops * 1e9), case.bytes_moved(mode, itemsize(dtype)) / (self.gbps * 1e9))
 
 
 def matmul_rate(device: Device, dtype: torch.dtype, reps: int) -> float:
@@ -273,12 +316,22 @@ def matmul_rate(device: Device, dtype: torch.dtype, reps: int) -> float:
 
 def bandwidth(device: Device, reps: int) -> float:
     """GB/s of ``dst.copy_(src)`` on ``device.copy_mib`` MiB float32 tensors, counted as bytes
-    read + written."""
+    read + written: the best of ``reps`` copies (the limit: other work only slows a copy down)."""
     src = torch.rand(device.copy_mib * MiB // 4, device=device.torch_device)
     dst = torch.empty_like(src)
-    seconds = measure(lambda: dst.copy_(src), device.clock(), 0.0, reps, reps).median
+    dst.copy_(src)  # the pages touched once before timing
+    seconds = min(device.clock()(lambda: dst.copy_(src), reps))
     return 2 * src.numel() * 4 / seconds / 1e9
 
 
+#: copies the bandwidth is the best of, per repetition of the other roofline measurements
+COPIES_PER_REP = 4
+
+
 def measure_roofline(device: Device, dtypes, reps: int) -> Roofline:
-    return Roofline({d: matmul_rate(device, d, reps) for d in dtypes}, bandwidth(device, reps))
+    """The FMA peak first (on the CPU; before PyTorch's threads are busy with the matmul), then the
+    matmul rate per dtype (``reps`` calls, median) and the copy bandwidth (best of
+    ``COPIES_PER_REP * reps`` copies)."""
+    peak, how = device.fma_peak(dtypes, reps)
+    copies = COPIES_PER_REP * reps
+    return Roofline({d: matmul_rate(device, d, reps) for d in dtypes}, bandwidth(device, copies), peak, how, copies)

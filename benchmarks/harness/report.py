@@ -55,16 +55,28 @@ def header(device: Device, date: str, busy: float | None, roofline: Roofline, ar
         element = "e"
         element_note = f" (e: bytes per element, {', '.join(f'{n} {s}' for n, s in sizes.items())})"
     baseline = args.providers[0]
+    blas = ": what a BLAS gets here" if roofline.physical else ""
+    no_peak = [dtype_name(d) for d in args.dtypes if d not in roofline.peak]
+    if roofline.physical:
+        rate = "FMA peak"
+        ratio = (f"; x physical floor = median / floor; x matmul floor = median / the same floor with the "
+                 f"matmul rate in place of the FMA peak"
+                 + (f"; {', '.join(no_peak)}: no FMA microbenchmark, the matmul rate" if no_peak else ""))
+    else:
+        rate = "matmul rate"
+        ratio = f"; FMA peak {roofline.peak_how}: the compute rate is the matmul rate" if roofline.peak_how else ""
     lines = [
         f"# unshared {device.title} benchmark{' (--quick)' if args.quick else ''}",
         "",
         f"- date: {date}",
         *device.describe(busy),
         f"- {', '.join(versions)}",
+        *(f"- measured {dtype_name(d)} FMA peak ({roofline.peak_how}): {rate:.1f} GFLOP/s, the cores' "
+          f"compute limit" for d, rate in roofline.peak.items()),
         *(f"- measured {dtype_name(d)} matmul rate ({device.matmul_size}^3, median{device.matmul_note(d)}): "
-          f"{rate:.1f} GFLOP/s" for d, rate in roofline.gflops.items()),
-        f"- measured memory bandwidth (copy of {device.copy_mib} MiB, read + write, median): "
-        f"{roofline.gbps:.1f} GB/s",
+          f"{rate:.1f} GFLOP/s{blas}" for d, rate in roofline.gflops.items()),
+        f"- measured memory bandwidth (copy of {device.copy_mib} MiB, read + write, "
+        f"{f'best of {roofline.copies}' if roofline.copies else 'median'}): {roofline.gbps:.1f} GB/s",
     ]
     if device.kind == "cpu" and uses_triton(args.providers):
         lines.append("- Triton kernels ran in Triton's interpreter (TRITON_INTERPRET=1, CPU): their "
@@ -72,11 +84,11 @@ def header(device: Device, date: str, busy: float | None, roofline: Roofline, ar
     lines += [
         f"- times: median of the timed repetitions after {args.warmup} warm-up call{'s' * (args.warmup != 1)}, "
         f"{' and '.join(names)}; IQR = quartiles{device.timing_note()}",
-        f"- floor: max(flops / matmul rate{' of that dtype' if len(names) > 1 else ''}, bytes a step must "
+        f"- floor: max(flops / {rate}{' of that dtype' if len(names) > 1 else ''}, bytes a step must "
         f"move / bandwidth); flops = 2·N·P·O·C·K forward, 3x that forward+backward; bytes = "
         f"{element}·(input + weight + output) forward, {element}·(2·input + 3·weight + 2·output) "
         f"forward+backward (the weight read twice, by the forward and the input gradient, and its gradient "
-        f"written once; the input, the output and their gradients once each){element_note}",
+        f"written once; the input, the output and their gradients once each){element_note}{ratio}",
         f"- speed-up: that provider's median / {baseline}'s median (> 1: {baseline} is faster)",
         f"- peak transient memory (torch providers): {device.memory_note()} "
         "JAX: XLA's buffer assignment for the compiled step (temp + output bytes).",
@@ -100,20 +112,27 @@ def cases_table(keys: list[str], dtypes: list[torch.dtype]) -> str:
 def results_table(rows: list[Row], roofline: Roofline, baseline: str, show_dtype: bool,
                   decimals: int = 2) -> str:
     """One row per measurement: time, floor and the ratios to it and to ``baseline``, peak memory
-    (a dtype column with ``show_dtype``; milliseconds with ``decimals`` decimals)."""
+    (a dtype column with ``show_dtype``; milliseconds with ``decimals`` decimals). With the FMA peak
+    measured (the CPU), the ratio is ``x physical floor`` and ``x matmul floor`` follows it (the
+    floor with the matmul rate as the compute limit); else the ratio is ``time/floor``."""
     def ms(seconds: float) -> str:
         return f"{seconds * 1e3:.{decimals}f}"
 
+    physical = roofline.physical
     dtype_col = " dtype |" if show_dtype else ""
+    ratio_cols = "x physical floor | x matmul floor" if physical else "time/floor"
     lines = [
-        f"| case | batch |{dtype_col} mode | provider | median ms | IQR ms | reps | floor ms | time/floor "
+        f"| case | batch |{dtype_col} mode | provider | median ms | IQR ms | reps | floor ms | {ratio_cols} "
         f"| {baseline} speed-up | peak MiB | peak/weight |",
-        f"|---|---:|{'---|' if show_dtype else ''}---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        f"|---|---:|{'---|' if show_dtype else ''}---|---|---:|---:|---:|---:|---:|{'---:|' * physical}---:|---:|---:|",
     ]
     base = {(r.key, r.dtype, r.mode): r.timing.median for r in rows if r.provider == baseline}
     for r in rows:
         c, t = r.case, r.timing
         floor = roofline.floor(c, r.mode, r.dtype)
+        ratios = f"{t.median / floor:.1f}"
+        if physical:
+            ratios += f" | {t.median / roofline.matmul_floor(c, r.mode, r.dtype):.1f}"
         speedup = t.median / base[(r.key, r.dtype, r.mode)]
         if r.peak is None:
             peak = ratio = "n/a"
@@ -123,7 +142,7 @@ def results_table(rows: list[Row], roofline: Roofline, baseline: str, show_dtype
         lines.append(
             f"| {r.key} | {c.batch} |{dtype} {r.mode} | {r.provider} | {ms(t.median)} | "
             f"{ms(t.q1)}–{ms(t.q3)} | {t.reps} | {ms(floor)} | "
-            f"{t.median / floor:.1f} | {speedup:.2f} | {peak} | {ratio} |")
+            f"{ratios} | {speedup:.2f} | {peak} | {ratio} |")
     return "\n".join(lines) + "\n"
 
 

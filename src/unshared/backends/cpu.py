@@ -38,7 +38,7 @@ from .buffers import pooled_buffer
 
 __all__ = ["can_run", "forward", "input_grad", "weight_grad", "use_isa", "available_isas", "current_isa",
            "thread_pool", "use_thread_pool", "THREAD_POOLS",
-           "library_path", "ISAS", "PATHS", "use_path"]
+           "library_path", "ISAS", "PATHS", "use_path", "fma_peak"]
 
 #: The instruction sets of the kernels, in the library's numbering.
 ISAS = ("portable", "avx2", "avx512")
@@ -46,7 +46,7 @@ ISAS = ("portable", "avx2", "avx512")
 #: vectors along the channels of a patch, or along the output positions of a row (few channels).
 PATHS = ("auto", "channels", "rows")
 _PATH_INDEX = {name: i for i, name in enumerate(PATHS)}
-ABI_VERSION = 4  # must match LC_ABI_VERSION in csrc/dispatch.c
+ABI_VERSION = 5  # must match LC_ABI_VERSION in csrc/dispatch.c
 _DTYPES = {torch.float32: 0, torch.float64: 1}
 #: The refusals of the C entry points (csrc/unshared_cpu.h), by status.
 _REFUSED = {2: "a size, the dtype or the instruction set is invalid",
@@ -105,6 +105,9 @@ def _load() -> tuple[ctypes.CDLL | None, str | None]:
         getattr(lib, name).argtypes = [ctypes.POINTER(_Call), ctypes.c_int, ctypes.c_int, ctypes.c_int]
     lib.unshared_isa_supported.argtypes = [ctypes.c_int]
     lib.unshared_thread_pool.argtypes = [ctypes.c_int]
+    lib.unshared_fma_peak.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int, _i64,
+                                      ctypes.POINTER(ctypes.c_double), ctypes.POINTER(_i64)]
+    lib.unshared_fma_peak.restype = ctypes.c_int
     return lib, None
 
 
@@ -217,6 +220,66 @@ def _library() -> ctypes.CDLL:
     if _LIB is None:
         raise RuntimeError(_REASON)
     return _LIB
+
+
+# ----------------------------------------------------------------------------- FMA peak
+
+def _fma_run(isa: str, dtype: torch.dtype, threads: int, iterations: int) -> tuple[float, int]:
+    """One call of the FMA microbenchmark (``csrc/peak.c``): ``threads`` threads, each running 12
+    independent chains of vector fused multiply-adds ``acc = acc * 0.5 + 1`` of ``isa``'s width in
+    ``dtype`` for ``iterations`` steps. Returns the checksum of the final values and the flops done."""
+    lib = _library()
+    if isa not in ISAS:
+        raise ValueError(f"isa must be one of {ISAS}, got isa={isa!r}")
+    if isa not in available_isas():
+        raise ValueError(f"the CPU kernels cannot use isa={isa!r} here: this CPU runs {available_isas()}")
+    if dtype not in _DTYPES:
+        raise ValueError(f"the FMA microbenchmark runs float32 and float64, got dtype={dtype}")
+    if not 1 <= threads <= 256 or iterations < 0:
+        raise ValueError(f"need 1 <= threads <= 256 and iterations >= 0, got {threads=}, {iterations=}")
+    checksum, flops = ctypes.c_double(), _i64()
+    status = lib.unshared_fma_peak(ISAS.index(isa), _DTYPES[dtype], threads, iterations,
+                                   ctypes.byref(checksum), ctypes.byref(flops))
+    if status:
+        raise RuntimeError(f"the FMA microbenchmark failed (status {status}: "
+                           f"{'out of memory or threads' if status == 1 else _REFUSED.get(status)})")
+    return checksum.value, flops.value
+
+
+def fma_peak(isa: str | None = None, dtype: torch.dtype = torch.float32, threads: int | None = None,
+             seconds: float = 0.2) -> float:
+    """The measured FMA peak of this CPU in GFLOP/s: the rate of the compiled microbenchmark
+    (``csrc/peak.c``: 12 independent chains of vector fused multiply-adds per thread, nothing but
+    FMAs) with instruction set ``isa`` (default: :func:`current_isa`) in ``dtype`` (float32 or
+    float64) on ``threads`` threads (default: ``torch.get_num_threads()``); a multiply-add counts 2
+    flops. Each call is timed with ``time.perf_counter``; the rate is that of the median of several
+    calls sized to take about ``seconds`` together. The benchmarks' roofline floor uses it as the
+    cores' compute limit (``benchmarks/README.md``).
+
+    Raises ``ValueError`` for an instruction set this CPU lacks or an unknown one, ``RuntimeError``
+    when the kernels are not built."""
+    import time
+
+    _library()
+    isa = current_isa() if isa is None else isa
+    threads = torch.get_num_threads() if threads is None else threads
+    _fma_run(isa, dtype, threads, 0)  # checks the arguments
+
+    def timed(iterations: int) -> tuple[float, int]:
+        start = time.perf_counter()
+        _, flops = _fma_run(isa, dtype, threads, iterations)
+        return time.perf_counter() - start, flops
+
+    runs = 5
+    per_run, iterations = max(seconds, 1e-3) / (runs + 1), 1 << 12
+    elapsed, _ = timed(iterations)
+    while elapsed < per_run / 4:  # calibrate: the first calls also warm the cores up
+        iterations *= 4 if elapsed < per_run / 64 else 2
+        elapsed, _ = timed(iterations)
+    iterations = max(1, int(iterations * per_run / elapsed))
+    samples = sorted(timed(iterations) for _ in range(runs))
+    elapsed, flops = samples[runs // 2]
+    return flops / elapsed / 1e9
 
 
 def can_run(x: torch.Tensor, w: torch.Tensor | None, g: Geometry) -> str | None:

@@ -81,7 +81,9 @@ def applies(a: Tensor, b: Tensor) -> bool:
     (``FlopCounterMode``, fake tensors, proxies), not compiling, not tracing."""
     if torch.compiler.is_compiling():  # first: Dynamo folds it, and traces none of the rest
         return False
-    return (_plain(a) and _plain(b) and not torch._C._len_torch_dispatch_stack()
+    return (type(a) in _PLAIN and type(b) in _PLAIN and (a.is_cpu or a.is_cuda)  # (_plain, inlined: per call)
+            and not _is_wrapped(a) and not _is_wrapped(b) and not _is_legacy_batched(a)
+            and not _is_legacy_batched(b) and not torch._C._len_torch_dispatch_stack()
             and not torch._C._is_torch_function_mode_enabled() and not torch.jit.is_tracing())
 
 
@@ -101,7 +103,7 @@ def _unrecorded(op: str, a: Tensor, b: Tensor, e: Entry, backend: str, flag) -> 
     if applies(a, b):
         return _COMPUTE[op](e, a, b, backend, *(() if flag is None else (flag,)))
     if torch._C._are_functorch_transforms_active():  # wrapped by an outer transform: its level's Function
-        return FUNCTIONS[op].apply(a, b, e, backend, flag, None)
+        return FUNCTIONS[op].apply(a, b, e, backend, flag, None, False)
     return _operator(op, a, b, e, backend, flag)
 
 
@@ -110,27 +112,23 @@ def call(op: str, a: Tensor, b: Tensor, e: Entry, backend: str, flag=None) -> Te
     ``kernel_major``) by the route the module docstring describes."""
     if applies(a, b):
         if _recorded(a, b):
-            return FUNCTIONS[op].apply(a, b, e, backend, flag, None)
+            return FUNCTIONS[op].apply(a, b, e, backend, flag, None, True)
         return _COMPUTE[op](e, a, b, backend, *(() if flag is None else (flag,)))
     if torch._C._are_functorch_transforms_active() or _forward_ad_active():
-        return FUNCTIONS[op].apply(a, b, e, backend, flag, None)
+        return FUNCTIONS[op].apply(a, b, e, backend, flag, None, False)
     return _operator(op, a, b, e, backend, flag)
-
-
-def _foldable(bias: Tensor, x: Tensor) -> bool:
-    """Whether the forward may add ``bias`` to its fresh output in place: a plain tensor of the
-    output's dtype and device (else type promotion or broadcasting rules would differ)."""
-    return _plain(bias) and bias.dtype == x.dtype and bias.device == x.device
 
 
 def forward(x: Tensor, weight: Tensor, bias: Tensor | None, e: Entry, backend: str) -> Tensor:
     """The layer: ``forward(x, weight)`` plus ``bias`` (``(O,)`` or ``(O, *output_size)``), added
-    inside the call's one autograd node where it can be, else after it."""
-    if bias is None or not applies(x, weight) or not _foldable(bias, x):
+    inside the call's one autograd node where it can be (a plain bias of the output's dtype and
+    device: else type promotion or broadcasting rules would differ), else after it."""
+    if (bias is None or not applies(x, weight) or type(bias) not in _PLAIN or bias.dtype != x.dtype
+            or bias.device != x.device or _is_wrapped(bias) or _is_legacy_batched(bias)):
         y = call("forward", x, weight, e, backend)
         return y if bias is None else y + compute.bias_view(bias, y.dim())
     if _recorded(x, weight, bias):
-        return FUNCTIONS["forward"].apply(x, weight, e, backend, None, bias)
+        return FUNCTIONS["forward"].apply(x, weight, e, backend, None, bias, True)
     return compute.forward(e, x, weight, backend).add_(compute.bias_view(bias, x.dim()))
 
 
@@ -138,8 +136,8 @@ def forward(x: Tensor, weight: Tensor, bias: Tensor | None, e: Entry, backend: s
 
 def _vjps(op: str, ctx, a: Tensor, b: Tensor, grad: Tensor) -> list:
     """The vector-Jacobian products of ``op`` for ``a`` and ``b`` that ``ctx`` needs, by :data:`TABLE`."""
-    operands = {"a": a, "b": b, "g": grad}
-    return [call(name, operands[first], operands[second], ctx.entry, ctx.backend, ctx.flags[flag])
+    operands, flags = {"a": a, "b": b, "g": grad}, _flags(op, a, b)
+    return [call(name, operands[first], operands[second], ctx.entry, ctx.backend, flags[flag])
             if needed else None for needed, (name, first, second, flag) in zip(ctx.needs_input_grad[:2], TABLE[op])]
 
 
@@ -156,18 +154,22 @@ def _fold(t: Tensor, dim: int) -> Tensor:
 
 
 def _function(op: str) -> type:
-    """The ``torch.autograd.Function`` of ``op``, ``apply(a, b, entry, backend, flag, bias)``
-    (``bias``: the forward's, or ``None``), derived from :data:`TABLE`."""
+    """The ``torch.autograd.Function`` of ``op``, ``apply(a, b, entry, backend, flag, bias, direct)``
+    (``bias``: the forward's, or ``None``; ``direct``: the caller found that :func:`applies`),
+    derived from :data:`TABLE`."""
 
-    def forward(a, b, e, backend, flag, bias):
-        y = _unrecorded(op, a, b, e, backend, flag)
+    def forward(a, b, e, backend, flag, bias, direct):
+        if direct:
+            y = _COMPUTE[op](e, a, b, backend, *(() if flag is None else (flag,)))
+        else:
+            y = _unrecorded(op, a, b, e, backend, flag)
         return y if bias is None else y.add_(compute.bias_view(bias, y.dim()))
 
     def setup_context(ctx, inputs, output):
-        a, b, e, backend, flag, bias = inputs
+        a, b, e, backend, flag, bias, _ = inputs
         ctx.save_for_backward(a, b)
         ctx.save_for_forward(a, b)
-        ctx.entry, ctx.backend, ctx.flag, ctx.flags = e, backend, flag, _flags(op, a, b)
+        ctx.entry, ctx.backend, ctx.flag = e, backend, flag
         ctx.bias_shape, ctx.output_shape = None if bias is None else bias.shape, output.shape
 
     def backward(ctx, grad):
@@ -177,9 +179,9 @@ def _function(op: str) -> type:
         if ctx.bias_shape is not None and ctx.needs_input_grad[5]:
             shape = ctx.bias_shape
             g_bias = grad.sum_to_size((shape[0], *(1,) * (grad.dim() - 2)) if len(shape) == 1 else shape).view(shape)
-        return g_a, g_b, None, None, None, g_bias
+        return g_a, g_b, None, None, None, g_bias, None
 
-    def jvp(ctx, ta, tb, _e, _backend, _flag, t_bias):
+    def jvp(ctx, ta, tb, _e, _backend, _flag, t_bias, _direct):
         a, b = ctx.saved_tensors
         terms = [call(op, ta, b, ctx.entry, ctx.backend, ctx.flag) if ta is not None else None,
                  call(op, a, tb, ctx.entry, ctx.backend, ctx.flag) if tb is not None else None]
@@ -188,13 +190,13 @@ def _function(op: str) -> type:
         terms = [t for t in terms if t is not None]
         return sum(terms[1:], terms[0])
 
-    def vmap(info, in_dims, a, b, e, backend, flag, bias):
+    def vmap(info, in_dims, a, b, e, backend, flag, bias, direct):
         a_dim, b_dim, bias_dim = in_dims[0], in_dims[1], in_dims[5]
         if op != "weight_grad" and a_dim is not None and b_dim is None and bias_dim is None:
-            y = FUNCTIONS[op].apply(_fold(a, a_dim), b, e, backend, flag, bias)
+            y = FUNCTIONS[op].apply(_fold(a, a_dim), b, e, backend, flag, bias, False)
             return y.unflatten(0, (info.batch_size, -1)), 0
         return _per_sample(info, (a_dim, b_dim, bias_dim), (a, b, bias),
-                           lambda a_i, b_i, bias_i: FUNCTIONS[op].apply(a_i, b_i, e, backend, flag, bias_i))
+                           lambda a_i, b_i, bias_i: FUNCTIONS[op].apply(a_i, b_i, e, backend, flag, bias_i, False))
 
     name = "".join(part.capitalize() for part in op.split("_"))
     return type(name, (torch.autograd.Function,), {
@@ -215,7 +217,7 @@ def register(operators: dict, entry_of_encoded: Callable[[list], Entry]) -> None
         def setup_context(ctx, inputs, output, op=op):
             a, b, encoded, backend = inputs[:4]
             ctx.save_for_backward(a, b)
-            ctx.entry, ctx.backend, ctx.flags = entry_of_encoded(encoded), backend, _flags(op, a, b)
+            ctx.entry, ctx.backend = entry_of_encoded(encoded), backend
 
         def backward(ctx, grad, op=op):
             a, b = ctx.saved_tensors

@@ -79,8 +79,9 @@ def small_candidates(op: str, narrow: int, reduction: int) -> tuple[Candidate, .
     width = pow2(min(narrow, SMALL_CHANNELS))
     if op == "weight_grad":
         rows = pow2(min(reduction, 32))
-        return tuple(Candidate("weight_grad_small_kernel", (("BLOCK_P", max(1, min(128, SMALL_SUMS // (rows * width) // f))),
-                                                            ("BLOCK_R", rows), ("BLOCK_O", width)), 4, 1)
+        tile = min(128, SMALL_SUMS // (rows * width))  # the second candidate halves it, even where 128 caps it
+        return tuple(Candidate("weight_grad_small_kernel", (("BLOCK_P", max(1, tile // f)), ("BLOCK_R", rows),
+                                                            ("BLOCK_O", width)), 4, 1)
                      for f in (1, 2))
     kernel, name = ("forward_small_kernel", "BLOCK_O") if op == "forward" else ("input_grad_small_kernel", "BLOCK_C")
     return tuple(Candidate(kernel, (("BLOCK_P", max(1, min(256, SMALL_SUMS // (samples * width)))),

@@ -13,8 +13,10 @@ windows: those gathers go through the L1 cache (``.ca``), so a window is fetched
 once per program instead of once per position. ``BLOCK_P == 1`` is a plain 2-d product (wgmma on
 sm_90); ``BLOCK_P > 1`` a batched one (mma.sync). Patches are gathered on the fly through the
 strides (zero padding by masking: no padded or unfolded copy exists) and summed in float32
-(float64 for float64). Program ids and base offsets are int64; per-element offsets int32 unless
-``INDEX64``. The programs lie on a 2-d grid, which lifts the 2^31 - 1 limit of a 1-d one.
+(float64 for float64). Program ids and block indices are int32 unless ``BLOCKS64`` (a count
+past 2^31; ptxas makes a 64-bit division a subroutine call, around which it spilled registers),
+base offsets int64, per-element offsets int32 unless ``INDEX64``. The programs lie on a 2-d
+grid, which lifts the 2^31 - 1 limit of a 1-d one.
 
 Layouts (``P``: output positions, ``R = prod(kernel) * Cg``): ``x``/``grad_input`` ``(N, C, ID, IH, IW)``
 and ``y``/``grad_output`` ``(N, O, OD, OH, OW)``, any strides; weight ``(banks or P, O, R)``
@@ -24,8 +26,8 @@ contiguous, ``R`` ordered ``(kernel offset, input channel)`` when ``KERNEL_MAJOR
 import triton
 import triton.language as tl
 
-from .common import (bank_of, bank_offset, first_offset, mma, patch_offsets, position, program, reaching,
-                     to_output, unit_strides, wide)
+from .common import (at_position, bank_of, bank_offset, filter_row, first_offsets, mma, patch_offsets, reach,
+                     store_output, store_weight_grad, tile, unit_strides, weight_channel, wide)
 
 
 @triton.jit
@@ -37,23 +39,16 @@ def forward_kernel(
     sxn, sxc, sxd, sxh, sxw,
     syn, syc, syd, syh, syw,
     HAS_BANKS: tl.constexpr, KERNEL_MAJOR: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
-    ACC: tl.constexpr, INDEX64: tl.constexpr, SX_UNIT: tl.constexpr, SY_UNIT: tl.constexpr,
+    ACC: tl.constexpr, INDEX64: tl.constexpr, BLOCKS64: tl.constexpr, SX_UNIT: tl.constexpr, SY_UNIT: tl.constexpr,
     BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_O: tl.constexpr, BLOCK_R: tl.constexpr,
 ):
     """``y[n, o, p] = sum_r w[bank(p), o, r] * patch(x)[n, p, r]``; programs: batch blocks x
     (group, output-channel blocks) x position tiles, batch fastest."""
     sxn, sxc, sxd, sxh, sxw = unit_strides(sxn, sxc, sxd, sxh, sxw, SX_UNIT)
     syn, syc, syd, syh, syw = unit_strides(syn, syc, syd, syh, syw, SY_UNIT)
-    bn, g, bo, t, valid = program(tl.cdiv(N, BLOCK_N), tl.cdiv(Og, BLOCK_O), G, tl.cdiv(P, BLOCK_P))
+    n, n_ok, g, o, o_ok, p, p_ok, pd, ph, pw, valid = tile(N, Og, G, P, OH, OW, BLOCK_N, BLOCK_O, BLOCK_P, BLOCKS64)
     if not valid:
         return
-    p = t * BLOCK_P + tl.arange(0, BLOCK_P)  # int64
-    p_ok = p < P
-    pd, ph, pw = position(p, OH, OW)
-    n = bn * BLOCK_N + tl.arange(0, BLOCK_N)
-    o = g * Og + bo * BLOCK_O + tl.arange(0, BLOCK_O)
-    n_ok = n < N
-    o_ok = bo * BLOCK_O + tl.arange(0, BLOCK_O) < Og
     x_rows = x_ptr + wide(n, INDEX64)[None, :, None] * sxn
     w_base = bank_offset(bank_of(bank_ptr, p, p_ok, HAS_BANKS), G, Og, R)
     w_cols = (w_ptr + w_base[:, None, None]) + wide(o, INDEX64)[None, None, :] * R
@@ -61,18 +56,16 @@ def forward_kernel(
     acc = tl.zeros((BLOCK_P, BLOCK_N, BLOCK_O), dtype=ACC)
     for r0 in range(0, R, BLOCK_R):
         r = r0 + tl.arange(0, BLOCK_R)
-        offsets, inside = patch_offsets(r[None, :], R, Cg, KH, KW, pd[:, None], ph[:, None], pw[:, None], SD, SH,
-                                        SW, PD, PH, PW, DD, DH, DW, ID, IH, IW, sxc, sxd, sxh, sxw, g * Cg,
-                                        KERNEL_MAJOR, INDEX64)
-        inside = inside & p_ok[:, None]
+        offsets, inside = patch_offsets(r[None, :], R, Cg, KH, KW, pd[:, None], ph[:, None], pw[:, None],
+                                        p_ok[:, None], SD, SH, SW, PD, PH, PW, DD, DH, DW, ID, IH, IW, sxc, sxd, sxh,
+                                        sxw, g * Cg, KERNEL_MAJOR, INDEX64)
         patches = tl.load(x_rows + offsets[:, None, :], mask=n_ok[None, :, None] & inside[:, None, :], other=0.0,
                           cache_modifier=".ca")
         filters = tl.load(w_cols + r[None, :, None], mask=w_ok & (r < R)[None, :, None], other=0.0)
         acc = mma(patches, filters, acc, BLOCK_P, UPCAST, PRECISION)
-    y_at = y_ptr + (pd.to(tl.int64) * syd + ph.to(tl.int64) * syh + pw.to(tl.int64) * syw)[:, None, None]
-    y_offsets = wide(n, INDEX64)[None, :, None] * syn + wide(o, INDEX64)[None, None, :] * syc
-    tl.store(y_at + y_offsets, to_output(acc, y_ptr, UPCAST),
-             mask=p_ok[:, None, None] & n_ok[None, :, None] & o_ok[None, None, :])
+    store_output(acc, y_ptr, at_position(pd, ph, pw, syd, syh, syw)[:, None, None], p_ok[:, None, None],
+                 n[None, :, None], n_ok[None, :, None], syn, o[None, None, :], o_ok[None, None, :], syc,
+                 UPCAST, INDEX64)
 
 
 @triton.jit
@@ -85,7 +78,7 @@ def input_grad_kernel(
     sgn, sgc, sgd, sgh, sgw,
     sxn, sxc, sxd, sxh, sxw,
     HAS_BANKS: tl.constexpr, KERNEL_MAJOR: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
-    ACC: tl.constexpr, INDEX64: tl.constexpr, SG_UNIT: tl.constexpr, SX_UNIT: tl.constexpr,
+    ACC: tl.constexpr, INDEX64: tl.constexpr, BLOCKS64: tl.constexpr, SG_UNIT: tl.constexpr, SX_UNIT: tl.constexpr,
     BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
     """``gx[n, c, i] = sum over (p, k) with p*s + k*d - pad = i of sum_o gy[n, o, p] * w[bank(p), o, k, c]``:
@@ -97,52 +90,34 @@ def input_grad_kernel(
     input-position tiles (``P`` here counts input positions), batch fastest."""
     sgn, sgc, sgd, sgh, sgw = unit_strides(sgn, sgc, sgd, sgh, sgw, SG_UNIT)
     sxn, sxc, sxd, sxh, sxw = unit_strides(sxn, sxc, sxd, sxh, sxw, SX_UNIT)
-    bn, g, bc, t, valid = program(tl.cdiv(N, BLOCK_N), tl.cdiv(Cg, BLOCK_C), G, tl.cdiv(P, BLOCK_P))
+    n, n_ok, g, c, c_ok, i, i_ok, i_d, i_h, i_w, valid = tile(N, Cg, G, P, IH, IW, BLOCK_N, BLOCK_C, BLOCK_P, BLOCKS64)
     if not valid:
         return
-    i = t * BLOCK_P + tl.arange(0, BLOCK_P)
-    i_ok = i < P
-    i_d, i_h, i_w = position(i, IH, IW)
-    kd0 = first_offset(i_d, PD, SD, DD, STEP_D, KD)[:, None]
-    kh0 = first_offset(i_h, PH, SH, DH, STEP_H, KH)[:, None]
-    kw0 = first_offset(i_w, PW, SW, DW, STEP_W, KW)[:, None]
-    n = bn * BLOCK_N + tl.arange(0, BLOCK_N)
-    c = bc * BLOCK_C + tl.arange(0, BLOCK_C)  # within the group
-    n_ok = n < N
-    c_ok = c < Cg
+    kd0, kh0, kw0 = first_offsets(i_d[:, None], i_h[:, None], i_w[:, None], PD, PH, PW, SD, SH, SW, DD, DH, DW,
+                                  STEP_D, STEP_H, STEP_W, KD, KH, KW)
     gy_rows = gy_ptr + wide(n, INDEX64)[None, :, None] * sgn
-    if KERNEL_MAJOR:
-        w_c = wide(c, INDEX64)[None, None, :]
-    else:
-        w_c = wide(c, INDEX64)[None, None, :] * (KD * KH * KW)
+    w_c = weight_channel(c - g * Cg, KD * KH * KW, KERNEL_MAJOR, INDEX64)[None, None, :]
     acc = tl.zeros((BLOCK_P, BLOCK_N, BLOCK_C), dtype=ACC)
     for r0 in range(0, J * Og, BLOCK_R):
         r = r0 + tl.arange(0, BLOCK_R)
-        j = (r // Og)[None, :]
         o = g * Og + r % Og
-        kd, pd, reach_d = reaching(kd0, j // (JH * JW), i_d[:, None], PD, SD, DD, STEP_D, KD, OD)
-        kh, ph, reach_h = reaching(kh0, (j // JW) % JH, i_h[:, None], PH, SH, DH, STEP_H, KH, OH)
-        kw, pw, reach_w = reaching(kw0, j % JW, i_w[:, None], PW, SW, DW, STEP_W, KW, OW)
-        reaches = reach_d & reach_h & reach_w & (r < J * Og)[None, :] & i_ok[:, None]  # (BLOCK_P, BLOCK_R)
-        bank = bank_of(bank_ptr, (pd.to(tl.int64) * OH + ph) * OW + pw, reaches, HAS_BANKS)
+        k, pd, ph, pw, reaches = reach((r // Og)[None, :], kd0, kh0, kw0, i_d[:, None], i_h[:, None], i_w[:, None],
+                                       JH, JW, PD, PH, PW, SD, SH, SW, DD, DH, DW, STEP_D, STEP_H, STEP_W, KD, KH, KW,
+                                       OD, OH, OW)
+        reaches = reaches & (r < J * Og)[None, :] & i_ok[:, None]  # (BLOCK_P, BLOCK_R)
         gy_at = (wide(o, INDEX64)[None, :] * sgc + wide(pd, INDEX64) * sgd + wide(ph, INDEX64) * sgh
                  + wide(pw, INDEX64) * sgw)
         grads = tl.load(gy_rows + gy_at[:, None, :], mask=reaches[:, None, :] & n_ok[None, :, None], other=0.0)
-        k = (kd * KH + kh) * KW + kw
-        if KERNEL_MAJOR:
-            w_k = k.to(tl.int64) * Cg
-        else:
-            w_k = k.to(tl.int64)
-        w_at = bank_offset(bank, G, Og, R) + w_k + o.to(tl.int64)[None, :] * R
+        w_at = (filter_row(bank_ptr, pd, ph, pw, reaches, k, OH, OW, G, Og, R, Cg, HAS_BANKS, KERNEL_MAJOR)
+                + o.to(tl.int64)[None, :] * R)
         # (through L1: with a channel-major weight these are 1-element gathers whose sectors the
         # neighbouring input positions of the tile read too)
         filters = tl.load(w_ptr + w_at[:, :, None] + w_c, mask=reaches[:, :, None] & c_ok[None, None, :], other=0.0,
                           cache_modifier=".ca")
         acc = mma(grads, filters, acc, BLOCK_P, UPCAST, PRECISION)
-    gx_at = gx_ptr + (i_d.to(tl.int64) * sxd + i_h.to(tl.int64) * sxh + i_w.to(tl.int64) * sxw)[:, None, None]
-    gx_offsets = wide(n, INDEX64)[None, :, None] * sxn + wide(g * Cg + c, INDEX64)[None, None, :] * sxc
-    tl.store(gx_at + gx_offsets, to_output(acc, gx_ptr, UPCAST),
-             mask=i_ok[:, None, None] & n_ok[None, :, None] & c_ok[None, None, :])
+    store_output(acc, gx_ptr, at_position(i_d, i_h, i_w, sxd, sxh, sxw)[:, None, None], i_ok[:, None, None],
+                 n[None, :, None], n_ok[None, :, None], sxn, c[None, None, :], c_ok[None, None, :], sxc,
+                 UPCAST, INDEX64)
 
 
 @triton.jit
@@ -154,7 +129,7 @@ def weight_grad_kernel(
     sxn, sxc, sxd, sxh, sxw,
     sgn, sgc, sgd, sgh, sgw,
     HAS_BANKS: tl.constexpr, KERNEL_MAJOR: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
-    ACC: tl.constexpr, INDEX64: tl.constexpr, SX_UNIT: tl.constexpr, SG_UNIT: tl.constexpr,
+    ACC: tl.constexpr, INDEX64: tl.constexpr, BLOCKS64: tl.constexpr, SX_UNIT: tl.constexpr, SG_UNIT: tl.constexpr,
     BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_O: tl.constexpr, BLOCK_R: tl.constexpr,
 ):
     """``gw[bank(p), o, r] (+)= sum_n gy[n, o, p] * patch(x)[n, p, r]``, computed transposed as
@@ -164,21 +139,13 @@ def weight_grad_kernel(
     (group, output-channel blocks) x position tiles."""
     sxn, sxc, sxd, sxh, sxw = unit_strides(sxn, sxc, sxd, sxh, sxw, SX_UNIT)
     sgn, sgc, sgd, sgh, sgw = unit_strides(sgn, sgc, sgd, sgh, sgw, SG_UNIT)
-    br, g, bo, t, valid = program(tl.cdiv(R, BLOCK_R), tl.cdiv(Og, BLOCK_O), G, tl.cdiv(P, BLOCK_P))
+    r, r_ok, g, o, o_ok, p, p_ok, pd, ph, pw, valid = tile(R, Og, G, P, OH, OW, BLOCK_R, BLOCK_O, BLOCK_P, BLOCKS64)
     if not valid:
         return
-    p = t * BLOCK_P + tl.arange(0, BLOCK_P)
-    p_ok = p < P
-    pd, ph, pw = position(p, OH, OW)
-    r = br * BLOCK_R + tl.arange(0, BLOCK_R)
-    o = g * Og + bo * BLOCK_O + tl.arange(0, BLOCK_O)
-    o_ok = bo * BLOCK_O + tl.arange(0, BLOCK_O) < Og
-    offsets, inside = patch_offsets(r[None, :], R, Cg, KH, KW, pd[:, None], ph[:, None], pw[:, None], SD, SH, SW,
-                                    PD, PH, PW, DD, DH, DW, ID, IH, IW, sxc, sxd, sxh, sxw, g * Cg, KERNEL_MAJOR,
-                                    INDEX64)
-    inside = inside & p_ok[:, None]
-    gy_at = gy_ptr + (pd.to(tl.int64) * sgd + ph.to(tl.int64) * sgh + pw.to(tl.int64) * sgw)[:, None, None]
-    gy_cols = gy_at + wide(o, INDEX64)[None, None, :] * sgc
+    offsets, inside = patch_offsets(r[None, :], R, Cg, KH, KW, pd[:, None], ph[:, None], pw[:, None], p_ok[:, None],
+                                    SD, SH, SW, PD, PH, PW, DD, DH, DW, ID, IH, IW, sxc, sxd, sxh, sxw, g * Cg,
+                                    KERNEL_MAJOR, INDEX64)
+    gy_cols = gy_ptr + at_position(pd, ph, pw, sgd, sgh, sgw)[:, None, None] + wide(o, INDEX64)[None, None, :] * sgc
     x_cols = x_ptr + offsets[:, :, None]
     acc = tl.zeros((BLOCK_P, BLOCK_R, BLOCK_O), dtype=ACC)
     for n0 in range(0, N, BLOCK_N):
@@ -189,11 +156,4 @@ def weight_grad_kernel(
         grads = tl.load(gy_cols + wide(n, INDEX64)[None, :, None] * sgn,
                         mask=p_ok[:, None, None] & n_ok[None, :, None] & o_ok[None, None, :], other=0.0)
         acc = mma(patches, grads, acc, BLOCK_P, UPCAST, PRECISION)
-    bank = bank_of(bank_ptr, p, p_ok, HAS_BANKS)
-    gw_at = gw_ptr + bank_offset(bank, G, Og, R)[:, None, None]
-    gw_offsets = wide(o, INDEX64)[None, None, :] * R + r[None, :, None]
-    mask = p_ok[:, None, None] & (r < R)[None, :, None] & o_ok[None, None, :]
-    if HAS_BANKS:
-        tl.atomic_add(gw_at + gw_offsets, acc, mask=mask)
-    else:
-        tl.store(gw_at + gw_offsets, to_output(acc, gw_ptr, UPCAST), mask=mask)
+    store_weight_grad(acc, gw_ptr, bank_ptr, p, p_ok, r, r_ok, o, o_ok, G, Og, R, HAS_BANKS, UPCAST, INDEX64)

@@ -207,8 +207,8 @@ def arguments(op: str, g: Geometry, n: int, dtype, kernel_major: bool, device, t
             strides[prefix.upper() + "_UNIT"] = _unit_dim(tensors[name])
     positions = math.prod(g.input_size) if op == "input_grad" else g.positions
     return dict(_geometry_args(g, n, positions, op), **_bank_args(g, device), **tensors, **strides,
-                KERNEL_MAJOR=kernel_major, INDEX64=_index64(*tensors.values()), **_dtype_args(dtype, c.small),
-                **c.block)
+                KERNEL_MAJOR=kernel_major, INDEX64=_index64(*tensors.values()), BLOCKS64=_blocks64(op, g, n, c),
+                **_dtype_args(dtype, c.small), **c.block)
 
 
 def _launch(op: str, g: Geometry, n: int, dtype, kernel_major: bool, device, prepare, reset=None):
@@ -234,6 +234,13 @@ def _index64(*tensors: torch.Tensor) -> bool:
     """Whether an element offset of one of the tensors reaches 2^31 (the kernels then index in int64)."""
     return any(sum((size - 1) * stride for size, stride in zip(t.shape, t.stride())) >= 2**31 - 1
                for t in tensors if t.numel())
+
+
+def _blocks64(op: str, g: Geometry, n: int, c: configs.Candidate) -> bool:
+    """Whether a program id, or an index in a block (a size and its last block's excess), reaches
+    2^31 (the kernels then compute them in int64; else in int32, which needs no 64-bit division)."""
+    sizes = (n, g.in_channels, g.out_channels, g.kernel_volume * g.in_channels, math.prod(g.input_size), g.positions)
+    return max(max(sizes) + max(c.block.values()), _programs(op, g, n, c)) >= 2**31 - 1
 
 
 def forward(x: torch.Tensor, w: torch.Tensor, g: Geometry) -> torch.Tensor:
