@@ -11,10 +11,9 @@ import triton.language as tl
 def program(inner_blocks, channel_blocks, G, tiles, BLOCKS64: tl.constexpr):
     """This program's ``(inner block, group, channel block, tile, valid)``: the inner block varies
     fastest, then the channel block, the group, and the position tile. ``valid`` is false for
-    the excess programs of the last grid row, which return at once. int64 only with
-    ``BLOCKS64`` (the launcher sets it when the programs or a block's indices pass int32): ptxas
-    makes a 64-bit division a subroutine call, around which it spilled the registers of the
-    channel-poor kernels (tests/test_triton_compile.py)."""
+    the excess programs of the last grid row, which return at once. int64 with ``BLOCKS64``,
+    else int32 (see ``launch._blocks64``): ptxas makes a 64-bit division a subroutine call, around
+    which it spilled the registers of the channel-poor kernels (tests/test_triton_compile.py)."""
     if BLOCKS64:
         pid = tl.program_id(0).to(tl.int64) + tl.program_id(1).to(tl.int64) * tl.num_programs(0)
     else:

@@ -14,9 +14,9 @@ once per program instead of once per position. ``BLOCK_P == 1`` is a plain 2-d p
 sm_90); ``BLOCK_P > 1`` a batched one (mma.sync). Patches are gathered on the fly through the
 strides (zero padding by masking: no padded or unfolded copy exists) and summed in float32
 (float64 for float64). Program ids and block indices are int32 unless ``BLOCKS64`` (a count
-past 2^31; ptxas makes a 64-bit division a subroutine call, around which it spilled registers),
-base offsets int64, per-element offsets int32 unless ``INDEX64``. The programs lie on a 2-d
-grid, which lifts the 2^31 - 1 limit of a 1-d one.
+past 2^31; ptxas makes a 64-bit division a subroutine call), base offsets int64, per-element
+offsets int32 unless ``INDEX64``. The programs lie on a 2-d grid, which lifts the 2^31 - 1 limit
+of a 1-d one.
 
 Layouts (``P``: output positions, ``R = prod(kernel) * Cg``): ``x``/``grad_input`` ``(N, C, ID, IH, IW)``
 and ``y``/``grad_output`` ``(N, O, OD, OH, OW)``, any strides; weight ``(banks or P, O, R)``

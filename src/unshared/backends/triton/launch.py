@@ -238,7 +238,8 @@ def _index64(*tensors: torch.Tensor) -> bool:
 
 def _blocks64(op: str, g: Geometry, n: int, c: configs.Candidate) -> bool:
     """Whether a program id, or an index in a block (a size and its last block's excess), reaches
-    2^31 (the kernels then compute them in int64; else in int32, which needs no 64-bit division)."""
+    2^31: the kernels then compute them in int64, else in int32, which needs no 64-bit division
+    (ptxas makes those subroutine calls, around which it spilled the channel-poor kernels)."""
     sizes = (n, g.in_channels, g.out_channels, g.kernel_volume * g.in_channels, math.prod(g.input_size), g.positions)
     return max(max(sizes) + max(c.block.values()), _programs(op, g, n, c)) >= 2**31 - 1
 
