@@ -71,17 +71,13 @@ def _forward_ad_active() -> bool:
     return getattr(forward_ad, "_current_level", -1) >= 0
 
 
-def _plain(t: Tensor) -> bool:
-    return type(t) in _PLAIN and (t.is_cpu or t.is_cuda) and not _is_wrapped(t) and not _is_legacy_batched(t)
-
-
 def applies(a: Tensor, b: Tensor) -> bool:
     """Whether the backend may compute a call on these tensors directly: plain CPU or CUDA tensors
     (no subclass, no functorch wrapper, not meta), no dispatch or ``__torch_function__`` mode
     (``FlopCounterMode``, fake tensors, proxies), not compiling, not tracing."""
     if torch.compiler.is_compiling():  # first: Dynamo folds it, and traces none of the rest
         return False
-    return (type(a) in _PLAIN and type(b) in _PLAIN and (a.is_cpu or a.is_cuda)  # (_plain, inlined: per call)
+    return (type(a) in _PLAIN and type(b) in _PLAIN and (a.is_cpu or a.is_cuda)
             and not _is_wrapped(a) and not _is_wrapped(b) and not _is_legacy_batched(a)
             and not _is_legacy_batched(b) and not torch._C._len_torch_dispatch_stack()
             and not torch._C._is_torch_function_mode_enabled() and not torch.jit.is_tracing())
