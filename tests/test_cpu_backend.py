@@ -128,9 +128,9 @@ def test_an_expanded_output_gradient_reaches_the_kernels_as_a_copy(monkeypatch):
     # y.sum()'s gradient is expanded (all strides 0): the rows path would read it lane by lane
     seen, launch = [], cpu._launch
 
-    def spy(op, g, n, x, y, w, kernel_major):
+    def spy(op, g, n, x, y, w, kernel_major, state):
         seen.append((op, y.stride()))
-        return launch(op, g, n, x, y, w, kernel_major)
+        return launch(op, g, n, x, y, w, kernel_major, state)
 
     monkeypatch.setattr(cpu, "_launch", spy)
     layer = unshared.LocallyConnected1d(1, 2, 5, input_size=40, backend="cpu", dtype=torch.float64)

@@ -1,7 +1,10 @@
 """The eager fast path (issue 16): plain eager calls skip the custom-operator dispatcher
-(``unshared.backends.eager``), and give what the registered operators give, bit for bit:
+(``unshared.backends.derivatives``), and give what the registered operators give, bit for bit:
 outputs, gradients, second derivatives and errors. Wherever something observes the operators (a
 dispatch mode such as ``FlopCounterMode``, ``torch.func``, ``torch.compile``), the operators run."""
+import os
+import sys
+
 import pytest
 import torch
 from torch.autograd import gradgradcheck
@@ -179,3 +182,32 @@ def test_a_dual_bias_in_forward_mode_ad_is_added_after_the_node():
     with fwAD.dual_level():
         y = UF.locally_connected1d(x, w, fwAD.make_dual(b, tangent))
         assert torch.equal(fwAD.unpack_dual(y).tangent, tangent.view(-1, 1).expand(2, 5, 4))
+
+
+def unshared_calls(function):
+    """The names of the Python functions of unshared that ``function()`` calls (a profile hook)."""
+    package, names = os.path.dirname(unshared.__file__), []
+
+    def hook(frame, event, arg):
+        if event == "call" and frame.f_code.co_filename.startswith(package):
+            names.append(frame.f_code.co_qualname)
+
+    sys.setprofile(hook)
+    try:
+        function()
+    finally:
+        sys.setprofile(None)
+    return names
+
+
+@pytest.mark.skipif(not cpu.available_isas(), reason="kernels not built")
+def test_a_cached_call_passes_through_few_functions():
+    # issue 36: one plan from the call to the C kernel (it was 40 functions forward, 54 backward)
+    layer = unshared.LocallyConnected2d(4, 4, 3, input_size=6, padding=1, backend="cpu")
+    x = torch.randn(2, 4, 6, 6, requires_grad=True)
+    layer(x).sum().backward()  # plans and caches filled
+    y = layer(x)
+    forward = unshared_calls(lambda: layer(x))
+    backward = unshared_calls(lambda: y.backward(torch.ones_like(y)))
+    assert len(forward) <= 15, forward
+    assert len(backward) <= 20, backward

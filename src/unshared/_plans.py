@@ -1,76 +1,86 @@
-"""Plans of the functional forms: what a call's checks and choices found, kept per configuration.
+"""The functional forms' plans: what a call's checks and choices found, kept per configuration.
 
 Everything :mod:`unshared.functional` checks and decides before it computes (argument values,
 tensor types, dtypes, devices and shapes, the geometry and its validation, the backend) depends
 only on the call's arguments and its tensors' metadata, never on their data. The first call of a
-configuration does it all; later calls whose key (:func:`key`) is equal reuse its :class:`Plan`
-and only check what the key does not hold. A call that raises stores nothing, so bad input
-raises the same error every time. No key (no plan) for tensor subclasses, argument values whose
-equality is looser than their meaning (``1 == 1.0 == True``: only ints, strings and tuples of 1 to
-3 ints make keys), while ``torch.compile`` or
+configuration does it all and keeps a :class:`~unshared.backends.compute.Plan` (its geometry, its
+backend, what the backend prepared) in the one cache (:mod:`unshared._cache`); later calls whose
+key (:func:`lookup`) is equal take the plan and compute. A call that raises stores nothing, so bad
+input raises the same error every time. No key (no plan) for tensor subclasses, argument values
+whose equality is looser than their meaning (``1 == 1.0 == True``: only ints, strings and tuples
+of 1 to 3 ints, or of such tuples, make keys), under autocast, while ``torch.compile`` or
 ``torch.jit.trace`` traces, nor for non-zero padding modes (their padding is a computation).
 """
 from __future__ import annotations
 
-from typing import NamedTuple
-
 import torch
 from torch import Tensor, nn
 
-from ._utils import Geometry
-from .backends import checks, current_settings, measuring
+from ._cache import CACHE, remember
+from .backends import checks, compute
+from .backends.selection import MEASURING
+from .backends.settings import SETTINGS
 
-__all__ = ["Plan", "key", "lookup", "store", "clear"]
+__all__ = ["lookup", "store", "clear"]
 
 _PLAIN = (Tensor, nn.Parameter)
-_LIMIT = 1024
-
-
-class Plan(NamedTuple):
-    """A checked configuration: its geometry (validated), the backend and whether the input is unbatched."""
-
-    geometry: Geometry
-    entry: checks.Entry
-    backend: str
-    unbatched: bool
-
-
-_PLANS: dict[tuple, Plan] = {}
-
-
 _INT_TUPLES = {(int,), (int, int), (int, int, int)}
+_is_wrapped = torch._C._functorch.is_functorch_wrapped_tensor
+_is_legacy_batched = torch._C._functorch.is_legacy_batchedtensor
 
 
-def key(name: str, input, weight, bias, arguments: tuple) -> tuple | None:
-    """The key of a call (``arguments``: its non-tensor arguments), or ``None`` when it has none."""
+def _strict(value) -> bool:
+    """Whether ``value``'s equality is as strict as its meaning: an int, a string, ``None``, or a
+    tuple of 1 to 3 ints or of ``(low, high)`` int pairs."""
+    kind = type(value)
+    if kind is int or kind is str or value is None:
+        return True
+    if kind is not tuple or not 1 <= len(value) <= 3:
+        return False
+    kinds = tuple(map(type, value))
+    return kinds in _INT_TUPLES or all(k is tuple and tuple(map(type, v)) == (int, int) for k, v in zip(kinds, value))
+
+
+def lookup(name: str, input, weight, bias, arguments: tuple) -> tuple[tuple | None, compute.Plan | None, bool]:
+    """The key of a call (``arguments``: its non-tensor arguments), or ``None`` when it has none;
+    the plan kept for it (now the most recently used), or ``None``; and whether the backend may
+    compute it directly (plain tensors, nothing observing: see
+    :func:`unshared.backends.derivatives.applies`)."""
     if (type(input) not in _PLAIN or type(weight) not in _PLAIN or (bias is not None and type(bias) not in _PLAIN)
-            or torch.compiler.is_compiling() or torch.jit.is_tracing()):
-        return None
-    for value in arguments:  # ints, strings, None, 1 to 3 ints: equality as strict as their meaning
+            or torch.compiler.is_compiling() or torch.jit.is_tracing()
+            or ((input.is_cpu or input.is_cuda) and torch.is_autocast_enabled(input.device.type))):
+        return None, None, False
+    for value in arguments:  # ints, strings, None, tuples of ints: equality as strict as their meaning
         kind = type(value)
         if not (kind is int or kind is str or value is None
-                or (kind is tuple and tuple(map(type, value)) in _INT_TUPLES)):
-            return None
-    tensors = (input.shape, input.dtype, input.device, weight.shape, weight.dtype, weight.device)
+                or (kind is tuple and tuple(map(type, value)) in _INT_TUPLES)) and not _strict(value):
+            return None, None, False
+    found = (name, input.shape, input.dtype, input.device, weight.shape, weight.dtype, weight.device,
+             *arguments, SETTINGS.get(), MEASURING[0])
     if bias is not None:
-        tensors += (bias.shape, bias.dtype, bias.device)
-    return (name, *tensors, *arguments, current_settings(), measuring())
+        found += (bias.shape, bias.dtype, bias.device)
+    direct = ((input.is_cpu or input.is_cuda) and not _is_wrapped(input) and not _is_wrapped(weight)
+              and not _is_legacy_batched(input) and not _is_legacy_batched(weight)
+              and (bias is None or (not _is_wrapped(bias) and not _is_legacy_batched(bias)
+                                    and bias.dtype == input.dtype and bias.device == input.device))
+              and not torch._C._len_torch_dispatch_stack() and not torch._C._is_torch_function_mode_enabled())
+    plan = CACHE.get(found)
+    if plan is not None:
+        try:
+            CACHE.move_to_end(found)
+        except KeyError:  # evicted by another thread meanwhile
+            pass
+    return found, plan, direct
 
 
-def lookup(found_key: tuple | None) -> Plan | None:
-    """The plan stored for ``found_key`` (``None``: none, or no key)."""
-    return None if found_key is None else _PLANS.get(found_key)
-
-
-def store(found_key: tuple | None, geometry: Geometry, backend: str, unbatched: bool) -> None:
-    """Keep the plan of a configuration that passed every check for ``found_key`` (none without a key)."""
-    if found_key is None:
-        return
-    if len(_PLANS) >= _LIMIT:
-        _PLANS.clear()
-    _PLANS[found_key] = Plan(geometry, checks.entry_of(geometry), backend, unbatched)
+def store(found_key: tuple | None, geometry, backend: str, unbatched: bool) -> compute.Plan:
+    """The plan of a configuration that passed every check, kept for ``found_key`` (when there is one)."""
+    plan = compute.Plan(checks.entry(geometry.encode()), backend, unbatched)
+    if found_key is not None:
+        remember(found_key, plan)
+    return plan
 
 
 def clear() -> None:
-    """Forget every plan."""
-    _PLANS.clear()
+    """Forget every plan (and everything else the one cache keeps)."""
+    CACHE.clear()

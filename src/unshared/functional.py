@@ -12,7 +12,7 @@ from torch import Tensor
 from . import _calls as C
 from . import _plans as P
 from . import _utils as U
-from .backends import BACKENDS, check_backend_name, choose_backend, compute, ops
+from .backends import BACKENDS, check_backend_name, choose_backend, compute, derivatives, ops
 
 __all__ = ["locally_connected", "locally_connected1d", "locally_connected2d", "locally_connected3d",
            "locally_connected_transpose", "locally_connected_transpose1d", "locally_connected_transpose2d",
@@ -28,25 +28,39 @@ def _finish(y: Tensor, bias: Tensor | None, unbatched: bool) -> Tensor:
     return y.squeeze(0) if unbatched else y
 
 
-def _planned(plan: P.Plan, operation, input: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
-    """A call of a configuration seen before (its checks passed): ``operation`` on its plan (which
-    adds the bias)."""
+def _planned(plan, direct: bool, operation, input: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    """A call of a configuration seen before (its checks passed): directly where nothing records
+    or observes more than autograd (``direct``), else ``operation`` on its plan (which adds the bias)."""
     x = input.unsqueeze(0) if plan.unbatched else input
-    y = operation(x, weight, plan.geometry, plan.backend, plan.entry, bias)
+    if direct and not plan.standard and operation is ops.locally_connected:
+        y = derivatives.planned_forward(x, weight, bias, plan)
+    else:
+        y = operation(x, weight, plan.geometry, plan.backend, plan, bias)
     return y.squeeze(0) if plan.unbatched else y
 
 
-@U.traceable
 def _locally_connected(nd: int, input, weight, bias, stride, padding, dilation, groups, padding_mode,
                        backend, banks, name: str) -> Tensor:
-    key = coords = None
+    key = None
+    if banks is None and padding_mode == "zeros":  # a configuration seen before: its checks passed
+        key, plan, direct = P.lookup(name, input, weight, bias, (stride, padding, dilation, groups, backend))
+        if plan is not None and direct and not plan.standard:  # the common case, inline
+            x = input.unsqueeze(0) if plan.unbatched else input
+            y = derivatives.planned_forward(x, weight, bias, plan)
+            return y.squeeze(0) if plan.unbatched else y
+        if plan is not None:
+            return _planned(plan, direct, ops.locally_connected, input, weight, bias)
+    return _checked(nd, input, weight, bias, stride, padding, dilation, groups, padding_mode, backend, banks, name,
+                    key)
+
+
+@U.traceable
+def _checked(nd: int, input, weight, bias, stride, padding, dilation, groups, padding_mode, backend, banks,
+             name: str, key) -> Tensor:
+    """The first call of a configuration (or one without a key): every check, then the plan."""
+    coords = None
     if banks is None:
         input, weight, bias = C.autocast(input, weight, bias)
-        if padding_mode == "zeros":  # a configuration seen before: its checks passed, its plan is kept
-            key = P.key(name, input, weight, bias, (stride, padding, dilation, groups, backend))
-            plan = P.lookup(key)
-            if plan is not None:
-                return _planned(plan, ops.locally_connected, input, weight, bias)
     else:
         C.check_tensors(name, nd, input, {"weight": weight, "bias": bias}, 2 * nd + 2, _WEIGHT_LAYOUT)
         coords = U.check_banks(banks, tuple(weight.shape[:nd]), name)
@@ -63,8 +77,8 @@ def _locally_connected(nd: int, input, weight, bias, stride, padding, dilation, 
                      padding, dilation, groups, padding_mode, None if coords is None else leading, coords)
     C.check_bias(name, bias, out_channels, grid)
     chosen = choose_backend(call.x, weight, call.geometry, backend)
-    P.store(key, call.geometry, chosen, call.unbatched)
-    y = ops.locally_connected(call.x, weight, call.geometry, chosen, bias=bias)
+    plan = P.store(key, call.geometry, chosen, call.unbatched)
+    y = ops.locally_connected(call.x, weight, call.geometry, chosen, plan, bias=bias)
     return y.squeeze(0) if call.unbatched else y
 
 
@@ -156,21 +170,21 @@ def low_rank_locally_connected(input: Tensor, basis: Tensor, combining_weights: 
 @U.traceable
 def _transpose(nd: int, input, weight, bias, stride, padding, output_padding, groups, dilation, backend,
                name: str) -> Tensor:
-    input, weight, bias = C.autocast(input, weight, bias)
-    key = P.key(name, input, weight, bias, (stride, padding, output_padding, groups, dilation, backend))
-    plan = P.lookup(key)
+    key, plan, direct = P.lookup(name, input, weight, bias,
+                                 (stride, padding, output_padding, groups, dilation, backend))
     if plan is not None:
-        return _planned(plan, ops.locally_connected_transpose, input, weight, bias)
+        return _planned(plan, direct, ops.locally_connected_transpose, input, weight, bias)
+    input, weight, bias = C.autocast(input, weight, bias)
     C.check_tensors(name, nd, input, {"weight": weight, "bias": bias}, 2 * nd + 2,
                     "*input_size, in_channels, out_channels // groups, *kernel_size")
     grid, in_channels = tuple(weight.shape[:nd]), weight.shape[nd]
     kernel_size = tuple(weight.shape[nd + 2:])
     stride = U.positive(U.ntuple(stride, nd, "stride"), "stride")
     dilation = U.positive(U.ntuple(dilation, nd, "dilation"), "dilation")
-    padding = U.ntuple(padding, nd, "padding")
+    padding = U.transpose_padding(padding, nd, name)  # ((low, high), ...)
     output_padding = U.ntuple(output_padding, nd, "output_padding")
-    if any(p < 0 for p in padding) or any(p < 0 for p in output_padding):
-        raise ValueError(f"{name}: padding and output_padding must be non-negative, got {padding=}, {output_padding=}")
+    if any(p < 0 for p in output_padding):
+        raise ValueError(f"{name}: output_padding must be non-negative, got {output_padding=}")
     if any(op >= max(s, d) for op, s, d in zip(output_padding, stride, dilation)):
         raise ValueError(f"{name}: output_padding must be smaller than stride or dilation, got "
                          f"{output_padding=}, {stride=}, {dilation=}")
@@ -191,11 +205,11 @@ def _transpose(nd: int, input, weight, bias, stride, padding, output_padding, gr
     U.check_groups(in_channels, out_channels, groups)
     C.check_bias(name, bias, out_channels, out_size)
     # the adjoint of the locally connected layer from the output back to this input grid
-    g = U.Geometry(out_size, grid, kernel_size, stride, tuple((p, p) for p in padding), dilation, groups,
+    g = U.Geometry(out_size, grid, kernel_size, stride, padding, dilation, groups,
                    out_channels, in_channels).untraced()
     chosen = choose_backend(x, weight, g, backend)
-    P.store(key, g, chosen, unbatched)
-    return _finish(ops.locally_connected_transpose(x, weight, g, chosen), bias, unbatched)
+    plan = P.store(key, g, chosen, unbatched)
+    return _finish(ops.locally_connected_transpose(x, weight, g, chosen, plan), bias, unbatched)
 
 
 def locally_connected_transpose(input: Tensor, weight: Tensor, bias: Tensor | None = None, stride=1, padding=0,

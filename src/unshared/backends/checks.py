@@ -2,7 +2,7 @@
 
 ``torch.ops.unshared.forward/input_grad/weight_grad`` are public (anyone may call them, and
 exporters and compilers replay them), so nothing behind them may trust its arguments. The
-encoded geometry is decoded and validated once per distinct list (:func:`entry`: its sizes,
+encoded geometry is decoded and validated once per distinct list (:func:`entry`, kept in :mod:`unshared._cache`: its sizes,
 channel counts, output grid, filter banks and the bounds of :data:`unshared._utils.MAX_EXTENT`),
 which also computes the shapes the tensors must have; each call then compares its tensors with
 those tuples (:func:`check_forward`, :func:`check_input_grad`, :func:`check_weight_grad`): a
@@ -12,38 +12,38 @@ implementations alike. The compiled kernels check again what they read (csrc/dis
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
 
 import torch
 
+from .._cache import CACHE, remember
 from .._utils import Geometry, check_extents
 
 __all__ = ["Entry", "entry", "entry_of", "check_forward", "check_input_grad", "check_weight_grad"]
 
 
-class Entry(NamedTuple):
-    """A validated geometry and what the operands must look like."""
+class Entry:
+    """A validated geometry, what the operands must look like, and what backends prepared for it
+    (``state``: the compiled kernels' call templates, say), kept as long as the entry is."""
 
-    geometry: Geometry
-    encoded: list[int]
-    input_shape: tuple[int, ...]    # (C, *input_size): the input or its gradient, after the batch
-    output_shape: tuple[int, ...]   # (O, *output_size): the output or its gradient, after the batch
-    weight_shape: tuple[int, ...]   # (*weight_leading, O, C // groups, *kernel_size)
-    empty: bool                     # the input has no elements (a zero spatial size)
+    __slots__ = ("geometry", "encoded", "input_shape", "output_shape", "weight_shape", "empty", "state")
 
-
-_ENTRIES: dict[tuple[int, ...], Entry] = {}
+    def __init__(self, g: Geometry, encoded: list[int]):
+        self.geometry, self.encoded = g, encoded
+        self.input_shape = (g.in_channels, *g.input_size)  # the input or its gradient, after the batch
+        self.output_shape = (g.out_channels, *g.output_size)  # the output or its gradient, after the batch
+        self.weight_shape = (*g.weight_leading, g.out_channels, g.in_channels // g.groups, *g.kernel_size)
+        self.empty = math.prod(g.input_size) == 0  # the input has no elements (a zero spatial size)
+        self.state: dict = {}
 
 
 def entry(encoded) -> Entry:
     """The :class:`Entry` of an encoded geometry (:meth:`Geometry.encode`), validated on first sight."""
-    key = tuple(encoded)
-    found = _ENTRIES.get(key)
+    key = ("entry", *encoded)
+    if torch.compiler.is_compiling():  # Dynamo traces no cache: its guards would watch the cache's contents
+        return Entry(_decode(key[1:]), list(key[1:]))
+    found = CACHE.get(key)
     if found is None:
-        found = _make_entry(_decode(key), list(key))
-        if len(_ENTRIES) >= 1024:
-            _ENTRIES.clear()
-        _ENTRIES[key] = found
+        found = remember(key, Entry(_decode(key[1:]), list(key[1:])))
     return found
 
 
@@ -94,12 +94,6 @@ def _validate(g: Geometry) -> None:
         for d, (coords, size) in enumerate(zip(g.banks, g.weight_grid)):
             if any(not 0 <= c < size for c in coords):
                 _refuse(g, f"a bank coordinate along dimension {d} is outside the bank grid {g.weight_grid}")
-
-
-def _make_entry(g: Geometry, encoded: list[int]) -> Entry:
-    return Entry(g, encoded, (g.in_channels, *g.input_size), (g.out_channels, *g.output_size),
-                 (*g.weight_leading, g.out_channels, g.in_channels // g.groups, *g.kernel_size),
-                 math.prod(g.input_size) == 0)
 
 
 # ----------------------------------------------------------------------------- per call

@@ -1,24 +1,28 @@
 """The three operations on checked tensors: what ``unshared::forward``, ``unshared::input_grad``
 and ``unshared::weight_grad`` compute, shared by the registered operators (:mod:`.ops`) and the
-eager fast path (:mod:`.eager`).
+autograd Functions (:mod:`.derivatives`); and the :class:`Plan` that carries a call to them.
 
-Each takes the :class:`~.checks.Entry` of its geometry (validated once), checks its tensors
-against it (every call: a mismatch raises ``ValueError`` naming it), handles inputs with no
-elements, and runs the named backend; ``"auto"`` means the measured (or preferred) backend, with
-the PyTorch backend as the fallback when the chosen one fails.
+Each operation takes the :class:`~.checks.Entry` of its geometry (validated once), checks its
+tensors against it (every call: a mismatch raises ``ValueError`` naming it), handles inputs with
+no elements, and runs the named backend; ``"auto"`` means the measured (or preferred) backend,
+with the PyTorch backend as the fallback when the chosen one fails. A :class:`Plan` whose tensors
+were checked once (its key holds their metadata) calls the backend directly (:meth:`Plan.run`).
 """
 from __future__ import annotations
+
+import functools
 
 import torch
 from torch import Tensor
 
 from .._utils import Geometry, empty_weight, memory_format_of
 from . import checks, selection
+from .._cache import CACHE, remember
 from .checks import Entry
 from .registry import BACKENDS
 
-__all__ = ["forward", "input_grad", "weight_grad", "input_grad_format", "empty_forward", "empty_input_grad",
-           "empty_weight_grad"]
+__all__ = ["Plan", "plan_of", "forward", "input_grad", "weight_grad", "input_grad_format", "empty_forward",
+           "empty_input_grad", "empty_weight_grad", "bias_view"]
 
 
 def input_grad_format(channels_last: bool, dim: int) -> torch.memory_format:
@@ -28,7 +32,13 @@ def input_grad_format(channels_last: bool, dim: int) -> torch.memory_format:
     return torch.channels_last if dim == 4 else torch.channels_last_3d
 
 
-def _run(name: str, stage: str, sample: Tensor, weight: Tensor | None, g: Geometry, operation: str, *args):
+def _function(module, operation: str, e: Entry):
+    """``module.<operation>``, given ``e``'s prepared state when the backend keeps one (``PREPARES``)."""
+    fn = getattr(module, operation)
+    return functools.partial(fn, state=e.state) if getattr(module, "PREPARES", False) else fn
+
+
+def _run(name: str, stage: str, sample: Tensor, weight: Tensor | None, e: Entry, operation: str, *args):
     """``BACKENDS[name].operation(*args)``; with ``"auto"`` the measured (or preferred) backend, and
     when that one fails (a kernel that does not compile or launch) the PyTorch backend, with one
     warning and the choice remembered."""
@@ -38,15 +48,59 @@ def _run(name: str, stage: str, sample: Tensor, weight: Tensor | None, g: Geomet
             raise ValueError(f"unshared.{operation}: backend must be 'auto' or one of "
                              f"{tuple(n for n, m in BACKENDS.items() if not getattr(m, 'STANDARD_OPERATORS', False))}"
                              f", got backend={name!r}")
-        return getattr(module, operation)(*args)
+        return _function(module, operation, e)(*args)
+    g = e.geometry
     chosen = selection.resolve(sample, weight, g, stage)
     try:
-        return getattr(BACKENDS[chosen], operation)(*args)
+        return _function(BACKENDS[chosen], operation, e)(*args)
     except Exception as error:
         if chosen == "torch":
             raise
         fallback = selection.failed(sample, weight, g, stage, chosen, error)
-        return getattr(BACKENDS[fallback], operation)(*args)
+        return _function(BACKENDS[fallback], operation, e)(*args)
+
+
+# ----------------------------------------------------------------------------- the plan
+
+class Plan:
+    """One configuration of a call, checked: its validated geometry (``entry``), the backend that
+    computes it, and whether the caller's input is unbatched. ``direct`` holds the backend's own
+    three functions (with what it prepared, see ``Entry.state``), called without per-call checks
+    by :meth:`run` where the plan's key vouches for the tensors; ``None`` where the backend is
+    chosen per call (``"auto"``) or the input has no elements. ``standard``: the backend is made
+    of standard operators (``composite``, ``conv``), which run outside the operators and Functions."""
+
+    __slots__ = ("entry", "geometry", "backend", "unbatched", "standard", "direct", "formats")
+
+    def __init__(self, e: Entry, backend: str, unbatched: bool = False):
+        self.entry, self.geometry, self.backend, self.unbatched = e, e.geometry, backend, unbatched
+        module = BACKENDS.get(backend)
+        self.standard = getattr(module, "STANDARD_OPERATORS", False)  # standard operators: autograd differentiates
+        self.direct = None
+        if module is not None and not self.standard and not e.empty:
+            self.direct = {op: _function(module, op, e) for op in ("forward", "input_grad", "weight_grad")}
+        dim = e.geometry.ndim + 2
+        self.formats = {False: torch.contiguous_format, True: input_grad_format(True, dim)}
+
+    def run(self, op: str, a: Tensor, b: Tensor, flag=None) -> Tensor:
+        """``op(a, b)`` (``flag``: the input gradient's ``channels_last``, the weight gradient's
+        ``kernel_major``) on tensors that this plan's checks covered."""
+        direct = self.direct
+        if direct is None:
+            return (forward(self.entry, a, b, self.backend) if op == "forward"
+                    else globals()[op](self.entry, a, b, self.backend, flag))
+        if op == "forward":
+            return direct[op](a, b, self.geometry)
+        return direct[op](a, b, self.geometry, self.formats[flag] if op == "input_grad" else flag)
+
+
+def plan_of(encoded, backend: str) -> Plan:
+    """The :class:`Plan` of an encoded geometry and a backend (the operators' calls)."""
+    if torch.compiler.is_compiling():  # no cache in Dynamo's trace (see checks.entry)
+        return Plan(checks.entry(encoded), backend)
+    key = ("operator plan", backend, *encoded)
+    found = CACHE.get(key)
+    return found if found is not None else remember(key, Plan(checks.entry(encoded), backend))
 
 
 # ----------------------------------------------------------------------------- the operations
@@ -57,7 +111,7 @@ def forward(e: Entry, x: Tensor, weight: Tensor, backend: str) -> Tensor:
     g = e.geometry
     if e.empty:  # every patch is padding
         return empty_forward(x, g).zero_()
-    return _run(backend, "forward", x, weight, g, "forward", x, weight, g)
+    return _run(backend, "forward", x, weight, e, "forward", x, weight, g)
 
 
 def input_grad(e: Entry, grad_output: Tensor, weight: Tensor, backend: str, channels_last: bool) -> Tensor:
@@ -67,7 +121,7 @@ def input_grad(e: Entry, grad_output: Tensor, weight: Tensor, backend: str, chan
     if e.empty:
         return empty_input_grad(grad_output, g, channels_last)
     fmt = input_grad_format(channels_last, grad_output.dim())
-    return _run(backend, "backward", grad_output, weight, g, "input_grad", grad_output, weight, g, fmt)
+    return _run(backend, "backward", grad_output, weight, e, "input_grad", grad_output, weight, g, fmt)
 
 
 def weight_grad(e: Entry, x: Tensor, grad_output: Tensor, backend: str, kernel_major: bool) -> Tensor:
@@ -79,7 +133,7 @@ def weight_grad(e: Entry, x: Tensor, grad_output: Tensor, backend: str, kernel_m
     layout = None  # the weight's layout, for auto's choice
     if backend == "auto":
         layout = empty_weight(e.weight_shape, g.ndim, kernel_major=kernel_major, device="meta")
-    return _run(backend, "backward", grad_output, layout, g, "weight_grad", x, grad_output, g, kernel_major)
+    return _run(backend, "backward", grad_output, layout, e, "weight_grad", x, grad_output, g, kernel_major)
 
 
 def bias_view(bias: Tensor, dim: int) -> Tensor:

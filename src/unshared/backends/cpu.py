@@ -25,20 +25,19 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import ctypes
-import functools
-import importlib.machinery
 import math
 import os
 from pathlib import Path
 
 import torch
 
-from .._utils import Geometry, empty_weight, is_kernel_major, memory_format_of
+from .._cache import CACHE, remember
+from .._utils import Geometry, is_kernel_major, memory_format_of, public_to_storage_perm, storage_to_public_perm
 from .buffers import pooled_buffer
 
 __all__ = ["can_run", "forward", "input_grad", "weight_grad", "use_isa", "available_isas", "current_isa",
            "thread_pool", "use_thread_pool", "THREAD_POOLS",
-           "library_path", "ISAS", "PATHS", "use_path", "fma_peak"]
+           "library_path", "LIBRARY_NAME", "ISAS", "PATHS", "use_path", "fma_peak"]
 
 #: The instruction sets of the kernels, in the library's numbering.
 ISAS = ("portable", "avx2", "avx512")
@@ -75,16 +74,17 @@ class _Call(ctypes.Structure):
                 ("path", _i64)]
 
 
+#: The library's file name in the package, as setup.py builds it (no Python ABI suffix: it links no Python).
+LIBRARY_NAME = "_cpu_kernels" + (".dll" if os.name == "nt" else ".so")
+
+
 def library_path() -> Path | None:
     """The compiled kernels: ``UNSHARED_CPU_LIBRARY`` when set, else those installed next to the
-    package (``unshared/_cpu_kernels*.so``), or None."""
+    package (``unshared/_cpu_kernels.so``, ``.dll`` on Windows), or None."""
     if os.environ.get("UNSHARED_CPU_LIBRARY"):
         return Path(os.environ["UNSHARED_CPU_LIBRARY"])
-    here = Path(__file__).resolve().parent.parent
-    for suffix in importlib.machinery.EXTENSION_SUFFIXES:
-        if (here / f"_cpu_kernels{suffix}").is_file():
-            return here / f"_cpu_kernels{suffix}"
-    return None
+    path = Path(__file__).resolve().parent.parent / LIBRARY_NAME
+    return path if path.is_file() else None
 
 
 def _load() -> tuple[ctypes.CDLL | None, str | None]:
@@ -139,18 +139,13 @@ def current_isa() -> str:
     return name
 
 
-_ISA_INDEX: dict[tuple, int] = {}
-
-
 def _isa_index() -> int:
-    """``ISAS.index(current_isa())``, remembered per library, :func:`use_isa` and environment value."""
-    key = (_LIB, _ISA.get(), os.environ.get("UNSHARED_CPU_ISA"))
-    index = _ISA_INDEX.get(key)
+    """``ISAS.index(current_isa())``, kept in the one cache per library, :func:`use_isa` and
+    environment value."""
+    key = ("cpu isa", _LIB, _ISA.get(), os.environ.get("UNSHARED_CPU_ISA"))
+    index = CACHE.get(key)
     if index is None:
-        index = ISAS.index(current_isa())  # raises for an ISA this CPU lacks: nothing remembered
-        if len(_ISA_INDEX) >= 64:
-            _ISA_INDEX.clear()
-        _ISA_INDEX[key] = index
+        index = remember(key, ISAS.index(current_isa()))  # raises for an ISA this CPU lacks: nothing kept
     return index
 
 
@@ -217,7 +212,6 @@ def _strides(t: torch.Tensor) -> tuple[int, ...]:
     return (strides[0], 1 if t.shape[1] == 1 else strides[1], *(0,) * (5 - len(strides)), *strides[2:])
 
 
-@functools.lru_cache(maxsize=64)
 def _bank_array(banks: tuple[tuple[int, ...], ...], weight_grid: tuple[int, ...]) -> ctypes.Array:
     """The flat (row-major) bank of every output position, as plain int64 memory. (Not the cached
     tensor of :func:`unshared._utils.flat_bank_index`: that one may have been made while a tracer
@@ -228,19 +222,13 @@ def _bank_array(banks: tuple[tuple[int, ...], ...], weight_grid: tuple[int, ...]
     return (_i64 * len(flat))(*flat)
 
 
-def _extent(t: torch.Tensor) -> int:
-    """Elements of ``t``'s memory from its data pointer on (what C may address)."""
-    return t.untyped_storage().nbytes() // t.element_size() - t.storage_offset()
+#: the kernels keep what they prepare for a geometry in its entry's ``state`` (see :mod:`.compute`)
+PREPARES = True
 
 
-#: Prepared call structures (everything but the data pointers and extents), per geometry object,
-#: batch size, strides and weight layout: a layer's calls repeat them.
-_PREPARED: dict[tuple, tuple] = {}
-
-
-def _prepare(g: Geometry, n: int, xs: tuple[int, ...], ys: tuple[int, ...], kernel_major: bool) -> tuple:
-    """``(g, lc_call template, bank array, multiply-adds)`` of calls with these sizes and strides."""
-    banks = None if g.banks is None else _bank_array(g.banks, g.weight_grid)
+def _prepare(g: Geometry, n: int, xs: tuple[int, ...], ys: tuple[int, ...], kernel_major: bool,
+             banks) -> tuple:
+    """``(lc_call template, multiply-adds)`` of calls with these sizes and strides."""
     pad = [lo for lo, _ in g.padding]
     template = _Call(n, g.groups, g.in_channels // g.groups, g.out_channels // g.groups,
                      (_i64 * 3)(*_spatial3(g.input_size, 1)), (_i64 * 3)(*_spatial3(g.output_size, 1)),
@@ -250,38 +238,42 @@ def _prepare(g: Geometry, n: int, xs: tuple[int, ...], ys: tuple[int, ...], kern
                      None if banks is None else ctypes.addressof(banks), g.bank_count, 0, 0, 0,
                      0 if banks is None else len(banks))
     work = n * g.positions * g.out_channels * g.in_channels // g.groups * g.kernel_volume
-    return g, template, banks, work  # the bank array lives as long as the template that points to it
-
-
-def _call_of(g: Geometry, n: int, x: torch.Tensor, y: torch.Tensor, w: torch.Tensor,
-             kernel_major: bool) -> tuple[_Call, int]:
-    """The filled ``lc_call`` of one call, and its multiply-adds."""
-    xs, ys = _strides(x), _strides(y)
-    key = (id(g), n, xs, ys, kernel_major)
-    prepared = _PREPARED.get(key)
-    if prepared is None or prepared[0] is not g:  # (an id is reused only once its geometry is gone)
-        if len(_PREPARED) >= 256:
-            _PREPARED.clear()
-        prepared = _PREPARED[key] = _prepare(g, n, xs, ys, kernel_major)
-    call = _Call.from_buffer_copy(prepared[1])  # a copy per call: threads may share a layer
-    call.x, call.y, call.w = x.data_ptr(), y.data_ptr(), w.data_ptr()
-    call.x_extent, call.y_extent, call.w_extent = _extent(x), _extent(y), _extent(w)
-    call.path = _PATH_INDEX[_PATH.get()]
-    return call, prepared[3]
+    return template, work
 
 
 def _launch(op: str, g: Geometry, n: int, x: torch.Tensor, y: torch.Tensor, w: torch.Tensor,
-            kernel_major: bool) -> None:
+            kernel_major: bool, state: dict | None) -> None:
     """Run ``unshared_<op>`` on ``x`` (input or its gradient), ``y`` (output or its gradient) and
     ``w``, whose data pointer starts the weight's (or its gradient's) memory, kernel-major or
-    channel-major as ``kernel_major`` says."""
+    channel-major as ``kernel_major`` says. ``state``: what was prepared for ``g`` (the call
+    templates per batch size, strides and weight layout, and the bank array), kept with it."""
     lib = _LIB
     if lib is None:
         raise RuntimeError(_REASON)
-    call, work = _call_of(g, n, x, y, w, kernel_major)
-    threads = 1 if work < SERIAL_BELOW else torch.get_num_threads()
-    status = getattr(lib, f"unshared_{op}")(ctypes.byref(call), _DTYPES[x.dtype], _isa_index(),
-                                             threads)
+    state = {} if state is None else state
+    key = (n, x.stride(), y.stride(), kernel_major)
+    prepared = state.get(key)
+    if prepared is None:
+        banks = state.get("banks")
+        if len(state) >= 64:  # (the bank array stays: calls in flight may point to it)
+            state.clear()
+            if banks is not None:
+                state["banks"] = banks
+        if banks is None and g.banks is not None:
+            banks = state["banks"] = _bank_array(g.banks, g.weight_grid)  # lives as long as the templates
+        prepared = state[key] = _prepare(g, n, _strides(x), _strides(y), kernel_major, banks)
+    call = _Call.from_buffer_copy(prepared[0])  # a copy per call: threads may share a layer
+    call.x, call.y, call.w = x.data_ptr(), y.data_ptr(), w.data_ptr()
+    # the elements of each tensor's memory from its data pointer on (what C may address)
+    call.x_extent = x.untyped_storage().nbytes() // x.element_size() - x.storage_offset()
+    call.y_extent = y.untyped_storage().nbytes() // y.element_size() - y.storage_offset()
+    call.w_extent = w.untyped_storage().nbytes() // w.element_size() - w.storage_offset()
+    call.path = _PATH_INDEX[_PATH.get()]
+    threads = 1 if prepared[1] < SERIAL_BELOW else torch.get_num_threads()
+    key = ("cpu isa", lib, _ISA.get(), os.environ.get("UNSHARED_CPU_ISA"))
+    isa = CACHE.get(key)
+    status = getattr(lib, f"unshared_{op}")(ctypes.byref(call), _DTYPES[x.dtype],
+                                             _isa_index() if isa is None else isa, threads)
     if status == 1:
         raise MemoryError(f"the compiled CPU kernels ran out of memory in {op} for {g}, batch {n}, {x.dtype}")
     if status:
@@ -290,21 +282,16 @@ def _launch(op: str, g: Geometry, n: int, x: torch.Tensor, y: torch.Tensor, w: t
             f"batch {n}, {x.dtype}")
 
 
-#: Whether a weight's (shape, strides) are kernel-major, per layout seen: a layer's calls repeat them.
-_KERNEL_MAJOR: dict[tuple, bool] = {}
-
-
 def _weight_memory(w: torch.Tensor) -> tuple[torch.Tensor, bool]:
     """A tensor whose data pointer starts the weight's memory, and whether that memory is
     kernel-major (else channel-major: the public shape contiguous). As
     :func:`unshared._utils.weight_memory`, without making the permuted view (the kernels need only
-    the pointer and the extent, which a permutation keeps); other strides are copied once."""
-    key = (w.shape, w.stride())
-    kernel_major = _KERNEL_MAJOR.get(key)
+    the pointer and the extent, which a permutation keeps); other strides are copied once. The
+    layout is kept in the one cache per shape and strides."""
+    key = ("kernel major", w.shape, w.stride())
+    kernel_major = CACHE.get(key)
     if kernel_major is None:
-        if len(_KERNEL_MAJOR) >= 256:
-            _KERNEL_MAJOR.clear()
-        kernel_major = _KERNEL_MAJOR[key] = is_kernel_major(w)
+        kernel_major = remember(key, is_kernel_major(w))
     if kernel_major or w.is_contiguous():
         return w, kernel_major
     return w.contiguous(), False
@@ -320,49 +307,64 @@ def _check_dtypes(op: str, first: torch.Tensor, second: torch.Tensor) -> torch.d
 
 # ----------------------------------------------------------------------------- the three operations
 
-def _unexpanded(gy: torch.Tensor) -> torch.Tensor:
-    """``gy``, copied when it is an expanded tensor (a zero stride: the gradient of ``y.sum()`` or
-    ``y.mean()``), which the kernels would read element by element instead of as vectors."""
-    return gy.contiguous() if 0 in gy.stride() else gy
-
-
-def forward(x: torch.Tensor, w: torch.Tensor, g: Geometry) -> torch.Tensor:
-    """``(N, C, *input_size)``, public weight -> ``(N, O, *output_size)`` in ``x``'s memory format."""
-    dtype = _check_dtypes("forward", x, w)
+def forward(x: torch.Tensor, w: torch.Tensor, g: Geometry, state: dict | None = None) -> torch.Tensor:
+    """``(N, C, *input_size)``, public weight -> ``(N, O, *output_size)`` in ``x``'s memory format.
+    ``state``: what the kernels prepared for ``g`` (kept by its plan)."""
+    dtype = x.dtype
+    if dtype != w.dtype or dtype not in _DTYPES:
+        _check_dtypes("forward", x, w)
     n = x.shape[0]
     y = pooled_buffer((n, g.out_channels, *g.output_size), dtype=dtype, device=x.device,
-                      memory_format=memory_format_of(x))
+                      memory_format=torch.contiguous_format if x.is_contiguous() else memory_format_of(x))
     if n == 0:
         return y
-    memory, kernel_major = _weight_memory(w)
-    _launch("forward", g, n, x, y, memory, kernel_major)
+    key = ("kernel major", w.shape, w.stride())
+    kernel_major = CACHE.get(key)
+    memory, kernel_major = (w, kernel_major) if kernel_major else _weight_memory(w)
+    _launch("forward", g, n, x, y, memory, kernel_major, state)
     return y
 
 
 def input_grad(gy: torch.Tensor, w: torch.Tensor, g: Geometry,
-               memory_format: torch.memory_format = torch.contiguous_format) -> torch.Tensor:
+               memory_format: torch.memory_format = torch.contiguous_format, state: dict | None = None) -> torch.Tensor:
     """Adjoint in the input: ``(N, O, *output_size)`` -> ``(N, C, *input_size)`` in ``memory_format``."""
-    dtype = _check_dtypes("input_grad", gy, w)
+    dtype = gy.dtype
+    if dtype != w.dtype or dtype not in _DTYPES:
+        _check_dtypes("input_grad", gy, w)
     n = gy.shape[0]
     gx = pooled_buffer((n, g.in_channels, *g.input_size), dtype=dtype, device=gy.device, memory_format=memory_format)
     if n == 0:
         return gx
-    memory, kernel_major = _weight_memory(w)
-    _launch("input_grad", g, n, gx, _unexpanded(gy), memory, kernel_major)
+    key = ("kernel major", w.shape, w.stride())
+    kernel_major = CACHE.get(key)
+    memory, kernel_major = (w, kernel_major) if kernel_major else _weight_memory(w)
+    _launch("input_grad", g, n, gx, gy.contiguous() if 0 in gy.stride() else gy, memory, kernel_major, state)
     return gx
 
 
-def weight_grad(x: torch.Tensor, gy: torch.Tensor, g: Geometry, kernel_major: bool = True) -> torch.Tensor:
+def weight_grad(x: torch.Tensor, gy: torch.Tensor, g: Geometry, kernel_major: bool = True,
+                state: dict | None = None) -> torch.Tensor:
     """Adjoint in the weight: ``x``, ``(N, O, *output_size)`` -> public-shaped weight gradient,
     laid out kernel-major or channel-major (as the weight it is the gradient of); shared banks sum
     their positions."""
-    dtype = _check_dtypes("weight_grad", x, gy)
+    dtype = x.dtype
+    if dtype != gy.dtype or dtype not in _DTYPES:
+        _check_dtypes("weight_grad", x, gy)
     n = x.shape[0]
-    shape = (*g.weight_leading, g.out_channels, g.in_channels // g.groups, *g.kernel_size)
-    gw = empty_weight(shape, g.ndim, kernel_major=kernel_major, dtype=dtype, device=x.device, allocate=pooled_buffer)
-    if n == 0 or math.prod(shape) == 0:
+    layout = None if state is None else state.get(("weight layout", kernel_major))
+    if layout is None:  # (the allocated shape, the permutation to the public shape, the public shape)
+        shape = (*g.weight_leading, g.out_channels, g.in_channels // g.groups, *g.kernel_size)
+        order = public_to_storage_perm(g.ndim) if kernel_major else range(len(shape))
+        layout = (tuple(shape[i] for i in order), storage_to_public_perm(g.ndim) if kernel_major else None, shape)
+        if state is not None:
+            state[("weight layout", kernel_major)] = layout
+    gw = pooled_buffer(layout[0], dtype=dtype, device=x.device)
+    if layout[1] is not None:
+        gw = gw.permute(layout[1])
+    if n == 0 or math.prod(layout[2]) == 0:
         return gw.zero_()
-    _launch("weight_grad", g, n, x, _unexpanded(gy), gw, kernel_major)  # gw's data pointer starts its memory
+    gy = gy.contiguous() if 0 in gy.stride() else gy  # an expanded gradient (of y.sum()): read as vectors
+    _launch("weight_grad", g, n, x, gy, gw, kernel_major, state)  # gw's data pointer starts its memory
     return gw
 
 

@@ -32,11 +32,12 @@ import torch
 from torch import Tensor, nn
 from torch.autograd import forward_ad
 
-from .._utils import is_kernel_major, memory_format_of
+from .._cache import CACHE, remember
+from .._utils import is_kernel_major
 from . import compute
-from .checks import Entry
+from .compute import Plan
 
-__all__ = ["TABLE", "FUNCTIONS", "call", "forward", "applies", "register"]
+__all__ = ["TABLE", "FUNCTIONS", "call", "forward", "planned_forward", "applies", "register"]
 
 _PLAIN = (Tensor, nn.Parameter)
 _is_wrapped = torch._C._functorch.is_functorch_wrapped_tensor
@@ -52,19 +53,22 @@ TABLE = {
     "weight_grad": (("input_grad", "b", "g", "a_channels_last"), ("forward", "a", "g", None)),
 }
 
-#: What each operation computes on plain tensors: ``(entry, a, b, backend, *flag)``.
-_COMPUTE = {"forward": compute.forward, "input_grad": compute.input_grad, "weight_grad": compute.weight_grad}
-
-
 def _flags(op: str, a: Tensor, b: Tensor) -> dict:
-    """The flags that ``op``'s rows of :data:`TABLE` name, from its operands."""
+    """The flags that ``op``'s rows of :data:`TABLE` name, from its operands (a weight's layout is
+    remembered per shape and strides)."""
     flags = {None: None}
     for _, _, _, flag in TABLE[op]:
         if flag == "a_channels_last":
-            flags[flag] = memory_format_of(a) != torch.contiguous_format
+            flags[flag] = (a.dim() in (4, 5) and not a.is_contiguous()
+                           and a.is_contiguous(memory_format=_CHANNELS_LAST[a.dim()]))
         elif flag == "b_kernel_major":
-            flags[flag] = is_kernel_major(b)
+            key = ("kernel major", b.shape, b.stride())
+            found = CACHE.get(key)
+            flags[flag] = found if found is not None else remember(key, is_kernel_major(b))
     return flags
+
+
+_CHANNELS_LAST = {4: torch.channels_last, 5: torch.channels_last_3d}
 
 
 def _forward_ad_active() -> bool:
@@ -83,9 +87,10 @@ def applies(a: Tensor, b: Tensor) -> bool:
             and not torch._C._is_torch_function_mode_enabled() and not torch.jit.is_tracing())
 
 
-def _operator(op: str, a: Tensor, b: Tensor, e: Entry, backend: str, flag) -> Tensor:
+def _operator(op: str, a: Tensor, b: Tensor, plan: Plan, flag) -> Tensor:
     fn = getattr(torch.ops.unshared, op)
-    return fn(a, b, e.encoded, backend) if flag is None else fn(a, b, e.encoded, backend, flag)
+    encoded = plan.entry.encoded
+    return fn(a, b, encoded, plan.backend) if flag is None else fn(a, b, encoded, plan.backend, flag)
 
 
 def _recorded(a: Tensor, b: Tensor, bias: Tensor | None = None) -> bool:
@@ -94,47 +99,73 @@ def _recorded(a: Tensor, b: Tensor, bias: Tensor | None = None) -> bool:
                                          or (bias is not None and bias.requires_grad))) or _forward_ad_active()
 
 
-def _unrecorded(op: str, a: Tensor, b: Tensor, e: Entry, backend: str, flag) -> Tensor:
+def _unrecorded(op: str, a: Tensor, b: Tensor, plan: Plan, flag) -> Tensor:
     """``op(a, b)`` where autograd records nothing at this level (inside a Function's forward)."""
     if applies(a, b):
-        return _COMPUTE[op](e, a, b, backend, *(() if flag is None else (flag,)))
+        return plan.run(op, a, b, flag)
     if torch._C._are_functorch_transforms_active():  # wrapped by an outer transform: its level's Function
-        return FUNCTIONS[op].apply(a, b, e, backend, flag, None, False)
-    return _operator(op, a, b, e, backend, flag)
+        return FUNCTIONS[op].apply(a, b, plan, flag, None, False)
+    return _operator(op, a, b, plan, flag)
 
 
-def call(op: str, a: Tensor, b: Tensor, e: Entry, backend: str, flag=None) -> Tensor:
+def call(op: str, a: Tensor, b: Tensor, plan: Plan, flag=None) -> Tensor:
     """``op(a, b)`` (``flag``: ``input_grad``'s ``channels_last``, ``weight_grad``'s
     ``kernel_major``) by the route the module docstring describes."""
     if applies(a, b):
         if _recorded(a, b):
-            return FUNCTIONS[op].apply(a, b, e, backend, flag, None, True)
-        return _COMPUTE[op](e, a, b, backend, *(() if flag is None else (flag,)))
+            return FUNCTIONS[op].apply(a, b, plan, flag, None, True)
+        return plan.run(op, a, b, flag)
     if torch._C._are_functorch_transforms_active() or _forward_ad_active():
-        return FUNCTIONS[op].apply(a, b, e, backend, flag, None, False)
-    return _operator(op, a, b, e, backend, flag)
+        return FUNCTIONS[op].apply(a, b, plan, flag, None, False)
+    return _operator(op, a, b, plan, flag)
 
 
-def forward(x: Tensor, weight: Tensor, bias: Tensor | None, e: Entry, backend: str) -> Tensor:
+def forward(x: Tensor, weight: Tensor, bias: Tensor | None, plan: Plan) -> Tensor:
     """The layer: ``forward(x, weight)`` plus ``bias`` (``(O,)`` or ``(O, *output_size)``), added
     inside the call's one autograd node where it can be (a plain bias of the output's dtype and
     device: else type promotion or broadcasting rules would differ), else after it."""
     if (bias is None or not applies(x, weight) or type(bias) not in _PLAIN or bias.dtype != x.dtype
             or bias.device != x.device or _is_wrapped(bias) or _is_legacy_batched(bias)):
-        y = call("forward", x, weight, e, backend)
+        y = call("forward", x, weight, plan)
         return y if bias is None else y + compute.bias_view(bias, y.dim())
-    if _recorded(x, weight, bias):
-        return FUNCTIONS["forward"].apply(x, weight, e, backend, None, bias, True)
-    return compute.forward(e, x, weight, backend).add_(compute.bias_view(bias, x.dim()))
+    return planned_forward(x, weight, bias, plan)
+
+
+def planned_forward(x: Tensor, weight: Tensor, bias: Tensor | None, plan: Plan) -> Tensor:
+    """:func:`forward` where the caller found that :func:`applies` (and a bias, if any, plain and
+    of ``x``'s dtype and device): one Function where autograd records, else the backend."""
+    if (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad
+                                     or (bias is not None and bias.requires_grad))) or _forward_ad_active():
+        return FUNCTIONS["forward"].apply(x, weight, plan, None, bias, True)
+    y = plan.run("forward", x, weight)
+    return y if bias is None else y.add_(bias if bias.dim() > 1 else bias.view(-1, *(1,) * (x.dim() - 2)))
 
 
 # ----------------------------------------------------------------------------- the Functions
 
 def _vjps(op: str, ctx, a: Tensor, b: Tensor, grad: Tensor) -> list:
-    """The vector-Jacobian products of ``op`` for ``a`` and ``b`` that ``ctx`` needs, by :data:`TABLE`."""
+    """The vector-Jacobian products of ``op`` for ``a`` and ``b`` that ``ctx`` needs, by :data:`TABLE`:
+    computed by the plan directly when nothing records or wraps them, else through :func:`call`."""
     operands, flags = {"a": a, "b": b, "g": grad}, _flags(op, a, b)
-    return [call(name, operands[first], operands[second], ctx.entry, ctx.backend, flags[flag])
-            if needed else None for needed, (name, first, second, flag) in zip(ctx.needs_input_grad[:2], TABLE[op])]
+    plan, needed, found = ctx.plan, ctx.needs_input_grad, [None, None]
+    direct = (ctx.direct and type(grad) in _PLAIN and not torch.is_grad_enabled() and not _is_wrapped(grad)
+              and not _is_legacy_batched(grad) and not torch._C._len_torch_dispatch_stack()
+              and not torch._C._is_torch_function_mode_enabled()
+              and getattr(forward_ad, "_current_level", -1) < 0)  # nothing records or observes the products
+    functions = plan.direct if direct else None
+    for i in (0, 1):
+        if not needed[i]:
+            continue
+        name, first, second, flag = TABLE[op][i]
+        first, second, flag = operands[first], operands[second], flags[flag]
+        if functions is None:
+            found[i] = call(name, first, second, plan, flag) if not direct else plan.run(name, first, second, flag)
+        elif name == "forward":
+            found[i] = functions[name](first, second, plan.geometry)
+        else:
+            found[i] = functions[name](first, second, plan.geometry,
+                                       plan.formats[flag] if name == "input_grad" else flag)
+    return found
 
 
 def _per_sample(info, dims, tensors, apply: Callable) -> tuple[Tensor, int]:
@@ -150,49 +181,51 @@ def _fold(t: Tensor, dim: int) -> Tensor:
 
 
 def _function(op: str) -> type:
-    """The ``torch.autograd.Function`` of ``op``, ``apply(a, b, entry, backend, flag, bias, direct)``
+    """The ``torch.autograd.Function`` of ``op``, ``apply(a, b, plan, flag, bias, direct)``
     (``bias``: the forward's, or ``None``; ``direct``: the caller found that :func:`applies`),
     derived from :data:`TABLE`."""
 
-    def forward(a, b, e, backend, flag, bias, direct):
-        if direct:
-            y = _COMPUTE[op](e, a, b, backend, *(() if flag is None else (flag,)))
+    def forward(a, b, plan, flag, bias, direct):
+        if direct and plan.direct is not None and op == "forward":  # the common case, without a call
+            y = plan.direct["forward"](a, b, plan.geometry)
         else:
-            y = _unrecorded(op, a, b, e, backend, flag)
-        return y if bias is None else y.add_(compute.bias_view(bias, y.dim()))
+            y = plan.run(op, a, b, flag) if direct else _unrecorded(op, a, b, plan, flag)
+        if bias is None:
+            return y
+        return y.add_(bias if bias.dim() > 1 else bias.view(-1, *(1,) * (y.dim() - 2)))
 
     def setup_context(ctx, inputs, output):
-        a, b, e, backend, flag, bias, _ = inputs
+        a, b, plan, flag, bias, direct = inputs
         ctx.save_for_backward(a, b)
         ctx.save_for_forward(a, b)
-        ctx.entry, ctx.backend, ctx.flag = e, backend, flag
+        ctx.plan, ctx.flag, ctx.direct = plan, flag, direct
         ctx.bias_shape, ctx.output_shape = None if bias is None else bias.shape, output.shape
 
     def backward(ctx, grad):
         a, b = ctx.saved_tensors
         g_a, g_b = _vjps(op, ctx, a, b, grad)
         g_bias = None
-        if ctx.bias_shape is not None and ctx.needs_input_grad[5]:
+        if ctx.bias_shape is not None and ctx.needs_input_grad[4]:
             shape = ctx.bias_shape
             g_bias = grad.sum_to_size((shape[0], *(1,) * (grad.dim() - 2)) if len(shape) == 1 else shape).view(shape)
-        return g_a, g_b, None, None, None, g_bias, None
+        return g_a, g_b, None, None, g_bias, None
 
-    def jvp(ctx, ta, tb, _e, _backend, _flag, t_bias, _direct):
+    def jvp(ctx, ta, tb, _plan, _flag, t_bias, _direct):
         a, b = ctx.saved_tensors
-        terms = [call(op, ta, b, ctx.entry, ctx.backend, ctx.flag) if ta is not None else None,
-                 call(op, a, tb, ctx.entry, ctx.backend, ctx.flag) if tb is not None else None]
+        terms = [call(op, ta, b, ctx.plan, ctx.flag) if ta is not None else None,
+                 call(op, a, tb, ctx.plan, ctx.flag) if tb is not None else None]
         if t_bias is not None:
             terms.append(compute.bias_view(t_bias, len(ctx.output_shape)).expand(ctx.output_shape))
         terms = [t for t in terms if t is not None]
         return sum(terms[1:], terms[0])
 
-    def vmap(info, in_dims, a, b, e, backend, flag, bias, direct):
-        a_dim, b_dim, bias_dim = in_dims[0], in_dims[1], in_dims[5]
+    def vmap(info, in_dims, a, b, plan, flag, bias, direct):
+        a_dim, b_dim, bias_dim = in_dims[0], in_dims[1], in_dims[4]
         if op != "weight_grad" and a_dim is not None and b_dim is None and bias_dim is None:
-            y = FUNCTIONS[op].apply(_fold(a, a_dim), b, e, backend, flag, bias, False)
+            y = FUNCTIONS[op].apply(_fold(a, a_dim), b, plan, flag, bias, False)
             return y.unflatten(0, (info.batch_size, -1)), 0
         return _per_sample(info, (a_dim, b_dim, bias_dim), (a, b, bias),
-                           lambda a_i, b_i, bias_i: FUNCTIONS[op].apply(a_i, b_i, e, backend, flag, bias_i, False))
+                           lambda a_i, b_i, bias_i: FUNCTIONS[op].apply(a_i, b_i, plan, flag, bias_i, False))
 
     name = "".join(part.capitalize() for part in op.split("_"))
     return type(name, (torch.autograd.Function,), {
@@ -206,14 +239,14 @@ FUNCTIONS = {op: _function(op) for op in TABLE}
 
 # ----------------------------------------------------------------------------- the operators
 
-def register(operators: dict, entry_of_encoded: Callable[[list], Entry]) -> None:
+def register(operators: dict) -> None:
     """The backward of each registered custom operator (``operators[op]``, taking ``(a, b,
     geometry list, backend[, flag])``), derived from :data:`TABLE`."""
     for op, operator in operators.items():
         def setup_context(ctx, inputs, output, op=op):
             a, b, encoded, backend = inputs[:4]
             ctx.save_for_backward(a, b)
-            ctx.entry, ctx.backend = entry_of_encoded(encoded), backend
+            ctx.plan, ctx.direct = compute.plan_of(encoded, backend), False
 
         def backward(ctx, grad, op=op):
             a, b = ctx.saved_tensors

@@ -11,7 +11,7 @@ included. The backend name ``"auto"`` inside an op means "choose now, with real 
 :mod:`.selection` measures once per key); the choice is never made while tracing. Backends made of standard operators (``composite``, ``conv``: their module sets
 ``STANDARD_OPERATORS``) are called directly and differentiated by autograd. What the ops compute
 is :mod:`.compute`; eager calls that nothing observes (plain tensors, no mode, no tracer) skip
-the dispatcher and call it through :mod:`.derivatives`, with the same checks and results.
+the dispatcher and reach it through :mod:`.derivatives`, with the same results.
 """
 import torch
 from torch import Tensor
@@ -28,18 +28,22 @@ def _with_bias(y: Tensor, bias: Tensor | None) -> Tensor:
 
 
 def locally_connected(x: Tensor, weight: Tensor, geometry: Geometry, backend: str,
-                      entry: checks.Entry | None = None, bias: Tensor | None = None) -> Tensor:
+                      plan: compute.Plan | None = None, bias: Tensor | None = None) -> Tensor:
     """``(N, C, *input_size)`` -> ``(N, O, *output_size)``, plus ``bias`` (``(O,)`` or
-    ``(O, *output_size)``) when given; zero padding only. ``entry``: ``geometry``'s
-    :class:`~.checks.Entry`, when the caller keeps it."""
+    ``(O, *output_size)``) when given; zero padding only. ``plan``: the call's
+    :class:`~.compute.Plan` (of ``geometry`` and ``backend``), when the caller keeps one (its
+    checks then vouch for the tensors; without one they are checked here)."""
     module = BACKENDS.get(backend)  # "auto": chosen inside the operator
     if getattr(module, "STANDARD_OPERATORS", False):
         return _with_bias(module.forward(x, weight, geometry), bias)
-    return derivatives.forward(x, weight, bias, entry or checks.entry_of(geometry), backend)
+    if plan is None:  # tensors that no plan vouches for: checked as the operator checks them
+        plan = compute.plan_of(geometry.encode(), backend)
+        checks.check_forward(plan.entry, x, weight)
+    return derivatives.forward(x, weight, bias, plan)
 
 
 def locally_connected_transpose(x: Tensor, weight: Tensor, geometry: Geometry, backend: str,
-                                entry: checks.Entry | None = None, bias: Tensor | None = None) -> Tensor:
+                                plan: compute.Plan | None = None, bias: Tensor | None = None) -> Tensor:
     """The adjoint of :func:`locally_connected` in its input: ``(N, O, *output_size)`` ->
     ``(N, C, *input_size)`` of ``geometry`` (the transposed layer's forward), plus ``bias``
     (``(C,)`` or ``(C, *input_size)``) when given."""
@@ -50,7 +54,10 @@ def locally_connected_transpose(x: Tensor, weight: Tensor, geometry: Geometry, b
             raise ValueError(f"backend={backend!r} cannot compute a transposed layer")
         y = module.input_grad(x, weight, geometry, compute.input_grad_format(channels_last, x.dim()))
     else:
-        y = derivatives.call("input_grad", x, weight, entry or checks.entry_of(geometry), backend, channels_last)
+        if plan is None:
+            plan = compute.plan_of(geometry.encode(), backend)
+            checks.check_input_grad(plan.entry, x, weight)
+        y = derivatives.call("input_grad", x, weight, plan, channels_last)
     return _with_bias(y, bias)
 
 
@@ -99,7 +106,7 @@ def _(x, grad_output, geometry, backend, kernel_major):
 
 # ----------------------------------------------------------------------------- derivatives
 
-derivatives.register({"forward": _forward, "input_grad": _input_grad, "weight_grad": _weight_grad}, checks.entry)
+derivatives.register({"forward": _forward, "input_grad": _input_grad, "weight_grad": _weight_grad})
 
 
 # ----------------------------------------------------------------------------- decompositions

@@ -30,7 +30,7 @@ import torch
 
 from .._utils import Geometry, empty_weight, is_kernel_major, memory_format_of
 
-__all__ = ["fastest", "resolve", "failed", "measuring", "clear_choices", "choices", "CANDIDATES"]
+__all__ = ["fastest", "resolve", "failed", "measuring", "clear_choices", "choices", "CANDIDATES", "MEASURING"]
 
 #: What ``auto`` chooses between on CUDA, in order of preference when nothing is measured.
 CANDIDATES = ("triton", "torch", "unfold")
@@ -39,7 +39,8 @@ STAGES = ("forward", "backward")
 _lock = threading.Lock()
 _choices: dict[tuple, tuple[str, ...]] = {}  # key -> the candidates measured, fastest first
 _warned: set[str] = set()
-_state = {"measuring": os.environ.get("UNSHARED_MEASURE_BACKENDS", "1") != "0"}
+#: ``[measuring]``: whether ``auto`` measures (read it with :func:`measuring`; hot paths read ``MEASURING[0]``)
+MEASURING = [os.environ.get("UNSHARED_MEASURE_BACKENDS", "1") != "0"]
 
 
 def measuring(enabled: bool | None = None) -> bool:
@@ -55,8 +56,8 @@ def measuring(enabled: bool | None = None) -> bool:
         True
     """
     if enabled is not None:
-        _state["measuring"] = bool(enabled)
-    return _state["measuring"]
+        MEASURING[0] = bool(enabled)
+    return MEASURING[0]
 
 
 def clear_choices() -> None:

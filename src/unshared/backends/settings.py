@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["Settings", "settings", "current_settings"]
+__all__ = ["Settings", "settings", "current_settings", "SETTINGS"]
 
 
 @dataclass(frozen=True)
@@ -83,7 +83,9 @@ class Settings:
                 raise ValueError(f"settings: {name} must be positive, got {name}=0")
 
 
-_CURRENT: contextvars.ContextVar[Settings] = contextvars.ContextVar("unshared_settings", default=Settings())
+#: The settings in effect (read it with :func:`current_settings`; hot paths that key a cache on
+#: them read ``SETTINGS.get()``, which costs no Python call).
+SETTINGS: contextvars.ContextVar[Settings] = contextvars.ContextVar("unshared_settings", default=Settings())
 
 
 def current_settings() -> Settings:
@@ -99,7 +101,7 @@ def current_settings() -> Settings:
         >>> current_settings() == Settings()
         True
     """
-    return Settings() if torch.compiler.is_compiling() else _CURRENT.get()
+    return Settings() if torch.compiler.is_compiling() else SETTINGS.get()
 
 
 @contextlib.contextmanager
@@ -118,8 +120,8 @@ def settings(**overrides):
         >>> inside.block_elements, torch.allclose(y, layer(x), atol=1e-6)
         (4096, True)
     """
-    token = _CURRENT.set(dataclasses.replace(_CURRENT.get(), **overrides))
+    token = SETTINGS.set(dataclasses.replace(SETTINGS.get(), **overrides))
     try:
-        yield _CURRENT.get()
+        yield SETTINGS.get()
     finally:
-        _CURRENT.reset(token)
+        SETTINGS.reset(token)
