@@ -112,7 +112,7 @@ def prepare(name: str, nd: int, input: Tensor, grid, out_channels: int, in_per_g
             f"in input of shape {tuple(input.shape)}")
     U.check_groups(channels, out_channels, groups)
     U.check_padding_mode(padding_mode)
-    pads = U.normalize_padding(padding, kernel_size, stride, dilation)
+    pads = U.normalize_padding(padding, kernel_size, stride, dilation, name)
     spatial = tuple(x.shape[2:])
     produced = U.output_size(spatial, kernel_size, stride, pads, dilation)
     if produced != tuple(grid):

@@ -63,25 +63,68 @@ def positive(values: tuple[int, ...], name: str) -> tuple[int, ...]:
     return values
 
 
-def normalize_padding(padding, kernel_size, stride, dilation) -> tuple[tuple[int, int], ...]:
-    """Padding as ``((lo, hi), ...)`` per spatial dimension.
+def padding_argument(padding, n: int, name: str = "", strings=("valid", "same", "causal")):
+    """``padding`` as a layer keeps it: one of ``strings`` (``"causal"`` in 1d only), or per spatial
+    dimension an int or a ``(low, high)`` tuple. Any other form raises ``ValueError`` (``TypeError``:
+    neither int nor sequence) naming the value and ``name``; in 1d, ``(0, 4)`` is refused as
+    ambiguous, with the suggestion ``((0, 4),)``."""
+    where, _is_int = f"{name}: " if name else "", lambda v: isinstance(v, int) and not isinstance(v, bool)
+    allowed = tuple(t for t in strings if t != "causal" or n == 1)
+    words = " or ".join(", ".join(map(repr, allowed)).rsplit(", ", 1))
+    forms = f"an int, a tuple of {n} ints or (low, high) pairs" + (f", {words}" if words else "")
+    if isinstance(padding, str):
+        if padding in allowed:
+            return padding
+        if padding == "causal" and "causal" in strings:
+            raise ValueError(f"{where}padding='causal' is for 1d layers (dilation * (kernel_size - 1) on the low "
+                             f"side); in {n}d give a (low, high) pair per dimension, e.g. padding={((2, 0),) * n}")
+        raise ValueError(f"{where}padding must be {forms}, got {padding!r}")
+    if _is_int(padding):
+        items = (padding,) * n
+    elif isinstance(padding, Sequence):
+        items = tuple(tuple(p) if isinstance(p, Sequence) and not isinstance(p, str) else p for p in padding)
+        if n == 1 and len(items) == 2 and all(map(_is_int, items)):
+            raise ValueError(f"{where}padding={padding!r} is ambiguous in 1d: for {items[0]} on the low side and "
+                             f"{items[1]} on the high side write padding=({items},); padding must be {forms}")
+        if len(items) != n or not all(_is_int(p) or (type(p) is tuple and len(p) == 2 and all(map(_is_int, p)))
+                                      for p in items):
+            raise ValueError(f"{where}padding must be {forms}, got {padding!r}")
+    else:
+        raise TypeError(f"{where}padding must be {forms}, got {padding!r}")
+    if any(v < 0 for p in items for v in (p if isinstance(p, tuple) else (p,))):
+        raise ValueError(f"{where}padding must be non-negative, got padding={items}")
+    return items
 
-    ``"same"`` pads ``d * (k - 1)`` in total, the extra element on the high side (as ``nn.Conv2d``).
+
+def padding_pairs(padding) -> tuple[tuple[int, int], ...]:
+    """Per dimension ``(low, high)`` of a checked :func:`padding_argument` without strings."""
+    return tuple(p if isinstance(p, tuple) else (p, p) for p in padding)
+
+
+def normalize_padding(padding, kernel_size, stride, dilation, name: str = "") -> tuple[tuple[int, int], ...]:
+    """Padding as ``((lo, hi), ...)`` per spatial dimension (:func:`padding_argument` checks it).
+
+    ``"same"`` pads ``d * (k - 1)`` in total, the extra element on the high side (as ``nn.Conv2d``);
+    ``"causal"`` (1d) all of it on the low side (as Keras's ``Conv1D``).
     """
     n = len(kernel_size)
-    if isinstance(padding, str):
-        if padding == "valid":
-            return ((0, 0),) * n
-        if padding == "same":
-            if any(s != 1 for s in stride):
-                raise ValueError(f"padding='same' requires stride 1, got stride={stride}")
-            total = [d * (k - 1) for k, d in zip(kernel_size, dilation)]
-            return tuple((t // 2, t - t // 2) for t in total)
-        raise ValueError(f"padding must be an int, a tuple of {n} ints, 'valid' or 'same', got {padding!r}")
-    pads = ntuple(padding, n, "padding")
-    if any(p < 0 for p in pads):
-        raise ValueError(f"padding must be non-negative, got padding={pads}")
-    return tuple((p, p) for p in pads)
+    padding = padding_argument(padding, n, name)
+    total = [d * (k - 1) for k, d in zip(kernel_size, dilation)]
+    if padding == "valid":
+        return ((0, 0),) * n
+    if padding == "causal":
+        return tuple((t, 0) for t in total)
+    if padding == "same":
+        if any(s != 1 for s in stride):
+            raise ValueError(f"{name + ': ' if name else ''}padding='same' requires stride 1, got stride={stride}")
+        return tuple((t // 2, t - t // 2) for t in total)
+    return padding_pairs(padding)
+
+
+def transpose_padding(padding, n: int, name: str = "") -> tuple[tuple[int, int], ...]:
+    """A transposed layer's ``padding`` (no strings, as ``nn.ConvTranspose``) as ``((lo, hi), ...)``:
+    what its output loses on each side, the padding of the layer it is the adjoint of."""
+    return padding_pairs(padding_argument(padding, n, name, strings=()))
 
 
 #: The largest padded input size (``input_size + padding`` on both sides), kernel size, stride and
@@ -125,13 +168,15 @@ def output_size(input_size, kernel_size, stride, padding, dilation) -> tuple[int
 
 
 def transposed_output_size(input_size, kernel_size, stride, padding, output_padding, dilation) -> tuple[int, ...]:
-    """``(i - 1) * s - 2 * p + d * (k - 1) + output_padding + 1`` per dimension (``nn.ConvTranspose``).
+    """``(i - 1) * s - lo - hi + d * (k - 1) + output_padding + 1`` per dimension (``nn.ConvTranspose``
+    with ``lo = hi = p``; ``padding``: an int or a ``(lo, hi)`` pair per dimension).
 
     Raises ``ValueError`` when a value passes :data:`MAX_EXTENT` (the output is the input of the
     locally connected layer this one is the adjoint of)."""
-    out = tuple((i - 1) * s - 2 * p + d * (k - 1) + op + 1
-                for i, k, s, p, op, d in zip(input_size, kernel_size, stride, padding, output_padding, dilation))
-    check_extents(out, kernel_size, stride, tuple((p, p) for p in padding), dilation)
+    pairs = padding_pairs(padding)
+    out = tuple((i - 1) * s - lo - hi + d * (k - 1) + op + 1
+                for i, k, s, (lo, hi), op, d in zip(input_size, kernel_size, stride, pairs, output_padding, dilation))
+    check_extents(out, kernel_size, stride, pairs, dilation)
     return out
 
 

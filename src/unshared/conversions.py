@@ -139,6 +139,7 @@ def to_conv(layer: LocallyConnectedNd, reduce: str | None = None) -> ConvConvers
         0.5
     """
     nd = _check_local(layer, "to_conv")
+    padding = _conv_padding(layer)  # before the weights: one-sided padding is refused whatever they hold
     if reduce not in (None, "mean", "median"):
         raise ValueError(f"to_conv: reduce must be None, 'mean' or 'median', got reduce={reduce!r}")
     w = layer.weight.detach().reshape(-1, *layer.weight.shape[nd:])
@@ -156,7 +157,7 @@ def to_conv(layer: LocallyConnectedNd, reduce: str | None = None) -> ConvConvers
             f"pass reduce='mean' or reduce='median' for an approximate convolution"
         )
     scale = max(w.abs().max().item(), 0.0 if b is None else b.abs().max().item())
-    conv = U.CONV_MODULES[nd](layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride, layer.padding,
+    conv = U.CONV_MODULES[nd](layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride, padding,
                      layer.dilation, layer.groups, layer.bias is not None, layer.padding_mode,
                      device=w.device, dtype=w.dtype)
     with torch.no_grad():
@@ -164,6 +165,20 @@ def to_conv(layer: LocallyConnectedNd, reduce: str | None = None) -> ConvConvers
         if bias is not None:
             conv.bias.copy_(bias)
     return ConvConversion(conv, deviation, deviation / scale if scale else 0.0)
+
+
+def _conv_padding(layer: LocallyConnectedNd):
+    """The layer's padding as ``nn.Conv`` takes it: ``"valid"``, ``"same"`` or one int per dimension;
+    ``ValueError`` for one-sided padding (``(low, high)`` pairs that differ, ``"causal"``)."""
+    if layer.padding in ("valid", "same"):
+        return layer.padding
+    pairs = U.normalize_padding(layer.padding, layer.kernel_size, layer.stride, layer.dilation)
+    if any(lo != hi for lo, hi in pairs):
+        name = U.CONV_MODULES[len(pairs)].__name__
+        raise ValueError(f"to_conv: nn.{name} cannot express the one-sided padding={layer.padding!r} of this "
+                         f"{type(layer).__name__} ((low, high) = {pairs}); pad the input first (F.pad, or "
+                         f"nn.ZeroPad{len(pairs)}d for zeros) and convert a layer with padding=0")
+    return tuple(lo for lo, _ in pairs)
 
 
 def _dense_index(layer: LocallyConnectedNd) -> tuple[Tensor, Tensor]:

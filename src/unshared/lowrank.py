@@ -111,8 +111,8 @@ def _doc(nd: int) -> str:
     banks, combined with spatially varying weights at every output position.
 
     Args:
-        in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias,
-        padding_mode, device, dtype, input_size, backend: as ``LocallyConnected{nd}d``.
+        in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias, padding_mode, device, dtype, input_size, backend:
+            as ``LocallyConnected{nd}d``.
         rank: number of basis filter banks (keyword-only); 1 is a convolution.
         combining: ``"position"`` (logits ``(rank, *output_size)``, default) or ``"factorized"``
             (one ``(rank, out_i)`` term per spatial dimension, summed).

@@ -35,6 +35,24 @@ class PositionParameters:
             f"torch.export (a graph to save or deploy, also for ONNX: torch.onnx.export(..., dynamo=True)), "
             f"or torch.jit.trace (standard operators, any batch size)")
 
+    #: the tuple arguments that ``extra_repr`` prints when they differ from this default in every dimension
+    _repr_defaults = (("padding", 0), ("dilation", 1))
+
+    def extra_repr(self) -> str:
+        """The arguments, those with their default values left out, as ``nn.Conv``'s (``padding``
+        as given)."""
+        s = f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}"
+        s += "".join(f", {arg}={getattr(self, arg)}" for arg, default in self._repr_defaults
+                     if getattr(self, arg) != (default,) * self._nd)
+        s += f", groups={self.groups}" if self.groups != 1 else ""
+        s += ", bias=False" if self.bias is None else ""
+        s += f", padding_mode={self.padding_mode}" if self.padding_mode != "zeros" else ""
+        s += f", input_size={self.input_size}" + (", shared_bias=True" if self.shared_bias else "")
+        return s + (f", backend={self.backend}" if self.backend != "auto" else "")
+
+    def _check_input(self, input: Tensor) -> None:
+        U.check_layer_input(type(self).__name__, input, self._nd, self.in_channels, self.input_size)
+
     def _set_up_parameters(self, lazy: bool, bias: bool, input_size, factory_kwargs) -> None:
         if lazy:
             self.weight = UninitializedParameter(**factory_kwargs)
@@ -78,8 +96,8 @@ class LocallyConnectedNd(PositionParameters, nn.Module):
         self.kernel_size = U.positive(U.ntuple(kernel_size, nd, "kernel_size"), "kernel_size")
         self.stride = U.positive(U.ntuple(stride, nd, "stride"), "stride")
         self.dilation = U.positive(U.ntuple(dilation, nd, "dilation"), "dilation")
-        self._padding = U.normalize_padding(padding, self.kernel_size, self.stride, self.dilation)
-        self.padding = padding if isinstance(padding, str) else U.ntuple(padding, nd, "padding")
+        self._padding = U.normalize_padding(padding, self.kernel_size, self.stride, self.dilation, name)
+        self.padding = U.padding_argument(padding, nd, name)  # as given: a string, ints or (low, high) pairs
         self.padding_mode = U.check_padding_mode(padding_mode)
         self.shared_bias = bool(shared_bias)
         self.backend = check_backend_name(backend)
@@ -142,32 +160,10 @@ class LocallyConnectedNd(PositionParameters, nn.Module):
                                       unexpected_keys, error_msgs)
 
     # -- computation ----------------------------------------------------------------------------
-    def _check_input(self, input: Tensor) -> None:
-        U.check_layer_input(type(self).__name__, input, self._nd, self.in_channels, self.input_size)
-
     def forward(self, input: Tensor) -> Tensor:
         self._check_input(input)
         return UF.locally_connected(input, self.weight, self.bias, self.stride, self.padding, self.dilation,
                                     self.groups, padding_mode=self.padding_mode, backend=self.backend)
-
-    def extra_repr(self) -> str:
-        s = "{in_channels}, {out_channels}, kernel_size={kernel_size}, stride={stride}"
-        if self.padding != (0,) * self._nd:
-            s += ", padding={padding}"
-        if self.dilation != (1,) * self._nd:
-            s += ", dilation={dilation}"
-        if self.groups != 1:
-            s += ", groups={groups}"
-        if self.bias is None:
-            s += ", bias=False"
-        if self.padding_mode != "zeros":
-            s += ", padding_mode={padding_mode}"
-        s += ", input_size={input_size}"
-        if self.shared_bias:
-            s += ", shared_bias=True"
-        if self.backend != "auto":
-            s += ", backend={backend}"
-        return s.format(**self.__dict__)
 
 
 class LazyInitialization(LazyModuleMixin):
@@ -277,9 +273,11 @@ def _module_doc(nd: int) -> str:
     output grid and therefore the number of weights.
 
     Args:
-        in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias,
-        padding_mode, device, dtype: as ``nn.Conv{nd}d``. ``padding`` may be ``"same"`` (stride 1)
-            or ``"valid"``; ``padding_mode`` is ``"zeros"``, ``"reflect"``, ``"replicate"`` or ``"circular"``.
+        in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias, padding_mode, device, dtype:
+            as ``nn.Conv{nd}d``. ``padding`` may also give a dimension a ``(low, high)`` pair
+            (one-sided padding: ``((0, 4),)`` in 1d), or be ``"same"`` (stride 1), ``"valid"`` or, in
+            1d, ``"causal"`` (all ``dilation * (kernel_size - 1)`` on the low side); ``layer.padding``
+            keeps it as given. ``padding_mode`` is ``"zeros"``, ``"reflect"``, ``"replicate"`` or ``"circular"``.
         input_size: spatial size ``({dims})`` of the inputs, int or tuple (required, keyword-only).
         shared_bias: one bias per output channel instead of one per channel and position. Default: False.
         backend: ``"auto"`` or a backend name (see ``unshared.backends``). Default: ``"auto"``.
@@ -287,7 +285,8 @@ def _module_doc(nd: int) -> str:
     Shape:
         - Input: ``(N, C_in, {dims})`` or ``(C_in, {dims})``.
         - Output: ``(N, C_out, {odims})`` or ``(C_out, {odims})``, with
-          ``out_i = floor((in_i + 2 * padding_i - dilation_i * (kernel_size_i - 1) - 1) / stride_i) + 1``.
+          ``out_i = floor((in_i + low_i + high_i - dilation_i * (kernel_size_i - 1) - 1) / stride_i) + 1``
+          (``low_i = high_i = padding_i`` for an int).
 
     Attributes:
         weight: ``({odims}, C_out, C_in // groups, *kernel_size)``; ``weight[p]`` is the

@@ -68,7 +68,7 @@ def _factors(layer: nn.Module, input: Tensor, grad_output: Tensor):
         outputs = grad_output.flatten(2).transpose(1, 2)
         return outputs.reshape(n, -1, g, layer.out_channels // g), windows.reshape(n, outputs.shape[1], g, -1)
     # transposed: the adjoint, so its input times the windows of the output gradient
-    windows = unfold(grad_output, layer.kernel_size, layer.stride, [(p, p) for p in layer.padding], layer.dilation)
+    windows = unfold(grad_output, layer.kernel_size, layer.stride, U.padding_pairs(layer.padding), layer.dilation)
     inputs = input.flatten(2).transpose(1, 2)
     return inputs.reshape(n, -1, g, layer.in_channels // g), windows.reshape(n, inputs.shape[1], g, -1)
 

@@ -161,8 +161,8 @@ def _doc(kind: str, nd: int) -> str:
     return f"""{summary}
 
     Args:
-        in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias,
-        padding_mode, device, dtype, input_size, shared_bias, backend: as ``LocallyConnected{nd}d``.
+        in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias, padding_mode, device, dtype, input_size, shared_bias, backend:
+            as ``LocallyConnected{nd}d``.
         {arg}: int or tuple (keyword-only): {meaning}.
 
     Shape:

@@ -27,6 +27,7 @@ class _LocallyConnectedTransposeNd(PositionParameters, nn.Module):
     """Arguments, parameters, initialisation and checks of ``LocallyConnectedTranspose{1,2,3}d``."""
 
     _nd: int
+    _repr_defaults = (("padding", 0), ("output_padding", 0), ("dilation", 1))
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, output_padding=0,
                  groups: int = 1, bias: bool = True, dilation=1, padding_mode: str = "zeros", device=None,
@@ -43,11 +44,11 @@ class _LocallyConnectedTransposeNd(PositionParameters, nn.Module):
         self.kernel_size = U.positive(U.ntuple(kernel_size, nd, "kernel_size"), "kernel_size")
         self.stride = U.positive(U.ntuple(stride, nd, "stride"), "stride")
         self.dilation = U.positive(U.ntuple(dilation, nd, "dilation"), "dilation")
-        self.padding = U.ntuple(padding, nd, "padding")
+        self.padding = U.padding_argument(padding, nd, name, strings=())  # ints or (low, high) pairs, as given
+        self._padding = U.padding_pairs(self.padding)
         self.output_padding = U.ntuple(output_padding, nd, "output_padding")
-        if any(p < 0 for p in self.padding + self.output_padding):
-            raise ValueError(f"{name}: padding and output_padding must be non-negative, got "
-                             f"padding={self.padding}, output_padding={self.output_padding}")
+        if any(p < 0 for p in self.output_padding):
+            raise ValueError(f"{name}: output_padding must be non-negative, got output_padding={self.output_padding}")
         if any(op >= max(s, d) for op, s, d in zip(self.output_padding, self.stride, self.dilation)):
             raise ValueError(f"{name}: output_padding must be smaller than stride or dilation, got "
                              f"output_padding={self.output_padding}, stride={self.stride}, dilation={self.dilation}")
@@ -60,7 +61,7 @@ class _LocallyConnectedTransposeNd(PositionParameters, nn.Module):
     def _set_input_size(self, input_size) -> None:
         name = type(self).__name__
         self.input_size = U.positive(U.ntuple(input_size, self._nd, "input_size"), "input_size")
-        self.output_size = U.transposed_output_size(self.input_size, self.kernel_size, self.stride, self.padding,
+        self.output_size = U.transposed_output_size(self.input_size, self.kernel_size, self.stride, self._padding,
                                                     self.output_padding, self.dilation)
         if any(o <= 0 for o in self.output_size):
             raise ValueError(f"{name}: output size {self.output_size} is not positive (padding={self.padding} "
@@ -81,29 +82,12 @@ class _LocallyConnectedTransposeNd(PositionParameters, nn.Module):
         if self.bias is not None:
             nn.init.uniform_(self.bias, -1.0 / math.sqrt(fan_in), 1.0 / math.sqrt(fan_in))
 
-    def _check_input(self, input: Tensor) -> None:
-        U.check_layer_input(type(self).__name__, input, self._nd, self.in_channels, self.input_size)
-
     def forward(self, input: Tensor) -> Tensor:
         self._check_input(input)
-        return UF.locally_connected_transpose(input, self.weight, self.bias, self.stride, self.padding,
+        pairs = self._padding  # ((low, high), ...); plain ints where even (the calls' cache keys)
+        padding = tuple(lo for lo, _ in pairs) if all(lo == hi for lo, hi in pairs) else pairs
+        return UF.locally_connected_transpose(input, self.weight, self.bias, self.stride, padding,
                                               self.output_padding, self.groups, self.dilation, backend=self.backend)
-
-    def extra_repr(self) -> str:
-        s = "{in_channels}, {out_channels}, kernel_size={kernel_size}, stride={stride}"
-        for arg, default in (("padding", 0), ("output_padding", 0), ("dilation", 1)):
-            if getattr(self, arg) != (default,) * self._nd:
-                s += f", {arg}={{{arg}}}"
-        if self.groups != 1:
-            s += ", groups={groups}"
-        if self.bias is None:
-            s += ", bias=False"
-        s += ", input_size={input_size}"
-        if self.shared_bias:
-            s += ", shared_bias=True"
-        if self.backend != "auto":
-            s += ", backend={backend}"
-        return s.format(**self.__dict__)
 
 
 class _LazyTransposeMixin(LazyInitialization):
@@ -129,17 +113,20 @@ def _doc(nd: int) -> str:
     bank at every input position, the adjoint of ``LocallyConnected{nd}d``.
 
     Args:
-        in_channels, out_channels, kernel_size, stride, padding, output_padding, groups, bias,
-        dilation, padding_mode, device, dtype: as ``nn.ConvTranspose{nd}d`` (in its order;
-            ``padding_mode`` must be ``"zeros"``, as there).
+        in_channels, out_channels, kernel_size, stride, padding, output_padding, groups, bias, dilation, padding_mode, device, dtype:
+            as ``nn.ConvTranspose{nd}d`` (in its order;
+            ``padding_mode`` must be ``"zeros"``, as there). ``padding`` may also give a dimension
+            a ``(low, high)`` pair: what the output loses on each side, the padding of the
+            ``LocallyConnected{nd}d`` this layer is the adjoint of (``((0, 2),)`` in 1d).
         input_size: spatial size ``({dims})`` of the inputs, int or tuple (required, keyword-only).
         shared_bias: one bias per output channel instead of one per channel and output position.
         backend: ``"auto"`` or a backend name (see ``unshared.backends``). Default: ``"auto"``.
 
     Shape:
         - Input: ``(N, C_in, {dims})`` or ``(C_in, {dims})``.
-        - Output: ``(N, C_out, {odims})``, ``out_i = (in_i - 1) * stride_i - 2 * padding_i +
-          dilation_i * (kernel_size_i - 1) + output_padding_i + 1``.
+        - Output: ``(N, C_out, {odims})``, ``out_i = (in_i - 1) * stride_i - low_i - high_i +
+          dilation_i * (kernel_size_i - 1) + output_padding_i + 1`` (``low_i = high_i = padding_i``
+          for an int).
 
     Attributes:
         weight: ``({dims}, C_in, C_out // groups, *kernel_size)``: ``weight[p]`` is the

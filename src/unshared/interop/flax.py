@@ -223,8 +223,9 @@ def from_lax(rhs, bias=None, *, filter_shape, input_size=None, window_strides=No
             axis flattened as ``(in_channels, *filter_shape)``. Other specs (spatial letters in the
             same order in all three, e.g. ``('NHWC', 'HWIO', 'NHWC')``) are read by their letters.
         bias: optional, ``(out_channels, *output_size)``, added after the convolution.
-        filter_shape, window_strides, padding (``"SAME"``, ``"SAME_LOWER"``, ``"VALID"`` or
-            ``(low, high)`` pairs), rhs_dilation, lhs_dilation (only 1): as for the lax function.
+        filter_shape, window_strides, padding, rhs_dilation, lhs_dilation: as for the lax function;
+            ``padding`` is ``"SAME"``, ``"SAME_LOWER"``, ``"VALID"`` or ``(low, high)`` pairs, and
+            ``lhs_dilation`` only 1.
         input_size: spatial size of ``lhs``; required when a stride is not 1.
         dtype: of the returned parameters; default ``rhs``'s dtype.
 
