@@ -27,11 +27,11 @@ def test_version(capsys):
     assert code == 0 and out == f"unshared {unshared.__version__}\n"
 
 
-def test_commands_are_demo_and_params():
-    assert set(_subparsers()) == {"demo", "params"}
+def test_commands_are_demo_params_and_info():
+    assert set(_subparsers()) == {"demo", "params", "info"}
 
 
-@pytest.mark.parametrize("command", ["demo", "params"])
+@pytest.mark.parametrize("command", ["demo", "params", "info"])
 def test_every_option_says_its_default(command, capsys):
     code, out, _ = _exit_code([command, "--help"], capsys)
     assert code == 0

@@ -1,4 +1,4 @@
-"""The ``unshared`` command line: ``unshared demo`` and ``unshared params``."""
+"""The ``unshared`` command line: ``unshared demo``, ``unshared params`` and ``unshared info``."""
 from __future__ import annotations
 
 import argparse
@@ -141,7 +141,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bytes-per-element", type=_positive, default=4, action=_Given, metavar="B",
                    help="for the memory columns (4: float32)")
     p.set_defaults(run=_params, parser=p)
+
+    i = sub.add_parser(
+        "info", formatter_class=_Formatter,
+        help="versions, backends, the compiled CPU kernels and their instruction set, threads, GPU",
+        description="Print the versions of unshared, PyTorch, Python and Triton; for each backend, whether "
+                    "it can run here and why not; whether the compiled CPU kernels loaded (with the "
+                    "compiler's error when they were not built), the instruction set they use and why; the "
+                    "number of threads; the GPU and its compute capability. The first thing to run when "
+                    "something is slow.")
+    i.add_argument("--json", action="store_true", help="print it as JSON")
+    i.set_defaults(run=_info, parser=i)
     return parser
+
+
+def _info(args) -> int:
+    from . import info
+
+    return info.main(as_json=args.json)
 
 
 def _demo(args) -> int:
