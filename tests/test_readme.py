@@ -7,6 +7,10 @@
 - A top-level ``print(...)`` line with a comment prints exactly that comment: the comment on the
   same line, or else the comment lines just below it.
 - A ``text`` block that starts with ``$ unshared ...`` shows exactly what that command prints.
+
+The long sections that were here moved to the documentation site (``docs/``), and their checks
+with them: ``tests/test_docs.py`` runs the site's blocks with the helpers of this file, and checks
+the code map of ``docs/architecture.md``; ``tests/test_records.py`` checks the numbers of both.
 """
 import contextlib
 import io
@@ -134,12 +138,3 @@ def test_claims_are_found():
     code = ('x = 1\nprint(x)  # 1\n# not a claim\nprint(x, x)\n# 1 1\n# 2\nprint("#")\nif x:\n'
             '    print(x)  # indented: not checked\n')
     assert _claims(code) == [(1, "1"), (3, "1 1\n2")]
-
-
-def test_the_code_map_names_every_module():
-    # "Where the code lives": each module of the package (the demo's as its folder) is named there
-    text = README.read_text().split("## Where the code lives", 1)[1].split("```text", 1)[1].split("```", 1)[0]
-    package = README.parent / "src" / "unshared"
-    missing = [str(p.relative_to(package)) for p in sorted(package.rglob("*.py"))
-               if p.name not in ("__init__.py", "__main__.py") and p.parent.name != "demo" and p.name not in text]
-    assert not missing, f"the README's code map does not name {missing}"
