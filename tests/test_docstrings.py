@@ -5,7 +5,7 @@ import importlib
 
 import pytest
 
-MODULES = ("unshared", "unshared.functional", "unshared.interop", "unshared.models", "unshared.topography",
+MODULES = ("unshared", "unshared.functional", "unshared.interop", "unshared.models", "unshared.sparse", "unshared.topography",
            "unshared.backends")
 PUBLIC = sorted({(f"{module}.{name}", obj) for module in MODULES for name in importlib.import_module(module).__all__
                  for obj in [getattr(importlib.import_module(module), name)] if callable(obj)},

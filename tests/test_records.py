@@ -390,3 +390,19 @@ def test_counts_that_follow_from_the_layers():
     said(f"(L4 alone has {net.trunk[5].weight.numel() / 1e6:.1f}M weights)", DISTRIBUTED)
     assert re.search(r'^requires-python = ">=3\.10"$', (ROOT / "pyproject.toml").read_text(), re.M)
     said("Both need only Python 3.10+", README)
+
+
+def test_genomics_example_and_benchmark_are_the_recorded_runs():
+    page = "docs/guide/genomics.md"
+    run = text("docs/genomics.txt").splitlines()
+    block = text(page).split("```text\nmodel ")[1].split("```")[0]
+    for line in ("model " + block).strip().splitlines():
+        assert line in run, f"{page}: {line!r} is not in docs/genomics.txt"
+    recorded = markdown_table(text("benchmarks/results/sparse.md"), "| case | nnz | provider |")
+    for row in markdown_table(text(page), "| case | unshared | recipe |"):
+        inputs = row["case"].split()[0]  # "200,000": the results file's case starts with it
+        found = {r["provider"]: r for r in recorded if r["case"].startswith(inputs + " ->")}
+        mine, recipe = found["unshared (auto)"], found["x[:, idx] * w + index_add"]
+        assert row["unshared"] == f"{float(mine['median ms']):.1f} ms", row
+        assert row["recipe"] == f"{float(recipe['median ms']):,.0f} ms", row
+        assert row["x floor"] == mine["x floor"] and row["faster"] == f"{float(mine['speed-up vs recipe']):.1f}x", row

@@ -1,5 +1,5 @@
 """unshared: locally connected layers (convolutions with unshared weights) for PyTorch."""
-from . import functional, interop, models, topography
+from . import functional, interop, models, sparse, topography
 from .analysis import translation_equivariance_error
 from .backends.ops import decompositions
 from .conversions import ConvConversion, from_conv, from_conv_transpose, from_linear, to_conv, to_linear
@@ -13,6 +13,7 @@ from .modules import (
     LocallyConnected2d,
     LocallyConnected3d,
 )
+from .sparse import SparselyConnected, to_sparse
 from .sharing import (
     RegionLocallyConnected1d,
     RegionLocallyConnected2d,
@@ -41,8 +42,9 @@ __all__ = [
     "LowRankLocallyConnected1d", "LowRankLocallyConnected2d", "LowRankLocallyConnected3d",
     "LocallyConnectedTranspose1d", "LocallyConnectedTranspose2d", "LocallyConnectedTranspose3d",
     "LazyLocallyConnectedTranspose1d", "LazyLocallyConnectedTranspose2d", "LazyLocallyConnectedTranspose3d",
-    "from_conv", "from_conv_transpose", "to_conv", "to_linear", "from_linear", "ConvConversion",
+    "SparselyConnected",
+    "from_conv", "from_conv_transpose", "to_conv", "to_linear", "from_linear", "ConvConversion", "to_sparse",
     "untie", "share_weights_", "share_every",
     "layer_costs", "LayerCost", "translation_equivariance_error", "decompositions",
-    "functional", "interop", "models", "topography", "__version__",
+    "functional", "interop", "models", "sparse", "topography", "__version__",
 ]

@@ -17,12 +17,12 @@ from torch.nn.modules.lazy import LazyModuleMixin
 
 from . import _utils as U
 from .modules import LOCALLY_CONNECTED, LocallyConnectedNd
+from .sparse import SparselyConnected, sparse_to_linear
+from .sparse.convert import MAX_DENSE_ELEMENTS  # the largest dense matrix (elements) built unless told otherwise
 from .transposed import LOCALLY_CONNECTED_TRANSPOSE
 
 __all__ = ["from_conv", "from_conv_transpose", "to_conv", "to_linear", "from_linear", "ConvConversion"]
 
-#: Largest dense matrix (elements) that :func:`to_linear` builds unless told otherwise.
-MAX_DENSE_ELEMENTS = 1 << 26
 
 
 def _check_local(layer, name: str) -> int:
@@ -222,9 +222,11 @@ def _dense_index(layer: LocallyConnectedNd) -> tuple[Tensor, Tensor]:
     return rows.expand(shape).to(layer.weight.device), cols.expand(shape).to(layer.weight.device)
 
 
-def to_linear(layer: LocallyConnectedNd, max_elements: int = MAX_DENSE_ELEMENTS) -> nn.Linear:
+def to_linear(layer: LocallyConnectedNd | SparselyConnected, max_elements: int = MAX_DENSE_ELEMENTS) -> nn.Linear:
     """The ``nn.Linear`` equal to ``layer`` on flattened input: ``linear(x.flatten(1))`` equals
-    ``layer(x).flatten(1)``. Its weight is zero outside each position's receptive field.
+    ``layer(x).flatten(1)``. Its weight is zero outside each position's receptive field (a
+    :class:`~unshared.SparselyConnected` layer's: outside its connections, see
+    :func:`unshared.sparse.sparse_to_linear`).
 
     The dense weight has ``out_channels * prod(output_size) * in_channels * prod(input_size)``
     elements; above ``max_elements`` this raises ``ValueError`` with the size.
@@ -242,6 +244,8 @@ def to_linear(layer: LocallyConnectedNd, max_elements: int = MAX_DENSE_ELEMENTS)
         >>> int(dense.weight.count_nonzero()), layer.weight.numel()  # zero outside the receptive fields
         (72, 72)
     """
+    if isinstance(layer, SparselyConnected):
+        return sparse_to_linear(layer, max_elements)
     nd = _check_local(layer, "to_linear")
     n_in = layer.in_channels * math.prod(layer.input_size)
     n_out = layer.out_channels * math.prod(layer.output_size)

@@ -16,7 +16,7 @@ from .backends import BACKENDS, check_backend_name, choose_backend, compute, der
 
 __all__ = ["locally_connected", "locally_connected1d", "locally_connected2d", "locally_connected3d",
            "locally_connected_transpose", "locally_connected_transpose1d", "locally_connected_transpose2d",
-           "locally_connected_transpose3d", "low_rank_locally_connected"]
+           "locally_connected_transpose3d", "low_rank_locally_connected", "sparsely_connected"]
 
 _WEIGHT_LAYOUT = "*output_size, out_channels, in_channels // groups, *kernel_size"
 
@@ -346,3 +346,6 @@ def _make(nd: int, example_in: str, example_w: str, example_out: str):
 locally_connected1d = _make(1, "10", "8, 4, 3, 3", "8")
 locally_connected2d = _make(2, "6, 6", "4, 4, 4, 3, 3, 3", "4, 4")
 locally_connected3d = _make(3, "4, 4, 4", "2, 2, 2, 4, 3, 3, 3, 3", "2, 2, 2")
+
+# the sparse layer's functional form (imported last: unshared.sparse imports the modules, which import this one)
+from .sparse.layer import sparsely_connected  # noqa: E402

@@ -20,7 +20,7 @@ from .._utils import Geometry, memory_format_of
 from . import checks, composite, compute, derivatives
 from .registry import BACKENDS
 
-__all__ = ["locally_connected", "locally_connected_transpose", "decompositions"]
+__all__ = ["locally_connected", "locally_connected_transpose", "decompositions", "DECOMPOSITION_TABLES"]
 
 
 def _with_bias(y: Tensor, bias: Tensor | None) -> Tensor:
@@ -121,8 +121,14 @@ def _decoded(geometry: list[int]) -> Geometry:
     return g
 
 
+#: More decomposition tables (functions returning dicts like :func:`decompositions`') that the
+#: packages above register, so that :func:`decompositions` covers every operator: the sparse layer's.
+DECOMPOSITION_TABLES: list = []
+
+
 def decompositions() -> dict:
-    """The three operators as standard operators (the composite backend), for
+    """Every ``unshared`` operator as standard operators (the composite backend; the sparse layer's
+    by ``index_add``), for
     ``ExportedProgram.run_decompositions``: the decomposed program runs and loads without ``unshared``.
     Layers with shared filter banks (tiled, region) raise ``NotImplementedError``: export them
     with ``backend="composite"``.
@@ -136,7 +142,7 @@ def decompositions() -> dict:
         >>> any("unshared" in str(node.target) for node in program.graph.nodes)
         False
     """
-    return {
+    table = {
         torch.ops.unshared.forward.default:
             lambda x, weight, geometry, backend: composite.forward(x, weight, _decoded(geometry)),
         torch.ops.unshared.input_grad.default:
@@ -147,3 +153,6 @@ def decompositions() -> dict:
             lambda x, grad_output, geometry, backend, kernel_major: composite.weight_grad(
                 x, grad_output, _decoded(geometry), kernel_major),
     }
+    for more in DECOMPOSITION_TABLES:
+        table.update(more())
+    return table

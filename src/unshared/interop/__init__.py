@@ -7,6 +7,9 @@
   ``(*output_size, in_channels * prod(kernel_size), features)``).
 - :func:`from_lax` (in :mod:`.flax`): the ``rhs`` of ``jax.lax.conv_general_dilated_local`` (default
   dimension numbers: ``(out_channels, in_channels * prod(filter_shape), *output_size)``).
+- :func:`gennet_connectivity` (in :mod:`.gennet`): GenNet's topology table (``layerK_node``
+  columns, a CSV path or a pandas DataFrame) as the connectivities of
+  :class:`unshared.SparselyConnected` layers.
 - :mod:`.common`: what they share (arrays to tensors, argument and shape checks, building the layer).
 
 Each returns an :class:`unshared.LocallyConnected1d/2d/3d` computing the same function on
@@ -16,6 +19,7 @@ Nothing here imports TensorFlow, Keras, JAX, Flax or numpy at import time: objec
 duck typing (``get_config``/``get_weights``, ``np.asarray``), numpy only when handed arrays.
 """
 from .flax import from_flax, from_lax
+from .gennet import gennet_connectivity
 from .keras import from_keras
 
-__all__ = ["from_keras", "from_flax", "from_lax"]
+__all__ = ["from_keras", "from_flax", "from_lax", "gennet_connectivity"]
