@@ -406,3 +406,9 @@ def test_genomics_example_and_benchmark_are_the_recorded_runs():
         assert row["unshared"] == f"{float(mine['median ms']):.1f} ms", row
         assert row["recipe"] == f"{float(recipe['median ms']):,.0f} ms", row
         assert row["x floor"] == mine["x floor"] and row["faster"] == f"{float(mine['speed-up vs recipe']):.1f}x", row
+
+
+def test_host_time_against_the_earlier_main_is_the_recorded_run():
+    rows = markdown_table(text("benchmarks/results/overhead-checkouts-cpu-2026-12-07.md"), "| layer | mode |")
+    ratios = [float(r["this / base"]) for r in rows]
+    said(f"take {min(ratios):.2f}-{max(ratios):.2f}x the host time per call", "docs/benchmarks/host.md")
