@@ -412,3 +412,4 @@ def test_host_time_against_the_earlier_main_is_the_recorded_run():
     rows = markdown_table(text("benchmarks/results/overhead-checkouts-cpu-2026-12-07.md"), "| layer | mode |")
     ratios = [float(r["this / base"]) for r in rows]
     said(f"take {min(ratios):.2f}-{max(ratios):.2f}x the host time per call", "docs/benchmarks/host.md")
+    said(f"layers {min(ratios):.2f}-{max(ratios):.2f}x what it was", "CHANGELOG.md")
