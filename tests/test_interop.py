@@ -21,7 +21,8 @@ from unshared import interop
 
 
 def test_public_names():
-    assert interop.__all__ == ["from_keras", "from_flax", "from_lax"]
+    assert interop.__all__ == ["from_keras", "from_flax", "from_lax", "gennet_connectivity"]
+    assert interop.gennet_connectivity.__module__ == "unshared.interop.gennet"
     assert unshared.interop.from_keras.__module__ == "unshared.interop.keras"
     assert {interop.from_flax.__module__, interop.from_lax.__module__} == {"unshared.interop.flax"}
 
