@@ -80,12 +80,14 @@ def test_peak_is_at_least_the_matmul_rate():
     c = torch.empty(n, n)
     torch.mm(a, b, out=c)  # warm-up
     peaks, matmuls = [], []
-    for _ in range(5):
-        time.sleep(0.2)
+    for round in range(12):  # best-of: more rounds only while the peak's best is still below (a noisy VM)
+        time.sleep(0.5)
         peaks.append(cpu.fma_peak(isa, torch.float32, threads, seconds=0.1))
         start = time.perf_counter()
         torch.mm(a, b, out=c)
         matmuls.append(2 * n ** 3 / (time.perf_counter() - start) / 1e9)
+        if round >= 4 and max(peaks) >= 0.8 * max(matmuls):
+            break
     # 20% for the noise of a shared machine: where the FMAs are 256 bits wide (AVX2 on Zen 2/3),
     # MKL's sgemm reaches about 90% of the peak (202.7 against 181.6 GFLOP/s on this project's
     # AVX2 VM), so the two are that close, and one interrupted sample of the peak (a 0.1 s run)
