@@ -181,6 +181,22 @@ def test_physical_floor_in_the_report_and_its_fallback(monkeypatch):
     assert "| floor ms | time/floor | unshared-torch speed-up |" in table and "| 0.8 | 1.00 |" in table
 
 
+def test_a_peak_below_the_matmul_rate_is_not_the_floor():
+    """Made-up rates: a microbenchmark slowed down below what the matmul reached (a shared VM) does
+    not lower the floor's compute rate; the header says the matmul rate took its place."""
+    device, case = devices.CpuDevice(), benchmark.CASES["wide-64"]
+    roofline = benchmark.Roofline({torch.float32: 173.0, torch.float64: 80.0}, 40.0,
+                                  {torch.float32: 134.0, torch.float64: 90.0}, "avx2 microbenchmark, 2 threads", 9)
+    assert roofline.compute_rate(torch.float32) == 173.0 and roofline.compute_rate(torch.float64) == 90.0
+    assert roofline.peak_below_matmul() == [torch.float32]
+    assert roofline.floor(case, "forward", torch.float32) == roofline.matmul_floor(case, "forward", torch.float32)
+    text = benchmark.header(device, "2030-01-02", 0.0, roofline,
+                            benchmark.parse_args(["--providers", "unshared-torch"]))
+    assert ("- float32: the FMA microbenchmark measured less than the matmul (it was slowed down): the "
+            "floor's compute rate is the matmul rate") in text
+    assert "- float64: the FMA microbenchmark" not in text
+
+
 def test_gpu_providers_on_the_tiny_case(tmp_path):
     pytest.importorskip("triton", reason="Triton is not installed")
     text = run(tmp_path, "--device", DEVICE, "--providers", "unshared-triton,unshared-torch", "--dtype", "float32")

@@ -1,10 +1,9 @@
 """The FMA microbenchmark built beside the CPU kernels (``csrc/peak.c``, ``cpu.fma_peak``): the
 benchmarks' compute limit. Every instruction set this CPU runs, both dtypes, 1 and 2 threads; the
 checksum is the same recurrence computed in Python (so the loop really runs); a wrong instruction
-set is refused by name; and the peak is at least what a BLAS reaches here. Timings enter no
-assertion beyond that last check (best-of measurements, far apart on any machine)."""
+set is refused by name. Timings enter no assertion: that the benchmarks' floor is never below the
+matmul rate is the harness's rule (``tests/test_benchmark.py``), not a race between two timings."""
 import math
-import time
 
 import pytest
 import torch
@@ -65,31 +64,3 @@ def test_defaults_are_the_current_isa_and_torch_threads(monkeypatch):
     monkeypatch.setattr(cpu_machine, "_fma_run", lambda *args: calls.append(args[:3]) or run(*args))
     cpu.fma_peak(seconds=0.01)
     assert set(calls) == {(cpu.current_isa(), torch.float32, torch.get_num_threads())}
-
-
-def test_peak_is_at_least_the_matmul_rate():
-    # the issue's check: the floor's compute rate is not below what MKL's sgemm reaches here. The
-    # best of a few alternating measurements of each, so that other work on the machine slows both;
-    # a pause before each peak, as PyTorch's OpenMP workers spin on the cores for a while after the
-    # matmul (the microbenchmark's threads are its own: they would share the cores with them)
-    isa = cpu.available_isas()[-1]
-    if isa == "portable":
-        pytest.skip("the portable loop (128-bit vectors) is not this CPU's peak: a BLAS may use wider vectors")
-    threads, n = torch.get_num_threads(), 2048
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    c = torch.empty(n, n)
-    torch.mm(a, b, out=c)  # warm-up
-    peaks, matmuls = [], []
-    for round in range(12):  # best-of: more rounds only while the peak's best is still below (a noisy VM)
-        time.sleep(0.5)
-        peaks.append(cpu.fma_peak(isa, torch.float32, threads, seconds=0.1))
-        start = time.perf_counter()
-        torch.mm(a, b, out=c)
-        matmuls.append(2 * n ** 3 / (time.perf_counter() - start) / 1e9)
-        if round >= 4 and max(peaks) >= 0.8 * max(matmuls):
-            break
-    # 20% for the noise of a shared machine: where the FMAs are 256 bits wide (AVX2 on Zen 2/3),
-    # MKL's sgemm reaches about 90% of the peak (202.7 against 181.6 GFLOP/s on this project's
-    # AVX2 VM), so the two are that close, and one interrupted sample of the peak (a 0.1 s run)
-    # falls below the matmul; with AVX-512 on Zen 5 the peak is 2.5x MKL's rate
-    assert max(peaks) >= 0.8 * max(matmuls), (peaks, matmuls)

@@ -275,7 +275,9 @@ class Roofline:
     """Rates measured on the device: matmul GFLOP/s per dtype (what a BLAS gets here), copy
     bandwidth in GB/s, and on the CPU the cores' FMA peak in GFLOP/s per dtype (``peak``; how it
     was measured, or why not, in ``peak_how``). The floor's compute rate is the FMA peak where it
-    was measured, else the matmul rate."""
+    was measured, else the matmul rate, and never below the matmul rate: a microbenchmark that
+    measured less than a BLAS reached was slowed down (other work on a shared machine), and the
+    cores' limit is at least what was reached."""
     gflops: dict[torch.dtype, float]
     gbps: float
     peak: dict[torch.dtype, float] = field(default_factory=dict)
@@ -288,11 +290,15 @@ class Roofline:
         return bool(self.peak)
 
     def compute_rate(self, dtype: torch.dtype) -> float:
-        """GFLOP/s of the floor's compute term: the FMA peak, else the matmul rate."""
-        return self.peak.get(dtype, self.gflops[dtype])
+        """GFLOP/s of the floor's compute term: the FMA peak, else (or where higher) the matmul rate."""
+        return max(self.peak.get(dtype, 0.0), self.gflops[dtype])
+
+    def peak_below_matmul(self) -> list[torch.dtype]:
+        """The dtypes whose measured FMA peak is below their matmul rate (the floor uses the latter)."""
+        return [d for d, rate in self.peak.items() if d in self.gflops and rate < self.gflops[d]]
 
     def floor(self, case: Case, mode: str, dtype: torch.dtype) -> float:
-        """Seconds: max(flops / FMA peak (else matmul rate), bytes a step must move / bandwidth)."""
+        """Seconds: max(flops / :meth:`compute_rate`, bytes a step must move / bandwidth)."""
         return self._floor(case, mode, dtype, self.compute_rate(dtype))
 
     def matmul_floor(self, case: Case, mode: str, dtype: torch.dtype) -> float:

@@ -73,6 +73,8 @@ def header(device: Device, date: str, busy: float | None, roofline: Roofline, ar
         f"- {', '.join(versions)}",
         *(f"- measured {dtype_name(d)} FMA peak ({roofline.peak_how}): {rate:.1f} GFLOP/s, the cores' "
           f"compute limit" for d, rate in roofline.peak.items()),
+        *(f"- {dtype_name(d)}: the FMA microbenchmark measured less than the matmul (it was slowed "
+          f"down): the floor's compute rate is the matmul rate" for d in roofline.peak_below_matmul()),
         *(f"- measured {dtype_name(d)} matmul rate ({device.matmul_size}^3, median{device.matmul_note(d)}): "
           f"{rate:.1f} GFLOP/s{blas}" for d, rate in roofline.gflops.items()),
         f"- measured memory bandwidth (copy of {device.copy_mib} MiB, read + write, "
