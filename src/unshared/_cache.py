@@ -9,13 +9,16 @@ Least recently used entries go first once :data:`LIMIT` are kept. A call that ra
 nothing, so bad input raises every time.
 
 Hot paths read :data:`CACHE` directly (``CACHE.get(key)``: no Python frame); :func:`remember`
-stores and evicts.
+stores and evicts; :func:`cached` does both, and nothing while ``torch.compile`` traces.
 """
 from __future__ import annotations
 
 from collections import OrderedDict
+from typing import Callable
 
-__all__ = ["CACHE", "LIMIT", "remember", "clear"]
+import torch
+
+__all__ = ["CACHE", "LIMIT", "remember", "cached", "clear"]
 
 #: how many entries the cache keeps
 LIMIT = 2048
@@ -34,6 +37,16 @@ def remember(key: tuple, value):
         except KeyError:  # emptied by another thread meanwhile
             break
     return value
+
+
+def cached(key: tuple, make: Callable[[], object]):
+    """The value kept under ``key``, made by ``make()`` and kept the first time. While Dynamo traces
+    (``torch.compile``, ``torch.export``), ``make()`` afresh and the cache untouched: Dynamo would
+    guard on the cache's contents, and a later call would recompile "on the same frame"."""
+    if torch.compiler.is_compiling():
+        return make()
+    found = CACHE.get(key)
+    return found if found is not None else remember(key, make())
 
 
 def clear() -> None:

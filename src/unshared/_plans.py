@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from ._cache import CACHE, remember
-from .backends import checks, compute
+from .backends import checks, compute, derivatives
 from .backends.selection import MEASURING
 from .backends.settings import SETTINGS
 
@@ -25,20 +25,12 @@ __all__ = ["lookup", "store", "clear"]
 
 _PLAIN = (Tensor, nn.Parameter)
 _INT_TUPLES = {(int,), (int, int), (int, int, int)}
-_is_wrapped = torch._C._functorch.is_functorch_wrapped_tensor
-_is_legacy_batched = torch._C._functorch.is_legacy_batchedtensor
 
 
-def _strict(value) -> bool:
-    """Whether ``value``'s equality is as strict as its meaning: an int, a string, ``None``, or a
-    tuple of 1 to 3 ints or of ``(low, high)`` int pairs."""
-    kind = type(value)
-    if kind is int or kind is str or value is None:
-        return True
-    if kind is not tuple or not 1 <= len(value) <= 3:
-        return False
-    kinds = tuple(map(type, value))
-    return kinds in _INT_TUPLES or all(k is tuple and tuple(map(type, v)) == (int, int) for k, v in zip(kinds, value))
+def _int_pairs(value) -> bool:
+    """Whether ``value`` is a tuple of 1 to 3 ``(low, high)`` int pairs (one-sided padding)."""
+    return (type(value) is tuple and 1 <= len(value) <= 3
+            and all(type(v) is tuple and tuple(map(type, v)) == (int, int) for v in value))
 
 
 def lookup(name: str, input, weight, bias, arguments: tuple) -> tuple[tuple | None, compute.Plan | None, bool]:
@@ -50,20 +42,16 @@ def lookup(name: str, input, weight, bias, arguments: tuple) -> tuple[tuple | No
             or torch.compiler.is_compiling() or torch.jit.is_tracing()
             or ((input.is_cpu or input.is_cuda) and torch.is_autocast_enabled(input.device.type))):
         return None, None, False
-    for value in arguments:  # ints, strings, None, tuples of ints: equality as strict as their meaning
+    for value in arguments:  # equality as strict as their meaning (the common kinds inline: no frame)
         kind = type(value)
         if not (kind is int or kind is str or value is None
-                or (kind is tuple and tuple(map(type, value)) in _INT_TUPLES)) and not _strict(value):
+                or (kind is tuple and tuple(map(type, value)) in _INT_TUPLES)) and not _int_pairs(value):
             return None, None, False
     found = (name, input.shape, input.dtype, input.device, weight.shape, weight.dtype, weight.device,
              *arguments, SETTINGS.get(), MEASURING[0])
     if bias is not None:
         found += (bias.shape, bias.dtype, bias.device)
-    direct = ((input.is_cpu or input.is_cuda) and not _is_wrapped(input) and not _is_wrapped(weight)
-              and not _is_legacy_batched(input) and not _is_legacy_batched(weight)
-              and (bias is None or (not _is_wrapped(bias) and not _is_legacy_batched(bias)
-                                    and bias.dtype == input.dtype and bias.device == input.device))
-              and not torch._C._len_torch_dispatch_stack() and not torch._C._is_torch_function_mode_enabled())
+    direct = derivatives.applies(input, weight, bias)
     plan = CACHE.get(found)
     if plan is not None:
         try:

@@ -15,7 +15,7 @@ import math
 
 import torch
 
-from .._cache import CACHE, remember
+from .._cache import cached
 from .._utils import Geometry, check_extents
 
 __all__ = ["Entry", "entry", "entry_of", "check_forward", "check_input_grad", "check_weight_grad"]
@@ -38,13 +38,7 @@ class Entry:
 
 def entry(encoded) -> Entry:
     """The :class:`Entry` of an encoded geometry (:meth:`Geometry.encode`), validated on first sight."""
-    key = ("entry", *encoded)
-    if torch.compiler.is_compiling():  # Dynamo traces no cache: its guards would watch the cache's contents
-        return Entry(_decode(key[1:]), list(key[1:]))
-    found = CACHE.get(key)
-    if found is None:
-        found = remember(key, Entry(_decode(key[1:]), list(key[1:])))
-    return found
+    return cached(("entry", *encoded), lambda: Entry(_decode(tuple(encoded)), list(encoded)))
 
 
 def entry_of(g: Geometry) -> Entry:

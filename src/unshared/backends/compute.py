@@ -17,7 +17,7 @@ from torch import Tensor
 
 from .._utils import Geometry, empty_weight, memory_format_of
 from . import checks, selection
-from .._cache import CACHE, remember
+from .._cache import cached
 from .checks import Entry
 from .registry import BACKENDS
 
@@ -96,11 +96,7 @@ class Plan:
 
 def plan_of(encoded, backend: str) -> Plan:
     """The :class:`Plan` of an encoded geometry and a backend (the operators' calls)."""
-    if torch.compiler.is_compiling():  # no cache in Dynamo's trace (see checks.entry)
-        return Plan(checks.entry(encoded), backend)
-    key = ("operator plan", backend, *encoded)
-    found = CACHE.get(key)
-    return found if found is not None else remember(key, Plan(checks.entry(encoded), backend))
+    return cached(("operator plan", backend, *encoded), lambda: Plan(checks.entry(encoded), backend))
 
 
 # ----------------------------------------------------------------------------- the operations

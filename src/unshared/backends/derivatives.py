@@ -75,16 +75,20 @@ def _forward_ad_active() -> bool:
     return getattr(forward_ad, "_current_level", -1) >= 0
 
 
-def applies(a: Tensor, b: Tensor) -> bool:
+def applies(a: Tensor, b: Tensor, bias: Tensor | None = None) -> bool:
     """Whether the backend may compute a call on these tensors directly: plain CPU or CUDA tensors
     (no subclass, no functorch wrapper, not meta), no dispatch or ``__torch_function__`` mode
-    (``FlopCounterMode``, fake tensors, proxies), not compiling, not tracing."""
+    (``FlopCounterMode``, fake tensors, proxies), not compiling, not tracing; and ``bias``, if
+    any, plain too and of ``a``'s dtype and device (so that adding it inside the call promotes and
+    broadcasts as ``y + bias`` would)."""
     if torch.compiler.is_compiling():  # first: Dynamo folds it, and traces none of the rest
         return False
     return (type(a) in _PLAIN and type(b) in _PLAIN and (a.is_cpu or a.is_cuda)
             and not _is_wrapped(a) and not _is_wrapped(b) and not _is_legacy_batched(a)
             and not _is_legacy_batched(b) and not torch._C._len_torch_dispatch_stack()
-            and not torch._C._is_torch_function_mode_enabled() and not torch.jit.is_tracing())
+            and not torch._C._is_torch_function_mode_enabled() and not torch.jit.is_tracing()
+            and (bias is None or (type(bias) in _PLAIN and bias.dtype == a.dtype and bias.device == a.device
+                                  and not _is_wrapped(bias) and not _is_legacy_batched(bias))))
 
 
 def _operator(op: str, a: Tensor, b: Tensor, plan: Plan, flag) -> Tensor:
@@ -124,16 +128,15 @@ def forward(x: Tensor, weight: Tensor, bias: Tensor | None, plan: Plan) -> Tenso
     """The layer: ``forward(x, weight)`` plus ``bias`` (``(O,)`` or ``(O, *output_size)``), added
     inside the call's one autograd node where it can be (a plain bias of the output's dtype and
     device: else type promotion or broadcasting rules would differ), else after it."""
-    if (bias is None or not applies(x, weight) or type(bias) not in _PLAIN or bias.dtype != x.dtype
-            or bias.device != x.device or _is_wrapped(bias) or _is_legacy_batched(bias)):
+    if bias is None or not applies(x, weight, bias):
         y = call("forward", x, weight, plan)
         return y if bias is None else y + compute.bias_view(bias, y.dim())
     return planned_forward(x, weight, bias, plan)
 
 
 def planned_forward(x: Tensor, weight: Tensor, bias: Tensor | None, plan: Plan) -> Tensor:
-    """:func:`forward` where the caller found that :func:`applies` (and a bias, if any, plain and
-    of ``x``'s dtype and device): one Function where autograd records, else the backend."""
+    """:func:`forward` where the caller found that ``applies(x, weight, bias)``: one Function where
+    autograd records, else the backend."""
     if (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad
                                      or (bias is not None and bias.requires_grad))) or _forward_ad_active():
         return FUNCTIONS["forward"].apply(x, weight, plan, None, bias, True)
