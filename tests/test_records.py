@@ -22,6 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 sys.path.insert(0, str(ROOT / "benchmarks"))
 sys.path.insert(0, str(ROOT / "docs" / "_helpers"))
+from results_pages import markdown_table  # noqa: E402  (the site's parser of the results tables)
 
 README = "README.md"
 DEMO = "docs/guide/demo.md"
@@ -45,19 +46,6 @@ def prose(page: str) -> str:
 def said(claim: str, *pages: str) -> None:
     for page in pages:
         assert " ".join(claim.split()) in prose(page), f"{page} does not say: {claim}"
-
-
-def markdown_table(text: str, header: str) -> list[dict[str, str]]:
-    """The rows of the Markdown table whose header line starts with ``header``, by column name."""
-    lines = text.splitlines()
-    start = next(i for i, line in enumerate(lines) if line.startswith(header))
-    names = [c.strip() for c in lines[start].strip("|").split("|")]
-    rows = []
-    for line in lines[start + 2:]:
-        if not line.startswith("|"):
-            break
-        rows.append(dict(zip(names, (c.strip() for c in line.strip("|").split("|")))))
-    return rows
 
 
 def span(values, digits=0, unit="") -> str:

@@ -87,6 +87,14 @@ class _Given(argparse.Action):
         namespace.given = [*getattr(namespace, "given", []), option_string]
 
 
+def _add_command(commands, name: str, run, **kwargs) -> argparse.ArgumentParser:
+    """The parser of subcommand ``name`` (``kwargs``: ``help``, ``description``, ...), with the
+    shared help formatter; after parsing, ``args.run(args)`` runs it and ``args.parser`` reports its errors."""
+    parser = commands.add_parser(name, formatter_class=_Formatter, **kwargs)
+    parser.set_defaults(run=run, parser=parser)
+    return parser
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="unshared", description="Locally connected layers for PyTorch.",
                                      formatter_class=_Formatter)
@@ -94,8 +102,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
-    d = sub.add_parser(
-        "demo", formatter_class=_Formatter,
+    d = _add_command(
+        sub, "demo", _demo,
         help="train small networks that differ only in their middle layer; test them on shifted images",
         description="Train networks whose middle layer is fully connected, locally connected, tiled, "
                     "low-rank or a convolution (then ReLU, global max pooling and a linear classifier) on "
@@ -112,10 +120,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--output", type=Path, default=Path("unshared-demo"), metavar="DIR",
                    help="folder for results.json and the figures (created if needed)")
     d.add_argument("--no-progress", action="store_true", help="no progress bar")
-    d.set_defaults(run=_demo, parser=d)
 
-    p = sub.add_parser(
-        "params", formatter_class=_Formatter,
+    p = _add_command(
+        sub, "params", _params,
         help="parameters, multiply-adds and memory from fully connected to convolution",
         description="Compare the fully connected, locally connected, partially shared, low-rank and "
                     "convolutional versions of one layer. Biases are left out unless --bias is given. "
@@ -140,10 +147,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rank", type=_positive, action=_Given, metavar="R", help="add a low-rank row (default: no row)")
     p.add_argument("--bytes-per-element", type=_positive, default=4, action=_Given, metavar="B",
                    help="for the memory columns (4: float32)")
-    p.set_defaults(run=_params, parser=p)
 
-    i = sub.add_parser(
-        "info", formatter_class=_Formatter,
+    i = _add_command(
+        sub, "info", _info,
         help="versions, backends, the compiled CPU kernels and their instruction set, threads, GPU",
         description="Print the versions of unshared, PyTorch, Python and Triton; for each backend, whether "
                     "it can run here and why not; whether the compiled CPU kernels loaded (with the "
@@ -151,7 +157,6 @@ def build_parser() -> argparse.ArgumentParser:
                     "number of threads; the GPU and its compute capability. The first thing to run when "
                     "something is slow.")
     i.add_argument("--json", action="store_true", help="print it as JSON")
-    i.set_defaults(run=_info, parser=i)
     return parser
 
 

@@ -50,9 +50,7 @@ def from_conv(conv: nn.Module, input_size, *, shared_bias: bool = False) -> Loca
         >>> torch.allclose(local(x), conv(x))
         True
     """
-    nd = next((n for n, cls in U.CONV_MODULES.items() if type(conv) is cls), None)
-    if nd is None:
-        raise TypeError(f"from_conv expects nn.Conv1d/2d/3d, got {type(conv).__name__}")
+    nd = _exact_conv_ndim(conv, U.CONV_MODULES, "from_conv")
     w = conv.weight
     layer = LOCALLY_CONNECTED[nd](conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
                                   conv.dilation, conv.groups, conv.bias is not None, conv.padding_mode,
@@ -76,15 +74,23 @@ def from_conv_transpose(conv: nn.Module, input_size, *, shared_bias: bool = Fals
         >>> torch.allclose(local_up(z), up(z))
         True
     """
-    nd = next((n for n, cls in U.CONV_TRANSPOSE_MODULES.items() if type(conv) is cls), None)
-    if nd is None:
-        raise TypeError(f"from_conv_transpose expects nn.ConvTranspose1d/2d/3d, got {type(conv).__name__}")
+    nd = _exact_conv_ndim(conv, U.CONV_TRANSPOSE_MODULES, "from_conv_transpose")
     w = conv.weight
     layer = LOCALLY_CONNECTED_TRANSPOSE[nd](
         conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, conv.output_padding,
         conv.groups, conv.bias is not None, conv.dilation, conv.padding_mode, device=w.device, dtype=w.dtype,
         input_size=input_size, shared_bias=shared_bias)
     return _copy_shared(layer, conv)
+
+
+def _exact_conv_ndim(conv: nn.Module, classes: dict[int, type], caller: str) -> int:
+    """The number of spatial dimensions ``nd`` of ``conv``, whose type must be exactly ``classes[nd]``
+    (``{1: nn.Conv1d, ...}`` or ``{1: nn.ConvTranspose1d, ...}``; not a subclass); else ``TypeError``."""
+    nd = next((n for n, cls in classes.items() if type(conv) is cls), None)
+    if nd is None:
+        kind = classes[1].__name__[:-2]   # "Conv" or "ConvTranspose"
+        raise TypeError(f"{caller} expects nn.{kind}1d/2d/3d, got {type(conv).__name__}")
+    return nd
 
 
 def _copy_shared(layer, conv):

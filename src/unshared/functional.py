@@ -270,16 +270,23 @@ _TRANSPOSE_DOC = """Locally connected transposed {nd}d layer: ``conv_transpose{n
     """
 
 
+def _name_and_document(fn, name: str, template: str, nd: int, **examples: str):
+    """``fn`` named ``name`` (``__name__`` and ``__qualname__``), its docstring ``template`` filled in
+    with ``nd``, the dimension names of ``U.dimension_names(nd)`` and the ``examples``' shapes."""
+    fn.__name__ = fn.__qualname__ = name
+    fn.__doc__ = template.format(nd=nd, **U.dimension_names(nd), **examples)
+    return fn
+
+
 def _make_transpose(nd: int, example_in: str, example_k: str, example_out: str):
+    name = f"locally_connected_transpose{nd}d"
+
     def fn(input: Tensor, weight: Tensor, bias: Tensor | None = None, stride=1, padding=0, output_padding=0,
            groups: int = 1, dilation=1, *, backend: str = "auto") -> Tensor:
-        return _transpose(nd, input, weight, bias, stride, padding, output_padding, groups, dilation, backend,
-                          f"locally_connected_transpose{nd}d")
+        return _transpose(nd, input, weight, bias, stride, padding, output_padding, groups, dilation, backend, name)
 
-    fn.__name__ = fn.__qualname__ = f"locally_connected_transpose{nd}d"
-    fn.__doc__ = _TRANSPOSE_DOC.format(nd=nd, **U.dimension_names(nd), example_in=example_in, example_k=example_k,
-                                       example_out=example_out)
-    return fn
+    return _name_and_document(fn, name, _TRANSPOSE_DOC, nd, example_in=example_in, example_k=example_k,
+                              example_out=example_out)
 
 
 locally_connected_transpose1d = _make_transpose(1, "5", "3", "11")
@@ -332,15 +339,15 @@ _DOC = """Locally connected {nd}d layer: a convolution with a separate filter ba
 
 
 def _make(nd: int, example_in: str, example_w: str, example_out: str):
+    name = f"locally_connected{nd}d"
+
     def fn(input: Tensor, weight: Tensor, bias: Tensor | None = None, stride=1, padding=0, dilation=1,
            groups: int = 1, *, padding_mode: str = "zeros", backend: str = "auto", banks=None) -> Tensor:
         return _locally_connected(nd, input, weight, bias, stride, padding, dilation, groups, padding_mode,
-                                  backend, banks, f"locally_connected{nd}d")
+                                  backend, banks, name)
 
-    fn.__name__ = fn.__qualname__ = f"locally_connected{nd}d"
-    fn.__doc__ = _DOC.format(nd=nd, **U.dimension_names(nd), example_in=example_in, example_w=example_w,
-                             example_out=example_out)
-    return fn
+    return _name_and_document(fn, name, _DOC, nd, example_in=example_in, example_w=example_w,
+                              example_out=example_out)
 
 
 locally_connected1d = _make(1, "10", "8, 4, 3, 3", "8")

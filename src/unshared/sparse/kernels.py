@@ -173,19 +173,25 @@ def _mix(a: Tensor, w: Tensor, to_out: bool) -> Tensor:
     return sum(a[:, i:i + 1] * w[:, i, :].t() for i in range(o))
 
 
+def _propagate(a: Tensor, w: Tensor, pairs: Tensor, features: int, to_out: bool) -> Tensor:
+    """The standard-operator path: ``a`` ``(N, C, in_features)`` gathered at each connection's input,
+    mixed and added at its output -> ``(N, O, features)`` (``to_out``); or ``a`` ``(N, O,
+    out_features)`` the other way -> ``(N, C, features)``."""
+    wide_a, wide_w = _wide(a), _wide(w)
+    gather, scatter = (pairs[0], pairs[1]) if to_out else (pairs[1], pairs[0])
+    out = wide_a.new_zeros(a.shape[0], w.shape[1] if to_out else w.shape[2], features)
+    for s in _chunks(pairs, a.shape[0] * max(w.shape[1], w.shape[2])):
+        out = _add_at(out, scatter[s], _mix(wide_a.index_select(2, gather[s]), wide_w[s], to_out))
+    return out.to(a.dtype)
+
+
 def forward(x: Tensor, w: Tensor, pairs: Tensor, in_features: int, out_features: int, backend: str = "auto") -> Tensor:
     """``(N, C, in_features)`` -> ``(N, O, out_features)``."""
     if _compiled(backend, x, w, pairs):
         y = pooled_buffer((x.shape[0], w.shape[1], out_features), dtype=x.dtype)
         _launch("forward", pairs, in_features, out_features, _rows(x), y, _channel_major(w))
         return y
-    xw, ww = _wide(x), _wide(w)
-    y = xw.new_zeros(x.shape[0], w.shape[1], out_features)
-    for s in _chunks(pairs, x.shape[0] * max(x.shape[1], w.shape[1])):
-        src, dst = pairs[0, s], pairs[1, s]
-        xs = xw.index_select(2, src)                                            # (N, C, e)
-        y = _add_at(y, dst, _mix(xs, ww[s], True))
-    return y.to(x.dtype)
+    return _propagate(x, w, pairs, out_features, True)
 
 
 def input_grad(gy: Tensor, w: Tensor, pairs: Tensor, in_features: int, out_features: int,
@@ -195,13 +201,7 @@ def input_grad(gy: Tensor, w: Tensor, pairs: Tensor, in_features: int, out_featu
         gx = pooled_buffer((gy.shape[0], w.shape[2], in_features), dtype=gy.dtype)
         _launch("input_grad", pairs, in_features, out_features, gx, gy, _channel_major(w))
         return gx
-    gw_, ww = _wide(gy), _wide(w)
-    gx = gw_.new_zeros(gy.shape[0], w.shape[2], in_features)
-    for s in _chunks(pairs, gy.shape[0] * max(w.shape[1], w.shape[2])):
-        src, dst = pairs[0, s], pairs[1, s]
-        gs = gw_.index_select(2, dst)                                           # (N, O, e)
-        gx = _add_at(gx, src, _mix(gs, ww[s], False))
-    return gx.to(gy.dtype)
+    return _propagate(gy, w, pairs, in_features, False)
 
 
 def weight_grad(x: Tensor, gy: Tensor, pairs: Tensor, in_features: int, out_features: int,

@@ -244,37 +244,36 @@ def _blocks64(op: str, g: Geometry, n: int, c: configs.Candidate) -> bool:
     return max(max(sizes) + max(c.block.values()), _programs(op, g, n, c)) >= 2**31 - 1
 
 
-def forward(x: torch.Tensor, w: torch.Tensor, g: Geometry) -> torch.Tensor:
-    """``(N, C, *input_size)`` -> ``(N, O, *output_size)`` in the input's memory format."""
-    n, fmt = x.shape[0], memory_format_of(x)
-    shape = (n, g.out_channels, *g.output_size)
+def _apply_weight(op: str, source: torch.Tensor, w: torch.Tensor, g: Geometry, shape, fmt: torch.memory_format,
+                  source_name: str, out_name: str) -> torch.Tensor:
+    """Launch ``op`` (the forward or the input gradient) on ``source`` and the weight ``w``, into an
+    output of ``shape`` returned in ``fmt``; the names are the tensors' in the layouts (``x`` and
+    ``y``, or ``gy`` and ``gx``)."""
+    n = source.shape[0]
     if n == 0:
-        return torch.empty(shape, dtype=x.dtype, device=x.device, memory_format=fmt)
+        return torch.empty(shape, dtype=source.dtype, device=source.device, memory_format=fmt)
     matrix, kernel_major = weight_memory(w)
 
     def prepare(layout):
-        y = empty_output(shape, x, layout["y"], fmt)
-        return dict(x_ptr=arrange(x, layout["x"]), w_ptr=matrix, y_ptr=y), y
+        out = empty_output(shape, source, layout[out_name], fmt)
+        tensors = {f"{source_name}_ptr": arrange(source, layout[source_name]), "w_ptr": matrix, f"{out_name}_ptr": out}
+        return tensors, out
 
-    y = _launch("forward", g, n, x.dtype, kernel_major, x.device, prepare)
-    return y.contiguous(memory_format=fmt)
+    out = _launch(op, g, n, source.dtype, kernel_major, source.device, prepare)
+    return out.contiguous(memory_format=fmt)
+
+
+def forward(x: torch.Tensor, w: torch.Tensor, g: Geometry) -> torch.Tensor:
+    """``(N, C, *input_size)`` -> ``(N, O, *output_size)`` in the input's memory format."""
+    shape = (x.shape[0], g.out_channels, *g.output_size)
+    return _apply_weight("forward", x, w, g, shape, memory_format_of(x), "x", "y")
 
 
 def input_grad(gy: torch.Tensor, w: torch.Tensor, g: Geometry,
                memory_format: torch.memory_format = torch.contiguous_format) -> torch.Tensor:
     """``(N, O, *output_size)`` -> ``(N, C, *input_size)`` in ``memory_format``."""
-    n = gy.shape[0]
-    shape = (n, g.in_channels, *g.input_size)
-    if n == 0:
-        return torch.empty(shape, dtype=gy.dtype, device=gy.device, memory_format=memory_format)
-    matrix, kernel_major = weight_memory(w)
-
-    def prepare(layout):
-        gx = empty_output(shape, gy, layout["gx"], memory_format)
-        return dict(gy_ptr=arrange(gy, layout["gy"]), w_ptr=matrix, gx_ptr=gx), gx
-
-    gx = _launch("input_grad", g, n, gy.dtype, kernel_major, gy.device, prepare)
-    return gx.contiguous(memory_format=memory_format)
+    shape = (gy.shape[0], g.in_channels, *g.input_size)
+    return _apply_weight("input_grad", gy, w, g, shape, memory_format, "gy", "gx")
 
 
 def weight_grad(x: torch.Tensor, gy: torch.Tensor, g: Geometry, kernel_major: bool = True) -> torch.Tensor:
