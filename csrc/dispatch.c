@@ -25,7 +25,7 @@
 #endif
 
 /* Bumped whenever lc_call or an entry point changes: the Python side checks it. */
-#define LC_ABI_VERSION 5
+#define LC_ABI_VERSION 6
 
 LC_EXPORT int unshared_abi_version(void) { return LC_ABI_VERSION; }
 
@@ -84,8 +84,8 @@ static int lc_inside(const int64_t size[5], const int64_t stride[5], int64_t ext
     return last < extent;
 }
 
-/* Everything a kernel will read or compute, checked before any runs: sizes, the extents of x, y
- * and w, the bank indices, and that no coordinate (o * s - pad + k * dil, i + pad - k * dil, both
+/* Everything a kernel will read or compute, checked before any runs: sizes, the extents of x, y,
+ * w and the bias, the bank indices, and that no coordinate (o * s - pad + k * dil, i + pad - k * dil, both
  * bounded by in + pad + (k - 1) * dil + (out - 1) * s) nor buffer size overflows. */
 static int lc_check(const lc_call *c)
 {
@@ -117,6 +117,10 @@ static int lc_check(const lc_call *c)
     if (!c->x || !lc_inside(xsize, c->xs, c->x_extent)) return LC_BAD_X;
     if (!c->y || !lc_inside(ysize, c->ys, c->y_extent)) return LC_BAD_Y;
     if (!c->w || W > c->w_extent) return LC_BAD_W;
+    int64_t B;  /* the bias: (O,) shared or (O, P) per position (its gradient: always per position) */
+    if (c->b && ((c->b_shared != 0 && c->b_shared != 1) || __builtin_mul_overflow(O, c->b_shared ? 1 : P, &B) ||
+                 B > c->b_extent))
+        return LC_BAD_BIAS;
     if (!c->bank) return c->banks == P ? LC_OK : LC_BAD_BANK;  /* one bank per position */
     if (c->bank_len != P) return LC_BAD_BANK;
     for (int64_t p = 0; p < P; p++)
@@ -234,6 +238,7 @@ static int lc_patch_op(const lc_call *c, int dtype, int isa, int threads, int we
     const lc_kernels *k = kernels_for(isa, dtype);
     int status = k ? lc_check(c) : LC_BAD_ARGUMENT;
     if (status) return status;
+    if (weight_grad && c->b && c->b_shared) return LC_BAD_BIAS;  /* the bias gradient is written per position */
     lc_job j;
     void *block;
     lc_job_init(&j, c);

@@ -7,12 +7,16 @@
  *   LC_ATTR    the function attributes (the target instruction set)
  *   FWD_NB, FWD_NB_SMALL, FWD_OB, WG_OB, WG_RV, IG_CB1, IG_CB2, IG_CB4    register tiles (below)
  *
- * forward:      y[n, o, p] = sum_r w[p, o, r] x[n, patch(p, r)]: per position, dot products along
- *               the patch's runs (contiguous in a channels-last x and in a kernel-major w), an
- *               FWD_NB x FWD_OB tile of (sample, output channel) accumulators (FWD_NB_SMALL
- *               samples where FWD_NB would pad the batch much more).
+ * forward:      y[n, o, p] = b[o, p] + sum_r w[p, o, r] x[n, patch(p, r)]: per position, dot
+ *               products along the patch's runs (contiguous in a channels-last x and in a
+ *               kernel-major w), an FWD_NB x FWD_OB tile of (sample, output channel) accumulators
+ *               (FWD_NB_SMALL samples where FWD_NB would pad the batch much more). The bias b
+ *               ((O, P), or (O,) shared; none without one) is added to each sum as it is stored,
+ *               on every path.
  * weight grad:  gw[p, o, r] = sum_n gy[n, o, p] x[n, patch(p, r)]: outer products, a WG_OB x WG_RV
- *               tile of (output channel, patch vector) accumulators summed over the batch.
+ *               tile of (output channel, patch vector) accumulators summed over the batch; and,
+ *               when asked (c.b), the bias gradient gb[o, p] = sum_n gy[n, o, p] from the same
+ *               position's gy, on every path.
  * input grad:   gx[n, c, i] = sum_{(p, k) reaching i} sum_o w[p, o, (k, c)] gy[n, o, p]: a gather
  *               over the positions whose patch holds i (no scatter, no atomics); vectors along
  *               the batch of gyt (P, O, npad), a tile of IG_CB<nv> channels x nv vectors.
@@ -214,7 +218,7 @@ INLINE void NAME(fwd_acc)(V acc[FWD_NB][FWD_OB], const T *const xr[FWD_NB], cons
 INLINE int NAME(forward_tiles)(const lc_job *jb, int64_t begin, int64_t end, void *scratch, const int NB)
 {
     const lc_call *c = &jb->c;
-    const T *x = (const T *)c->x, *w = (const T *)c->w;
+    const T *x = (const T *)c->x, *w = (const T *)c->w, *b = (const T *)c->b;
     T *y = (T *)c->y;
     const int64_t R = jb->R, O = jb->O, og = c->og, cg = c->cg, n = c->n;
     lc_seg *seg = (lc_seg *)scratch, *ch = seg + jb->K + 1;
@@ -234,6 +238,9 @@ INLINE int NAME(forward_tiles)(const lc_job *jb, int64_t begin, int64_t end, voi
                     rows = stage;
                 }
                 for (int j = 0; j < FWD_OB; j++) wr[j] = rows + lc_min(j, valid - 1) * R;
+                T bias[FWD_OB];  /* added at the store (0 without a bias: y never holds -0) */
+                for (int j = 0; j < FWD_OB; j++)
+                    bias[j] = b ? b[lc_bias_at(jb, g * og + o0 + lc_min(j, valid - 1), p)] : 0;
                 for (int64_t n0 = 0; n0 < n; n0 += NB) {
                     const T *xr[FWD_NB];
                     for (int i = 0; i < NB; i++) xr[i] = x + lc_min(n0 + i, n - 1) * c->xs[0] + g * cg;
@@ -246,7 +253,8 @@ INLINE int NAME(forward_tiles)(const lc_job *jb, int64_t begin, int64_t end, voi
                     for (int i = 0; i < NB; i++)  /* constant indices: acc stays in registers */
                         for (int j = 0; j < FWD_OB; j++)
                             if (i < n - n0 && j < og - o0)
-                                y[(n0 + i) * c->ys[0] + (g * og + o0 + j) * c->ys[1] + yoff] = NAME(hsum)(acc[i][j]);
+                                y[(n0 + i) * c->ys[0] + (g * og + o0 + j) * c->ys[1] + yoff] =
+                                    NAME(hsum)(acc[i][j]) + bias[j];
                 }
             }
     }
@@ -331,6 +339,13 @@ STATIC void NAME(wg_position)(const lc_job *jb, int64_t p, T *dst, lc_seg *seg, 
             } else if (final) {
                 NAME(from_kernel_major)(d, final + (d - dst), valid, c->cg, jb->K, (int)c->kernel_major, add);
             }
+        }
+    if (c->b)  /* the bias gradient of position p (each position once, also with banks), gy still cached */
+        for (int64_t o = 0; o < jb->O; o++) {
+            const T *col = gy + o * c->ys[1] + yoff;
+            T sum = 0;
+            for (int64_t m = 0; m < c->n; m++) sum += col[m * c->ys[0]];
+            ((T *)c->b)[o * jb->P + p] = sum;
         }
 }
 

@@ -1,6 +1,6 @@
 /* The forward of channel-major filters with vectors along the batch (kernels.h's first
- * operation): y[n, o, p] = sum_{c, k} w[p, o, c * K + k] xt[c, i(p, k), n], xt the input with the
- * batch inner (C, inputs + 1, npad; the last row zeros, read for padding), the batch in one
+ * operation): y[n, o, p] = b[o, p] + sum_{c, k} w[p, o, c * K + k] xt[c, i(p, k), n], xt the input
+ * with the batch inner (C, inputs + 1, npad; the last row zeros, read for padding), the batch in one
  * vector (npad == VL). Each filter is read once,
  * in order, as broadcasts: no transpose to kernel-major (what the channel path needs) and no lanes
  * lost to a short patch run. Items: positions. Included by kernels.h (same T, VB, NAME, V, VL,
@@ -35,8 +35,10 @@ STATIC int NAME(transpose_x)(const lc_job *jb, int64_t begin, int64_t end, void 
 /* Per thread: the input offset in xt of each kernel offset of a position. */
 STATIC size_t NAME(fwd_batch_scratch)(const lc_job *j) { return (size_t)j->K * sizeof(int64_t); }
 
-/* Output channels o0.. (FB_OB of them, `valid` real) of one position, the batch in one vector. */
-INLINE void NAME(fb_tile)(const lc_job *jb, const T *wo, const T *xg, const int64_t *koff, int64_t valid, T *yp)
+/* Output channels o0.. (FB_OB of them, `valid` real) of position p, the batch in one vector; the
+ * bias added at the store. */
+INLINE void NAME(fb_tile)(const lc_job *jb, const T *wo, const T *xg, const int64_t *koff, int64_t valid, T *yp,
+                          int64_t o0, int64_t p)
 {
     const lc_call *c = &jb->c;
     const int64_t K = jb->K, R = jb->R, cstride = (c->in[0] * c->in[1] * c->in[2] + 1) * VL;
@@ -57,7 +59,7 @@ INLINE void NAME(fb_tile)(const lc_job *jb, const T *wo, const T *xg, const int6
     for (int j = 0; j < FB_OB; j++) {
         if (j >= valid) continue;
         T lanes[VL];
-        NAME(store)(lanes, acc[j]);
+        NAME(store)(lanes, acc[j] + NAME(bcast)(c->b ? ((const T *)c->b)[lc_bias_at(jb, o0 + j, p)] : 0));
         for (int64_t l = 0; l < c->n; l++) yp[l * c->ys[0] + j * c->ys[1]] = lanes[l];
     }
 }
@@ -78,7 +80,8 @@ STATIC int NAME(forward_batch)(const lc_job *jb, int64_t begin, int64_t end, voi
         for (int64_t g = 0; g < c->groups; g++) {
             const T *wg = wp + g * og * jb->R, *xg = xt + g * c->cg * (inputs + 1) * VL;
             for (int64_t o0 = 0; o0 < og; o0 += FB_OB)
-                NAME(fb_tile)(jb, wg + o0 * jb->R, xg, koff, lc_min(FB_OB, og - o0), yp + (g * og + o0) * c->ys[1]);
+                NAME(fb_tile)(jb, wg + o0 * jb->R, xg, koff, lc_min(FB_OB, og - o0), yp + (g * og + o0) * c->ys[1],
+                              g * og + o0, p);
         }
     }
     return 0;

@@ -7,7 +7,7 @@
  * channels, each tile's filters (VL, OB, R) are transposed into scratch as (OB, R, VL) (filter
  * order), so that lane l of every vector is position t0 + l:
  * forward:      y[n, o, t0 + l] += wt[o, r, l] * x[n, patch(t0 + l, r)], a ROWS_NB x OB tile of
- *               (sample, output channel) vectors;
+ *               (sample, output channel) vectors, the bias added at the store;
  * weight grad:  gt[o, r, l] = sum_n gy[n, o, t0 + l] * x[n, patch(t0 + l, r)], an OB x ROWS_RB tile
  *               of (output channel, patch element) vectors, transposed back into the gradient.
  * The span's tiles are taken one after the other for each block of samples, so that each sample's
@@ -143,9 +143,24 @@ INLINE int NAME(rows_tile_fast)(const lc_call *c, const lc_tap *tap, int64_t R, 
     return 1;
 }
 
-INLINE void NAME(rows_fwd_tile)(const lc_job *jb, const lc_tap *tap, const T *wt, int64_t yrow, int64_t t0,
-                                int64_t nv, int64_t n0, int64_t g, int64_t o0, const int NB, const int OB,
-                                const int FAST)
+/* The bias of output channels o0.. (OB of them, the last repeated past og) at positions p0..p0 + nv,
+ * as vectors (zeros without one). */
+INLINE void NAME(rows_bias)(const lc_job *jb, V *bv, int64_t p0, int64_t nv, int64_t o0, const int OB)
+{
+    const lc_call *c = &jb->c;
+    const T *b = (const T *)c->b;
+    for (int j = 0; j < OB; j++) {
+        int64_t o = lc_min(o0 + j, jb->O - 1);
+        if (!b) bv[j] = NAME(bcast)(0);
+        else if (c->b_shared) bv[j] = NAME(bcast)(b[o]);
+        else bv[j] = nv == VL ? NAME(load)(b + o * jb->P + p0) : NAME(load_part)(b + o * jb->P + p0, nv);
+    }
+}
+
+/* y at the tile's positions p0..p0 + nv (p0 = prow + t0), the bias added at the store. */
+INLINE void NAME(rows_fwd_tile)(const lc_job *jb, const lc_tap *tap, const T *wt, int64_t yrow, int64_t prow,
+                                int64_t t0, int64_t nv, int64_t n0, int64_t g, int64_t o0, const int NB,
+                                const int OB, const int FAST)
 {
     const lc_call *c = &jb->c;
     const T *x = (const T *)c->x;
@@ -171,15 +186,17 @@ INLINE void NAME(rows_fwd_tile)(const lc_job *jb, const lc_tap *tap, const T *wt
         for (int i = 0; i < NB; i++)
             for (int j = 0; j < OB; j++) acc[i][j] += xv[i] * wv[j];
     }
+    V bv[ROWS_OB];
+    NAME(rows_bias)(jb, bv, prow + t0, FAST ? VL : nv, g * og + o0, OB);
     for (int i = 0; i < NB; i++)
         for (int j = 0; j < OB; j++)
             if (i < c->n - n0 && j < og - o0) {
                 T *yp = y + (n0 + i) * c->ys[0] + (g * og + o0 + j) * c->ys[1] + yrow + t0 * c->ys[4];
                 if (FAST) {  /* whole vectors (no lane loop: the accumulators stay in registers) */
                     __builtin_prefetch(yp + ROWS_AHEAD, 1);  /* the line a later tile writes */
-                    NAME(store)(yp, acc[i][j]);
+                    NAME(store)(yp, acc[i][j] + bv[j]);
                 } else {
-                    NAME(rows_store)(yp, c->ys[4], nv, acc[i][j]);
+                    NAME(rows_store)(yp, c->ys[4], nv, acc[i][j] + bv[j]);
                 }
             }
 }
@@ -199,8 +216,8 @@ INLINE void NAME(rows_fwd_span)(const lc_job *jb, const lc_tap *tap, T *wt, int6
     for (int64_t n0 = 0; n0 < c->n; n0 += NB)
         for (int64_t t = 0; t < ns; t++) {
             int64_t tt = t0 + t * VL, nv = lc_min(VL, W - tt);
-            if (fast[t]) NAME(rows_fwd_tile)(jb, tap, wt + t * block, yrow, tt, nv, n0, g, o0, NB, OB, 1);
-            else NAME(rows_fwd_tile)(jb, tap, wt + t * block, yrow, tt, nv, n0, g, o0, NB, OB, 0);
+            if (fast[t]) NAME(rows_fwd_tile)(jb, tap, wt + t * block, yrow, row * W, tt, nv, n0, g, o0, NB, OB, 1);
+            else NAME(rows_fwd_tile)(jb, tap, wt + t * block, yrow, row * W, tt, nv, n0, g, o0, NB, OB, 0);
         }
 }
 
@@ -287,7 +304,25 @@ INLINE void NAME(rows_untranspose)(const lc_job *jb, const T *gt, int64_t p0, in
     NAME(transpose)(gt, VL, gt + ob * R * VL, gw + p0 * OR + o * R, OR, gw + (p0 + nv) * OR, ob * R, nv, 0);
 }
 
-/* A span's tiles, for each block of ROWS_MB samples (each sample's rows read as a few streams). */
+/* The bias gradient gb[o, p0 + l] = sum_n gy[n, o, p0 + l] of output channels o0..o0 + ob at a tile's
+ * nv positions (gy's lanes at t0 of the row at yrow), summed over the samples in order as the
+ * channel path sums them. */
+INLINE void NAME(rows_bias_grad)(const lc_job *jb, int64_t yrow, int64_t p0, int64_t t0, int64_t nv, int64_t o0,
+                                 int64_t ob)
+{
+    const lc_call *c = &jb->c;
+    T *gb = (T *)c->b;
+    for (int64_t o = o0; o < o0 + ob; o++) {
+        const T *col = (const T *)c->y + o * c->ys[1] + yrow + t0 * c->ys[4];
+        V sum = NAME(bcast)(0);
+        for (int64_t m = 0; m < c->n; m++) sum += NAME(rows_load)(col + m * c->ys[0], c->ys[4], nv);
+        if (nv == VL) NAME(store)(gb + o * jb->P + p0, sum);
+        else NAME(store_part)(gb + o * jb->P + p0, sum, nv);
+    }
+}
+
+/* A span's tiles, for each block of ROWS_MB samples (each sample's rows read as a few streams);
+ * with c.b, then the bias gradient of each tile from the gy its last block read. */
 INLINE void NAME(rows_wg_span)(const lc_job *jb, const lc_tap *tap, T *gt, int64_t row, int64_t t0, int64_t ns,
                                int64_t g, int64_t o0, const int OB, const int RB)
 {
@@ -309,6 +344,9 @@ INLINE void NAME(rows_wg_span)(const lc_job *jb, const lc_tap *tap, T *gt, int64
     while ((m0 += ROWS_MB) < c->n);
     for (int64_t t = 0; t < ns; t++) {
         int64_t tt = t0 + t * VL;
+        if (c->b)
+            NAME(rows_bias_grad)(jb, yrow, row * W + tt, tt, lc_min(VL, W - tt), g * c->og + o0,
+                                 lc_min(OB, c->og - o0));
         NAME(rows_untranspose)(jb, gt + t * block, row * W + tt, lc_min(VL, W - tt), g * c->og + o0,
                                lc_min(OB, c->og - o0));
     }

@@ -2,9 +2,10 @@
  *
  * A call is described as 3-d: 1d and 2d layers have leading spatial sizes 1 (stride 0). Every
  * size and stride is an int64 count of elements. The entry points trust no caller: before any
- * kernel runs they check every size, that the largest offset each kernel computes in x, y and w
- * stays inside the extent given for it, that every bank index is in range and that no coordinate
- * or buffer size overflows (dispatch.c: lc_check), and refuse the call with a status otherwise.
+ * kernel runs they check every size, that the largest offset each kernel computes in x, y, w and
+ * the bias stays inside the extent given for it, that every bank index is in range and that no
+ * coordinate or buffer size overflows (dispatch.c: lc_check), and refuse the call with a status
+ * otherwise.
  */
 #ifndef UNSHARED_CPU_H
 #define UNSHARED_CPU_H
@@ -17,7 +18,7 @@ enum { LC_FLOAT32 = 0, LC_FLOAT64 = 1 };
 enum { LC_PORTABLE = 0, LC_AVX2 = 1, LC_AVX512 = 2, LC_ISAS = 3 };
 /* Statuses: a refused call (2 and up) computes nothing. */
 enum { LC_OK = 0, LC_NO_MEMORY = 1, LC_BAD_ARGUMENT = 2, LC_BAD_X = 3, LC_BAD_Y = 4, LC_BAD_W = 5,
-       LC_BAD_BANK = 6, LC_TOO_LARGE = 7 };
+       LC_BAD_BANK = 6, LC_TOO_LARGE = 7, LC_BAD_BIAS = 8 };
 
 /* One locally connected call (mirrored by a ctypes.Structure in unshared/backends/cpu.py). */
 typedef struct {
@@ -33,6 +34,11 @@ typedef struct {
     int64_t x_extent, y_extent;       /* elements of x's and y's memory from their pointers on */
     int64_t w_extent, bank_len;       /* the same for w; entries of bank (0 without it) */
     int64_t path;                     /* LC_PATH_*: the kernels' choice by shape, or one forced */
+    void *b;                          /* forward: the bias added to y; weight grad: the bias gradient
+                                         (O, *out) contiguous written beside gw; NULL: none (the
+                                         input grad ignores it) */
+    int64_t b_shared;                 /* forward: b is (O,), shared by the positions; else (O, *out) */
+    int64_t b_extent;                 /* elements of b's memory from its pointer on */
 } lc_call;
 
 /* Paths of forward and weight grad: vectors along the channels of a patch, or along the output
@@ -225,6 +231,9 @@ static inline void lc_kernel_inputs(const lc_job *j, const int64_t o[3], int64_t
         }
     }
 }
+
+/* The offset of output channel o at position p in the bias (or its gradient): (O,) or (O, P). */
+static inline int64_t lc_bias_at(const lc_job *j, int64_t o, int64_t p) { return j->c.b_shared ? o : o * j->P + p; }
 
 static inline void lc_unravel(int64_t p, const int64_t size[3], int64_t o[3])
 {

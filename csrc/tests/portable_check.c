@@ -2,7 +2,8 @@
  * library's entry points (unshared_forward, unshared_input_grad, unshared_weight_grad) on
  * LC_PORTABLE, against plain nested loops written here. Each case runs in float32 and float64, on
  * every path (the kernels' own choice, the channel path, the rows path), with channel-major and
- * kernel-major filters, on one thread and on three; one line per case and dtype, the largest
+ * kernel-major filters, on one thread and on three, the forward with a bias (per position or shared,
+ * by turns) and the weight gradient with the bias gradient; one line per case and dtype, the largest
  * relative error of each operation; exit status 1 on any mismatch or refused call.
  *
  * Built by tests/test_arm.py, natively and for aarch64 (run under qemu-user), from the library's
@@ -216,25 +217,39 @@ static int run_case(const lc_case *t, int dtype)
     double *x = random_values(xn, dtype), *w = random_values(wn, dtype), *gy = random_values(yn, dtype);
     double *y = malloc((size_t)yn * sizeof(double)), *gx = malloc((size_t)xn * sizeof(double));
     double *gw = malloc((size_t)wn * sizeof(double)), *got_w = malloc((size_t)wn * sizeof(double));
-    if (!y || !gx || !gw || !got_w) exit(2);
+    double *bias = random_values(g.O * g.P, dtype), *yb = malloc((size_t)yn * sizeof(double));
+    double *gb = calloc((size_t)(g.O * g.P), sizeof(double));
+    if (!y || !gx || !gw || !got_w || !yb || !gb) exit(2);
     reference(&g, xs, ys, x, w, gy, y, gx, gw);
+    for (int64_t m = 0; m < g.n; m++)  /* the bias gradient: gy summed over the batch */
+        for (int64_t o = 0; o < g.O; o++)
+            for (int64_t p = 0; p < g.P; p++)
+                gb[o * g.P + p] += gy[at(ys, m, o, p / (g.out[1] * g.out[2]), p / g.out[2] % g.out[1], p % g.out[2])];
     void *bx = buffer(xn, dtype), *bgy = buffer(yn, dtype), *bw = buffer(wn, dtype);
     void *by = buffer(yn, dtype), *bgx = buffer(xn, dtype), *bgw = buffer(wn, dtype);
+    void *bb = buffer(g.O * g.P, dtype), *bgb = buffer(g.O * g.P, dtype);
+    for (int64_t i = 0; i < g.O * g.P; i++) put(bb, dtype, i, bias[i]);
     for (int64_t i = 0; i < xn; i++) put(bx, dtype, i, x[i]);
     for (int64_t i = 0; i < yn; i++) put(bgy, dtype, i, gy[i]);
     const double tol = dtype == LC_FLOAT32 ? 1e-4 : 1e-10;
-    double worst[3] = {0, 0, 0};
+    double worst[4] = {0, 0, 0, 0};
     int failures = 0, variant = 0;
     for (int path = LC_PATH_AUTO; path <= LC_PATH_ROWS; path++)
         for (int kernel_major = 0; kernel_major < 2; kernel_major++, variant++) {
-            int threads = 1 + 2 * (variant % 2);
+            int threads = 1 + 2 * (variant % 2), shared = (variant + variant / 2) % 2;  /* both biases on each path */
+            for (int64_t m = 0; m < g.n; m++)
+                for (int64_t o = 0; o < g.O; o++)
+                    for (int64_t p = 0; p < g.P; p++) {
+                        int64_t yi = at(ys, m, o, p / (g.out[1] * g.out[2]), p / g.out[2] % g.out[1], p % g.out[2]);
+                        yb[yi] = y[yi] + bias[shared ? o : o * g.P + p];
+                    }
             for (int64_t b = 0; b < g.banks; b++)
                 for (int64_t o = 0; o < g.O; o++)
                     for (int64_t c = 0; c < g.cg; c++)
                         for (int64_t k = 0; k < g.K; k++)
                             put(bw, dtype, w_storage(&g, kernel_major, b, o, c, k), w[w_public(&g, b, o, c, k)]);
             lc_call call = {g.n, g.groups, g.cg, g.og, {0}, {0}, {0}, {0}, {0}, {0}, NULL, {0}, NULL, {0}, NULL,
-                            kernel_major, g.bank, g.banks, xn, yn, wn, g.bank ? g.P : 0, path};
+                            kernel_major, g.bank, g.banks, xn, yn, wn, g.bank ? g.P : 0, path, NULL, 0, 0};
             for (int d = 0; d < 3; d++) {
                 call.in[d] = g.in[d], call.out[d] = g.out[d], call.k[d] = g.k[d];
                 call.s[d] = g.s[d], call.pad[d] = g.pad[d], call.dil[d] = g.dil[d];
@@ -245,22 +260,24 @@ static int run_case(const lc_case *t, int dtype)
             for (int64_t i = 0; i < yn; i++) put(by, dtype, i, 1e30);
             for (int64_t i = 0; i < xn; i++) put(bgx, dtype, i, 1e30);
             for (int64_t i = 0; i < wn; i++) put(bgw, dtype, i, 1e30);
-            int status[3];
-            call.x = bx, call.y = by, call.w = bw;
+            for (int64_t i = 0; i < g.O * g.P; i++) put(bgb, dtype, i, 1e30);
+            int status[4];
+            call.x = bx, call.y = by, call.w = bw, call.b = bb, call.b_shared = shared;
+            call.b_extent = shared ? g.O : g.O * g.P;
             status[0] = unshared_forward(&call, dtype, LC_PORTABLE, threads);
-            call.x = bgx, call.y = bgy, call.w = bw;
+            call.x = bgx, call.y = bgy, call.w = bw, call.b = NULL;
             status[1] = unshared_input_grad(&call, dtype, LC_PORTABLE, threads);
-            call.x = bx, call.y = bgy, call.w = bgw;
-            status[2] = unshared_weight_grad(&call, dtype, LC_PORTABLE, threads);
+            call.x = bx, call.y = bgy, call.w = bgw, call.b = bgb, call.b_shared = 0, call.b_extent = g.O * g.P;
+            status[2] = status[3] = unshared_weight_grad(&call, dtype, LC_PORTABLE, threads);
             for (int64_t b = 0; b < g.banks; b++)
                 for (int64_t o = 0; o < g.O; o++)
                     for (int64_t c = 0; c < g.cg; c++)
                         for (int64_t k = 0; k < g.K; k++)
                             got_w[w_public(&g, b, o, c, k)] = get(bgw, dtype, w_storage(&g, kernel_major, b, o, c, k));
-            double err[3] = {relative_error(y, by, dtype, yn), relative_error(gx, bgx, dtype, xn),
-                             relative_error(gw, got_w, LC_FLOAT64, wn)};
-            static const char *OPS[3] = {"forward", "input_grad", "weight_grad"};
-            for (int op = 0; op < 3; op++) {
+            double err[4] = {relative_error(yb, by, dtype, yn), relative_error(gx, bgx, dtype, xn),
+                             relative_error(gw, got_w, LC_FLOAT64, wn), relative_error(gb, bgb, dtype, g.O * g.P)};
+            static const char *OPS[4] = {"forward", "input_grad", "weight_grad", "bias_grad"};
+            for (int op = 0; op < 4; op++) {
                 if (!(err[op] <= worst[op])) worst[op] = err[op];
                 if (status[op] != LC_OK || !(err[op] <= tol)) {
                     failures++;
@@ -270,11 +287,11 @@ static int run_case(const lc_case *t, int dtype)
                 }
             }
         }
-    printf("%s %-8s %s: forward %.2g, input_grad %.2g, weight_grad %.2g (relative; tolerance %g)\n",
+    printf("%s %-8s %s: forward %.2g, input_grad %.2g, weight_grad %.2g, bias_grad %.2g (relative; tolerance %g)\n",
            failures ? "FAIL" : "ok  ", dtype == LC_FLOAT32 ? "float32" : "float64", t->name, worst[0], worst[1],
-           worst[2], tol);
-    free(x), free(w), free(gy), free(y), free(gx), free(gw), free(got_w), free(g.bank);
-    free(bx), free(bgy), free(bw), free(by), free(bgx), free(bgw);
+           worst[2], worst[3], tol);
+    free(x), free(w), free(gy), free(y), free(gx), free(gw), free(got_w), free(g.bank), free(bias), free(yb), free(gb);
+    free(bx), free(bgy), free(bw), free(by), free(bgx), free(bgw), free(bb), free(bgb);
     return failures;
 }
 

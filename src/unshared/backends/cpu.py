@@ -4,9 +4,11 @@ The kernels gather each patch from the input as they go (zero padding by bounds:
 no patch buffer) and keep register tiles sized for the thin matrices of locally connected layers:
 
 - ``forward``: per output position, dot products along the patch's contiguous runs (a
-  channels-last input and kernel-major filters make a kernel row one run of ``kernel_w * C``);
+  channels-last input and kernel-major filters make a kernel row one run of ``kernel_w * C``),
+  the bias (when given) added as each sum is stored;
 - ``weight_grad``: per position, outer products of ``grad_output`` and the patch, summed over the
-  batch and written once (with shared banks, each bank is summed by one thread);
+  batch and written once (with shared banks, each bank is summed by one thread); when asked, also
+  the per-position bias gradient, ``grad_output`` summed over the batch in the same work item;
 - ``input_grad``: per input position, a gather over the (position, kernel offset) pairs whose
   patch holds it (no scatter, no atomics), vectors along the batch.
 
@@ -45,14 +47,15 @@ ISAS = ("portable", "avx2", "avx512")
 #: vectors along the channels of a patch, or along the output positions of a row (few channels).
 PATHS = ("auto", "channels", "rows")
 _PATH_INDEX = {name: i for i, name in enumerate(PATHS)}
-ABI_VERSION = 5  # must match LC_ABI_VERSION in csrc/dispatch.c
+ABI_VERSION = 6  # must match LC_ABI_VERSION in csrc/dispatch.c
 _DTYPES = {torch.float32: 0, torch.float64: 1}
 #: The refusals of the C entry points (csrc/unshared_cpu.h), by status.
 _REFUSED = {2: "a size, the dtype or the instruction set is invalid",
             3: "the input (or its gradient) reaches past the memory it was given",
             4: "the output (or its gradient) reaches past the memory it was given",
             5: "the weight (or its gradient) reaches past the memory it was given",
-            6: "a filter-bank index is out of range", 7: "a size or a coordinate overflows int64"}
+            6: "a filter-bank index is out of range", 7: "a size or a coordinate overflows int64",
+            8: "the bias (or its gradient) reaches past the memory it was given"}
 #: Calls with fewer multiply-adds than this (~20 us of work) run on the calling thread alone:
 #: starting and joining a thread costs tens of microseconds.
 SERIAL_BELOW = 1 << 20
@@ -61,6 +64,9 @@ _PATH: contextvars.ContextVar[str] = contextvars.ContextVar("unshared_cpu_path",
 
 #: computed inside the custom operator (not made of standard differentiable operators)
 STANDARD_OPERATORS = False
+#: ``forward(..., bias=)`` adds the bias as it stores y, and ``weight_grad(..., bias_grad=True)`` also
+#: returns the per-position bias gradient, summed in the weight gradient's pass over ``gy``
+FUSES_BIAS = True
 _i64 = ctypes.c_int64
 
 
@@ -71,7 +77,7 @@ class _Call(ctypes.Structure):
                 ("dil", _i64 * 3), ("x", ctypes.c_void_p), ("xs", _i64 * 5), ("y", ctypes.c_void_p),
                 ("ys", _i64 * 5), ("w", ctypes.c_void_p), ("kernel_major", _i64), ("bank", ctypes.c_void_p),
                 ("banks", _i64), ("x_extent", _i64), ("y_extent", _i64), ("w_extent", _i64), ("bank_len", _i64),
-                ("path", _i64)]
+                ("path", _i64), ("b", ctypes.c_void_p), ("b_shared", _i64), ("b_extent", _i64)]
 
 
 #: The library's file name in the package, as setup.py builds it (no Python ABI suffix: it links no Python).
@@ -245,8 +251,10 @@ def _launch(op: str, g: Geometry, n: int, x: torch.Tensor, y: torch.Tensor, w: t
             kernel_major: bool, state: dict | None) -> None:
     """Run ``unshared_<op>`` on ``x`` (input or its gradient), ``y`` (output or its gradient) and
     ``w``, whose data pointer starts the weight's (or its gradient's) memory, kernel-major or
-    channel-major as ``kernel_major`` says. ``state``: what was prepared for ``g`` (the call
-    templates per batch size, strides and weight layout, and the bank array), kept with it."""
+    channel-major as ``kernel_major`` says; or with ``w`` a pair of that and a contiguous bias, added
+    to y (forward: ``(O,)`` or ``(O, *output_size)``), or the bias gradient to write (weight grad:
+    ``(O, *output_size)``). ``state``: what was prepared for ``g`` (the call templates per batch
+    size, strides and weight layout, and the bank array), kept with it."""
     lib = _LIB
     if lib is None:
         raise RuntimeError(_REASON)
@@ -263,6 +271,10 @@ def _launch(op: str, g: Geometry, n: int, x: torch.Tensor, y: torch.Tensor, w: t
             banks = state["banks"] = _bank_array(g.banks, g.weight_grid)  # lives as long as the templates
         prepared = state[key] = _prepare(g, n, _strides(x), _strides(y), kernel_major, banks)
     call = _Call.from_buffer_copy(prepared[0])  # a copy per call: threads may share a layer
+    if type(w) is tuple:
+        w, b = w
+        call.b, call.b_shared = b.data_ptr(), b.dim() == 1
+        call.b_extent = b.untyped_storage().nbytes() // b.element_size() - b.storage_offset()
     call.x, call.y, call.w = x.data_ptr(), y.data_ptr(), w.data_ptr()
     # the elements of each tensor's memory from its data pointer on (what C may address)
     call.x_extent = x.untyped_storage().nbytes() // x.element_size() - x.storage_offset()
@@ -307,12 +319,16 @@ def _check_dtypes(op: str, first: torch.Tensor, second: torch.Tensor) -> torch.d
 
 # ----------------------------------------------------------------------------- the three operations
 
-def forward(x: torch.Tensor, w: torch.Tensor, g: Geometry, state: dict | None = None) -> torch.Tensor:
-    """``(N, C, *input_size)``, public weight -> ``(N, O, *output_size)`` in ``x``'s memory format.
-    ``state``: what the kernels prepared for ``g`` (kept by its plan)."""
+def forward(x: torch.Tensor, w: torch.Tensor, g: Geometry, state: dict | None = None,
+            bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``(N, C, *input_size)``, public weight -> ``(N, O, *output_size)`` in ``x``'s memory format,
+    plus ``bias`` (``(O,)`` or ``(O, *output_size)``, of ``x``'s dtype) when given, added as y is
+    stored. ``state``: what the kernels prepared for ``g`` (kept by its plan)."""
     dtype = x.dtype
     if dtype != w.dtype or dtype not in _DTYPES:
         _check_dtypes("forward", x, w)
+    if bias is not None and bias.dtype != dtype:
+        _check_dtypes("forward", x, bias)
     n = x.shape[0]
     y = pooled_buffer((n, g.out_channels, *g.output_size), dtype=dtype, device=x.device,
                       memory_format=torch.contiguous_format if x.is_contiguous() else memory_format_of(x))
@@ -321,7 +337,7 @@ def forward(x: torch.Tensor, w: torch.Tensor, g: Geometry, state: dict | None = 
     key = ("kernel major", w.shape, w.stride())
     kernel_major = CACHE.get(key)
     memory, kernel_major = (w, kernel_major) if kernel_major else _weight_memory(w)
-    _launch("forward", g, n, x, y, memory, kernel_major, state)
+    _launch("forward", g, n, x, y, memory if bias is None else (memory, bias.contiguous()), kernel_major, state)
     return y
 
 
@@ -343,10 +359,12 @@ def input_grad(gy: torch.Tensor, w: torch.Tensor, g: Geometry,
 
 
 def weight_grad(x: torch.Tensor, gy: torch.Tensor, g: Geometry, kernel_major: bool = True,
-                state: dict | None = None) -> torch.Tensor:
+                state: dict | None = None, bias_grad: bool = False):
     """Adjoint in the weight: ``x``, ``(N, O, *output_size)`` -> public-shaped weight gradient,
     laid out kernel-major or channel-major (as the weight it is the gradient of); shared banks sum
-    their positions."""
+    their positions. With ``bias_grad``, ``(weight gradient, bias gradient)``: the gradient of a
+    per-position bias, ``gy`` summed over the batch (``(O, *output_size)``; a shared bias's is its
+    sum over the positions), computed by the kernels beside the weight gradient."""
     dtype = x.dtype
     if dtype != gy.dtype or dtype not in _DTYPES:
         _check_dtypes("weight_grad", x, gy)
@@ -362,10 +380,14 @@ def weight_grad(x: torch.Tensor, gy: torch.Tensor, g: Geometry, kernel_major: bo
     if layout[1] is not None:
         gw = gw.permute(layout[1])
     if n == 0 or math.prod(layout[2]) == 0:
-        return gw.zero_()
+        return (gw.zero_(), gy.sum(0).contiguous()) if bias_grad else gw.zero_()
     gy = gy.contiguous() if 0 in gy.stride() else gy  # an expanded gradient (of y.sum()): read as vectors
-    _launch("weight_grad", g, n, x, gy, gw, kernel_major, state)  # gw's data pointer starts its memory
-    return gw
+    if not bias_grad:
+        _launch("weight_grad", g, n, x, gy, gw, kernel_major, state)  # gw's data pointer starts its memory
+        return gw
+    gb = torch.empty((g.out_channels, *g.output_size), dtype=dtype)
+    _launch("weight_grad", g, n, x, gy, (gw, gb), kernel_major, state)
+    return gw, gb
 
 
 # The process-wide side of the kernels (their thread pool, the FMA peak): cpu_machine.py.

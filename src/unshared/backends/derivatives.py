@@ -36,10 +36,14 @@ from .._cache import CACHE, remember
 from .._utils import is_kernel_major
 from . import compute
 from .compute import Plan
+from .registry import BACKENDS
 
 __all__ = ["TABLE", "FUNCTIONS", "call", "forward", "planned_forward", "applies", "register"]
 
 _PLAIN = (Tensor, nn.Parameter)
+#: The backends whose ``forward`` adds a bias (``bias=``) as it stores the output and whose
+#: ``weight_grad`` returns the bias gradient beside the weight's (``bias_grad=True``).
+_FUSES_BIAS = frozenset(name for name, module in BACKENDS.items() if getattr(module, "FUSES_BIAS", False))
 _is_wrapped = torch._C._functorch.is_functorch_wrapped_tensor
 _is_legacy_batched = torch._C._functorch.is_legacy_batchedtensor  # gradcheck's and is_grads_batched's vmap
 
@@ -140,17 +144,22 @@ def planned_forward(x: Tensor, weight: Tensor, bias: Tensor | None, plan: Plan) 
     if (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad
                                      or (bias is not None and bias.requires_grad))) or _forward_ad_active():
         return FUNCTIONS["forward"].apply(x, weight, plan, None, bias, True)
+    if bias is not None and plan.direct is not None and plan.backend in _FUSES_BIAS:
+        return plan.direct["forward"](x, weight, plan.geometry, bias=bias)  # added as the output is stored
     y = plan.run("forward", x, weight)
     return y if bias is None else y.add_(bias if bias.dim() > 1 else bias.view(-1, *(1,) * (x.dim() - 2)))
 
 
 # ----------------------------------------------------------------------------- the Functions
 
-def _vjps(op: str, ctx, a: Tensor, b: Tensor, grad: Tensor) -> list:
+def _vjps(op: str, ctx, a: Tensor, b: Tensor, grad: Tensor, bias_grad: bool = False) -> list:
     """The vector-Jacobian products of ``op`` for ``a`` and ``b`` that ``ctx`` needs, by :data:`TABLE`:
-    computed by the plan directly when nothing records or wraps them, else through :func:`call`."""
+    computed by the plan directly when nothing records or wraps them, else through :func:`call`.
+    ``bias_grad`` (the forward of a backend that fuses the bias): a third item, the per-position
+    bias gradient that the weight gradient's call computed with it, or ``None`` where it did not run
+    directly."""
     operands, flags = {"a": a, "b": b, "g": grad}, _flags(op, a, b)
-    plan, needed, found = ctx.plan, ctx.needs_input_grad, [None, None]
+    plan, needed, found = ctx.plan, ctx.needs_input_grad, [None, None, None]
     direct = (ctx.direct and type(grad) in _PLAIN and not torch.is_grad_enabled() and not _is_wrapped(grad)
               and not _is_legacy_batched(grad) and not torch._C._len_torch_dispatch_stack()
               and not torch._C._is_torch_function_mode_enabled()
@@ -165,10 +174,12 @@ def _vjps(op: str, ctx, a: Tensor, b: Tensor, grad: Tensor) -> list:
             found[i] = call(name, first, second, plan, flag) if not direct else plan.run(name, first, second, flag)
         elif name == "forward":
             found[i] = functions[name](first, second, plan.geometry)
+        elif bias_grad and name == "weight_grad":
+            found[i], found[2] = functions[name](first, second, plan.geometry, flag, bias_grad=True)
         else:
             found[i] = functions[name](first, second, plan.geometry,
                                        plan.formats[flag] if name == "input_grad" else flag)
-    return found
+    return found if bias_grad else found[:2]
 
 
 def _per_sample(info, dims, tensors, apply: Callable) -> tuple[Tensor, int]:
@@ -190,6 +201,8 @@ def _function(op: str) -> type:
 
     def forward(a, b, plan, flag, bias, direct):
         if direct and plan.direct is not None and op == "forward":  # the common case, without a call
+            if bias is not None and plan.backend in _FUSES_BIAS:  # added as the output is stored
+                return plan.direct["forward"](a, b, plan.geometry, bias=bias)
             y = plan.direct["forward"](a, b, plan.geometry)
         else:
             y = plan.run(op, a, b, flag) if direct else _unrecorded(op, a, b, plan, flag)
@@ -206,10 +219,15 @@ def _function(op: str) -> type:
 
     def backward(ctx, grad):
         a, b = ctx.saved_tensors
-        g_a, g_b = _vjps(op, ctx, a, b, grad)
-        g_bias = None
-        if ctx.bias_shape is not None and ctx.needs_input_grad[4]:
-            shape = ctx.bias_shape
+        shape = ctx.bias_shape if ctx.needs_input_grad[4] else None
+        # a per-position bias's gradient comes from the backend's weight-gradient call where it
+        # computes both; else, and for a shared bias, the sum here (per-position sums summed again
+        # would round otherwise than the operators' sum, which the eager path matches bit for bit)
+        fused = (shape is not None and len(shape) > 1 and op == "forward" and ctx.needs_input_grad[1]
+                 and ctx.plan.backend in _FUSES_BIAS)
+        found = _vjps(op, ctx, a, b, grad, fused)
+        g_a, g_b, g_bias = found[0], found[1], found[2] if fused else None
+        if shape is not None and g_bias is None:
             g_bias = grad.sum_to_size((shape[0], *(1,) * (grad.dim() - 2)) if len(shape) == 1 else shape).view(shape)
         return g_a, g_b, None, None, g_bias, None
 
