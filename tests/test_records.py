@@ -236,11 +236,17 @@ def test_thread_pools_prose_is_the_recorded_run():
         return f"{rows[(case, 'pthreads', 'no bias')]['ms per step']} -> {rows[(case, 'openmp', 'no bias')]['ms per step']}"
     said(f"genomics-1d-32 {step('genomics-1d-32')} ms, DeepFace L6 at batch 64 {step('L6-64')}, L5 at batch 8 "
          f"{step('L5-8')}, All-TNN's first layer at batch 16 {step('alltnn-1-16')}", HOST_PAGE)
-    relu = {case: float(rows[(case, "openmp", "bias + ReLUs")]["/ no bias"])
-            for case in ("genomics-1d-32", "L6-64", "L5-8", "alltnn-1-16")}
-    said(f"stays at {span([v for c, v in relu.items() if c != 'genomics-1d-32'], 2)}x of that except "
+    cases = ("genomics-1d-32", "L6-64", "L5-8", "alltnn-1-16")
+    bias = [float(rows[(case, "openmp", "bias")]["/ no bias"]) for case in cases]
+    said(f"with the bias, the OpenMP pool takes {span(bias, 2)}x of the time without it", HOST_PAGE)
+    relu = {case: float(rows[(case, "openmp", "bias + ReLUs")]["/ no bias"]) for case in cases}
+    said(f"it stays at {span([v for c, v in relu.items() if c != 'genomics-1d-32'], 2)}x except "
          f"genomics-1d-32, {relu['genomics-1d-32']:.2f}x", HOST_PAGE)
-    said(f"the DeepFace trunk C1-L6 at batch 8 {trunk['pthreads']} -> {trunk['openmp']} ms", HOST_PAGE)
+    said(f"The DeepFace trunk C1-L6 at batch 8 takes {trunk['pthreads']} -> {trunk['openmp']} ms", HOST_PAGE)
+    layers = {r["layer"]: float(r["inside / alone"]) for r in markdown_table(body, "| layer | inside the network ms |")
+              if r["inside / alone"]}
+    said(f"each locally connected layer (with its ReLU) takes {span([layers[f'L{i} + ReLU'] for i in (4, 5, 6)], 2)}x "
+         f"of its time alone", HOST_PAGE)
 
 
 def test_topography_prose_is_the_recorded_run():
