@@ -3,6 +3,8 @@ stores each output element (per position ``(O, *output_size)`` or shared ``(O,)`
 (channels, rows, batch), and the weight gradient's call also writes a per-position bias's
 gradient. Each case against the float64 reference, on every instruction set and forced path, and
 the calls seen by the kernels' launcher say which were fused."""
+import re
+
 import pytest
 import torch
 from torch.autograd import forward_ad, gradcheck, gradgradcheck
@@ -204,9 +206,14 @@ def test_vmap_over_a_batch_of_inputs_with_a_bias():
 def test_the_kernels_refuse_a_bias_smaller_than_the_layer():
     g = Geometry((6,), (4,), (3,), (1,), ((0, 0),), (1,), 1, 3, 5)
     x, w = torch.randn(2, 3, 6), torch.randn(4, 5, 3, 3)
+    memory, kernel_major = cpu._weight_memory(w)
     for small in (torch.randn(4), torch.randn(5, 3)):  # 5 channels, 4 positions
-        with pytest.raises(ValueError, match=r"status 8: the bias \(or its gradient\) reaches past the memory"):
+        with pytest.raises(ValueError, match=re.escape(f"bias must be (5,) or (5, 4), got bias of shape {tuple(small.shape)}")):
             cpu.forward(x, w, g, bias=small)
+        # the C boundary's own check, past the Python one: a shared bias of 4 < 5, a per-position one of 15 < 20
+        y = torch.empty(2, 5, 4)
+        with pytest.raises(ValueError, match=r"status 8: the bias \(or its gradient\) reaches past the memory"):
+            cpu._launch("forward", g, 2, x, y, (memory, small), kernel_major, None)
     with pytest.raises(TypeError, match="tensors must all be float32 or all float64"):
         cpu.forward(x, w, g, bias=torch.randn(5, dtype=torch.float64))
     y = cpu.forward(x, w, g, bias=torch.zeros(5, 4)[:, ::2].repeat(1, 2))  # a per-position bias, copied contiguous
@@ -234,3 +241,12 @@ def test_the_backend_alone(isa, path, dtype):
             assert gb.shape == (4, 5, 10) and gb.is_contiguous()
             torch.testing.assert_close(gb, gy.sum(0), **TOLERANCE[dtype])
             assert torch.equal(gw, gw_alone)
+
+
+def test_the_backend_refuses_a_bias_of_another_shape():
+    # (the layers check the bias first; the backend alone must not read a view of (O, 1) as (O, P))
+    g = Geometry((6,), (4,), (3,), (1,), ((0, 0),), (1,), 1, 2, 4)
+    x, w = torch.randn(2, 2, 6), torch.randn(4, 4, 2, 3)
+    for bias in (torch.randn(100)[:4].view(4, 1), torch.randn(5), torch.randn(4, 4, 1)):
+        with pytest.raises(ValueError, match=re.escape(f"bias must be (4,) or (4, 4), got bias of shape {tuple(bias.shape)}")):
+            cpu.forward(x, w, g, bias=bias)

@@ -327,8 +327,10 @@ def forward(x: torch.Tensor, w: torch.Tensor, g: Geometry, state: dict | None = 
     dtype = x.dtype
     if dtype != w.dtype or dtype not in _DTYPES:
         _check_dtypes("forward", x, w)
-    if bias is not None and bias.dtype != dtype:
+    if bias is not None and (bias.dtype != dtype or bias.shape not in ((g.out_channels,), (g.out_channels, *g.output_size))):
         _check_dtypes("forward", x, bias)
+        raise ValueError(f"cpu backend forward: bias must be ({g.out_channels},) or {(g.out_channels, *g.output_size)}, "
+                         f"got bias of shape {tuple(bias.shape)}")
     n = x.shape[0]
     y = pooled_buffer((n, g.out_channels, *g.output_size), dtype=dtype, device=x.device,
                       memory_format=torch.contiguous_format if x.is_contiguous() else memory_format_of(x))
@@ -385,7 +387,7 @@ def weight_grad(x: torch.Tensor, gy: torch.Tensor, g: Geometry, kernel_major: bo
     if not bias_grad:
         _launch("weight_grad", g, n, x, gy, gw, kernel_major, state)  # gw's data pointer starts its memory
         return gw
-    gb = torch.empty((g.out_channels, *g.output_size), dtype=dtype)
+    gb = torch.empty((g.out_channels, *g.output_size), dtype=dtype, device=x.device)
     _launch("weight_grad", g, n, x, gy, (gw, gb), kernel_major, state)
     return gw, gb
 
