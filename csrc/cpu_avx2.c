@@ -31,9 +31,9 @@
 #define FWD_OB 2
 #define WG_OB 4    /* 8 accumulators */
 #define WG_RV 2
-#define IG_CB1 8   /* 8 accumulators at 1, 2 or 4 batch vectors */
-#define IG_CB2 4
-#define IG_CB4 2
+#define IG_CB1 8   /* 8 accumulators at 1 batch vector, 12 at 2 or 4 */
+#define IG_CB2 6
+#define IG_CB4 3
 #define ROWS_NB1 6  /* rows path, forward: samples x 1 output channel */
 #define ROWS_OB 4   /* output channels of a block */
 #define ROWS_NB4 2  /* samples x ROWS_OB output channels */

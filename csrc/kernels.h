@@ -99,11 +99,12 @@ STATIC int64_t NAME(chunks)(const lc_seg *seg, int64_t nseg, lc_seg *ch, int64_t
     return n;
 }
 
-/* Per-thread scratch of forward and weight grad: runs, chunks, one position's (O, R) filters and
- * one block of WG_OB of them channel-major. */
+/* Per-thread scratch of forward and weight grad: runs, chunks, one position's (O, R) filters, one
+ * block of WG_OB of them channel-major, and one position's output gradient (N, O). */
 STATIC size_t NAME(patch_scratch)(const lc_job *j)
 {
-    return (size_t)(j->K + 1 + j->R / VL + j->K + 1) * sizeof(lc_seg) + (size_t)((j->O + WG_OB) * j->R) * sizeof(T);
+    return (size_t)(j->K + 1 + j->R / VL + j->K + 1) * sizeof(lc_seg) +
+           (size_t)((j->O + WG_OB) * j->R + j->c.n * j->O) * sizeof(T);
 }
 
 /* dst[0:len] = src[0:len], the whole aligned vectors of dst stored past the caches (store_once). */
@@ -315,24 +316,28 @@ INLINE void NAME(wg_tile)(T *dst, int64_t R, const T *const gyr[WG_OB], int64_t 
  * channel-major one through `stage` (WG_OB rows), streamed into final: final's unaligned rows
  * would otherwise be read from memory before they are written. */
 STATIC void NAME(wg_position)(const lc_job *jb, int64_t p, T *dst, lc_seg *seg, lc_seg *ch, int once, T *final,
-                              int add, T *stage)
+                              int add, T *stage, T *gyp)
 {
     const lc_call *c = &jb->c;
     const T *x = (const T *)c->x, *gy = (const T *)c->y;
-    int64_t o3[3], covered, nfull, og = c->og;
+    int64_t o3[3], covered, nfull, og = c->og, O = jb->O, n = c->n;
     lc_unravel(p, c->out, o3);
     int64_t nall = NAME(chunks)(seg, lc_segments(jb, o3, seg, &covered), ch, &nfull);
     if (covered < jb->R)  /* padding: those filter elements get no gradient */
-        for (int64_t e = 0; e < jb->O * jb->R; e++) dst[e] = 0;
+        for (int64_t e = 0; e < O * jb->R; e++) dst[e] = 0;
     int64_t yoff = o3[0] * c->ys[2] + o3[1] * c->ys[3] + o3[2] * c->ys[4];
+    /* gyp (N, O): position p's output gradient, read from its scattered lines once, not once per
+     * chunk of the patch */
+    for (int64_t m = 0; m < n; m++)
+        for (int64_t o = 0; o < O; o++) gyp[m * O + o] = gy[m * c->ys[0] + o * c->ys[1] + yoff];
     for (int64_t g = 0; g < c->groups; g++)
         for (int64_t o0 = 0; o0 < og; o0 += WG_OB) {
             const T *gyr[WG_OB];
-            for (int j = 0; j < WG_OB; j++) gyr[j] = gy + (g * og + lc_min(o0 + j, og - 1)) * c->ys[1] + yoff;
+            for (int j = 0; j < WG_OB; j++) gyr[j] = gyp + g * og + lc_min(o0 + j, og - 1);
             T *d = dst + (g * og + o0) * jb->R;
             int64_t valid = lc_min(WG_OB, og - o0);
-            NAME(wg_tile)(d, jb->R, gyr, c->ys[0], x + g * c->cg, c->xs[0], c->n, ch, 0, nfull, valid, 0, once);
-            NAME(wg_tile)(d, jb->R, gyr, c->ys[0], x + g * c->cg, c->xs[0], c->n, ch, nfull, nall, valid, 1, once);
+            NAME(wg_tile)(d, jb->R, gyr, O, x + g * c->cg, c->xs[0], n, ch, 0, nfull, valid, 0, once);
+            NAME(wg_tile)(d, jb->R, gyr, O, x + g * c->cg, c->xs[0], n, ch, nfull, nall, valid, 1, once);
             if (final && !add && !c->kernel_major) {
                 NAME(from_kernel_major)(d, stage, valid, c->cg, jb->K, 0, 0);
                 NAME(copy_once)(final + (d - dst), stage, valid * jb->R);
@@ -340,11 +345,10 @@ STATIC void NAME(wg_position)(const lc_job *jb, int64_t p, T *dst, lc_seg *seg, 
                 NAME(from_kernel_major)(d, final + (d - dst), valid, c->cg, jb->K, (int)c->kernel_major, add);
             }
         }
-    if (c->b)  /* the bias gradient of position p (each position once, also with banks), gy still cached */
-        for (int64_t o = 0; o < jb->O; o++) {
-            const T *col = gy + o * c->ys[1] + yoff;
+    if (c->b)  /* the bias gradient of position p (each position once, also with banks) */
+        for (int64_t o = 0; o < O; o++) {
             T sum = 0;
-            for (int64_t m = 0; m < c->n; m++) sum += col[m * c->ys[0]];
+            for (int64_t m = 0; m < n; m++) sum += gyp[m * O + o];
             ((T *)c->b)[o * jb->P + p] = sum;
         }
 }
@@ -356,17 +360,17 @@ STATIC int NAME(weight_grad)(const lc_job *jb, int64_t begin, int64_t end, void 
     T *gw = (T *)c->w;
     const int64_t OR = jb->O * jb->R;
     lc_seg *seg = (lc_seg *)scratch, *ch = seg + jb->K + 1;
-    T *tile = (T *)(ch + jb->R / VL + jb->K + 1), *stage = tile + OR;
+    T *tile = (T *)(ch + jb->R / VL + jb->K + 1), *stage = tile + OR, *gyp = stage + WG_OB * jb->R;
     for (int64_t item = begin; item < end; item++) {
         T *dst = gw + item * OR;
         if (!c->bank && c->kernel_major) {
-            NAME(wg_position)(jb, item, dst, seg, ch, 1, NULL, 0, stage);
+            NAME(wg_position)(jb, item, dst, seg, ch, 1, NULL, 0, stage, gyp);
         } else if (!c->bank) {
-            NAME(wg_position)(jb, item, tile, seg, ch, 0, dst, 0, stage);
+            NAME(wg_position)(jb, item, tile, seg, ch, 0, dst, 0, stage, gyp);
         } else {
             for (int64_t e = 0; e < OR; e++) dst[e] = 0;
             for (int64_t q = jb->start[item]; q < jb->start[item + 1]; q++) {
-                NAME(wg_position)(jb, jb->order[q], tile, seg, ch, 0, dst, 1, stage);
+                NAME(wg_position)(jb, jb->order[q], tile, seg, ch, 0, dst, 1, stage, gyp);
             }
         }
     }
