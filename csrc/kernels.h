@@ -230,34 +230,37 @@ INLINE int NAME(forward_tiles)(const lc_job *jb, int64_t begin, int64_t end, voi
         int64_t nall = NAME(chunks)(seg, lc_segments(jb, o3, seg, &covered), ch, &nfull);
         const T *wp = w + (c->bank ? c->bank[p] : p) * O * R;
         int64_t yoff = o3[0] * c->ys[2] + o3[1] * c->ys[3] + o3[2] * c->ys[4];
-        for (int64_t g = 0; g < c->groups; g++)
-            for (int64_t o0 = 0; o0 < og; o0 += FWD_OB) {
-                const T *wr[FWD_OB], *rows = wp + (g * og + o0) * R;
-                int64_t valid = lc_min(FWD_OB, og - o0);
-                if (!c->kernel_major) {  /* these filters kernel-major, while they are in the caches */
-                    NAME(to_kernel_major)(rows, stage, valid, cg, jb->K);
-                    rows = stage;
-                }
-                for (int j = 0; j < FWD_OB; j++) wr[j] = rows + lc_min(j, valid - 1) * R;
-                T bias[FWD_OB];  /* added at the store (0 without a bias: y never holds -0) */
-                for (int j = 0; j < FWD_OB; j++)
-                    bias[j] = b ? b[lc_bias_at(jb, g * og + o0 + lc_min(j, valid - 1), p)] : 0;
-                for (int64_t n0 = 0; n0 < n; n0 += NB) {
-                    const T *xr[FWD_NB];
-                    for (int i = 0; i < NB; i++) xr[i] = x + lc_min(n0 + i, n - 1) * c->xs[0] + g * cg;
+        for (int64_t g = 0; g < c->groups; g++) {
+            const T *rows = wp + g * og * R;
+            if (!c->kernel_major) {  /* this group's filters kernel-major, while they are in the caches */
+                NAME(to_kernel_major)(rows, stage, og, cg, jb->K);
+                rows = stage;
+            }
+            /* samples outer: a tile's patch rows stay in L1 while every block of filters passes */
+            for (int64_t n0 = 0; n0 < n; n0 += NB) {
+                const T *xr[FWD_NB];
+                for (int i = 0; i < NB; i++) xr[i] = x + lc_min(n0 + i, n - 1) * c->xs[0] + g * cg;
+                for (int64_t o0 = 0; o0 < og; o0 += FWD_OB) {
+                    const T *wr[FWD_OB];
+                    int64_t valid = lc_min(FWD_OB, og - o0);
+                    for (int j = 0; j < FWD_OB; j++) wr[j] = rows + (o0 + lc_min(j, valid - 1)) * R;
                     V acc[FWD_NB][FWD_OB];
                     for (int i = 0; i < NB; i++)
                         for (int j = 0; j < FWD_OB; j++) acc[i][j] = NAME(bcast)(0);
-                    if (n0 == 0) NAME(fwd_acc)(acc, xr, wr, ch, 0, nfull, 0, 1, NB);
+                    if (n0 == 0 && c->kernel_major) NAME(fwd_acc)(acc, xr, wr, ch, 0, nfull, 0, 1, NB);
                     else NAME(fwd_acc)(acc, xr, wr, ch, 0, nfull, 0, 0, NB);
                     NAME(fwd_acc)(acc, xr, wr, ch, nfull, nall, 1, 0, NB);
+                    T bias[FWD_OB];  /* added at the store (0 without a bias: y never holds -0) */
+                    for (int j = 0; j < FWD_OB; j++)
+                        bias[j] = b ? b[lc_bias_at(jb, g * og + o0 + lc_min(j, valid - 1), p)] : 0;
                     for (int i = 0; i < NB; i++)  /* constant indices: acc stays in registers */
                         for (int j = 0; j < FWD_OB; j++)
-                            if (i < n - n0 && j < og - o0)
+                            if (i < n - n0 && j < valid)
                                 y[(n0 + i) * c->ys[0] + (g * og + o0 + j) * c->ys[1] + yoff] =
                                     NAME(hsum)(acc[i][j]) + bias[j];
                 }
             }
+        }
     }
     return 0;
 }

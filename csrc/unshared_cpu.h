@@ -99,6 +99,8 @@ int unshared_fma_peak(int isa, int dtype, int threads, int64_t iterations, doubl
 
 static inline int64_t lc_min(int64_t a, int64_t b) { return a < b ? a : b; }
 static inline int64_t lc_max(int64_t a, int64_t b) { return a > b ? a : b; }
+/* p rounded up to a multiple of `align` bytes (a power of two) */
+static inline void *lc_align_up(void *p, size_t align) { return (void *)(((uintptr_t)p + align - 1) & ~(uintptr_t)(align - 1)); }
 
 /* The runs of output position o's patch (forward and weight grad); returns their number and
  * sets *covered to the patch elements inside the input (R when nothing is padding). */

@@ -102,6 +102,20 @@ def test_every_instruction_set_on_random_configurations(isa, cfg):
         check_against_reference(cfg, torch.float64, seed=24, backend="cpu")
 
 
+# The gather input gradient (kernel-major filters) splits an input position's (pair, output
+# channel) products into blocks whose output-gradient vectors stay in L1, keeping its sums between
+# them (kernels_ig.h): whole pairs per block at these 40 channels, ranges of one pair's 300.
+@requires_kernels
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("out_channels", [40, 300])
+@pytest.mark.parametrize("batch", [3, 20])
+def test_input_grad_of_many_products_in_blocks(isa, out_channels, batch):
+    cfg = Config(2, 5, out_channels, (3, 3), (1, 1), 1, (1, 1), 1, "zeros", (4, 5), batch, None, "contiguous", True)
+    with cpu.use_isa(isa):
+        check_against_reference(cfg, torch.float64, seed=29, backend="cpu")
+        check_against_reference(cfg, torch.float32, seed=30, backend="cpu")
+
+
 # The input gradient of channel-major filters is a scatter (csrc/kernels_ig_scatter.h) over items of
 # channel and sample blocks, the sample blocks halved while an item's buffer passes 8 MiB; where even
 # one channel and one vector of samples would pass 64 MiB, the gather runs instead.
