@@ -7,8 +7,10 @@
  *   consecutive inputs joined to one output by consecutive edges, a gene's SNPs): forward and
  *   weight grad, threads over tiles of outputs;
  * - slots by input, a CSR (col: in + 1 pointers; a slot: edge, output): input grad, threads over
- *   blocks of inputs, each gx element summed in registers and written once.
- * All three walk the batch in tiles of samples, whose rows of x (gx) are read (written) in order.
+ *   blocks of inputs, in parts whose sums (inputs x channels x batch) stay in L1-L2, summed with
+ *   vectors along the batch from a transposed copy of gy, then written to gx's rows once.
+ * The forward and the weight grad walk the batch in tiles of samples, whose rows of x are read in
+ * order; the input grad runs vectors along the batch.
  * No gathered copy of the input, no scatter between threads.
  *
  * Like dispatch.c, nothing is trusted: sp_check verifies every size, every run and slot against
@@ -45,11 +47,15 @@ static void sp_sync_pool(void)
 #endif
 }
 
-#define SP_ABI_VERSION 2
+#define SP_ABI_VERSION 3
 /* outputs per tile of the forward and the weight gradient */
 #define SP_TILE 256
-/* samples per tile of the batch */
+/* samples per tile of the batch (forward, weight grad) */
 #define SP_NT 4
+/* the input grad's parts: sums of at most SP_IG_ELEMENTS (inputs x in channels x samples, 64 KiB of
+ * floats) per thread, over tiles of SP_IG_NB samples (each sample's row of gx written in long runs) */
+#define SP_IG_ELEMENTS 16384
+#define SP_IG_NB 32
 
 SP_EXPORT int unshared_sparse_abi_version(void) { return SP_ABI_VERSION; }
 
@@ -72,6 +78,7 @@ typedef struct {
 typedef struct {
     lc_job base;                      /* first: lc_run hands the job back as an lc_job pointer */
     sp_call c;
+    void *gyt;                        /* input grad: gy transposed, (out, o, n) */
 } sp_job;
 
 /* ------------------------------------------------------------------------- checks */
@@ -176,27 +183,53 @@ static int sp_check(const sp_call *c, int dtype)
                     }                                                                                 \
                 }                                                                                     \
     }                                                                                                 \
-    static inline __attribute__((always_inline)) void sp_ig_tile_##S(const sp_call *c, int64_t b,     \
-                                                                     int64_t n0, const int nt)        \
+    /* input grad, inputs lo..hi (at most SP_IG_ELEMENTS / (c * mt) of them) and samples m0..m0 + mt: \
+     * buf (hi - lo, c, mt) summed with vectors along the samples from gyt (out, o, n), then       \
+     * written to the samples' rows of gx, long runs each */                                       \
+    static inline __attribute__((always_inline)) void sp_ig_part_##S(const sp_job *jb, int64_t lo,    \
+                                                                     int64_t hi, int64_t m0,          \
+                                                                     int64_t mt, T *restrict buf)     \
     {                                                                                                 \
-        const T *gy = c->y, *w = c->w;                                                                \
+        const sp_call *c = &jb->c;                                                                    \
+        const T *restrict gyt = jb->gyt, *w = c->w;                                                   \
         T *gx = c->x;                                                                                 \
-        const int64_t xs = c->xs[0], lo = b * c->block_size, hi = lc_min(lo + c->block_size, c->in); \
-        for (int64_t ch = 0; ch < c->c; ch++) {                                                       \
-            T *gxp = gx + n0 * xs + ch * c->xs[1];                                                    \
-            for (int64_t i = lo; i < hi; i++) {                                                       \
-                T sum[SP_NT] = {0};                                                                   \
-                for (int64_t k = c->col[i]; k < c->col[i + 1]; k++) {                                 \
-                    const int64_t e = c->slots[2 * k], j = c->slots[2 * k + 1];                       \
-                    const T *gyp = gy + n0 * c->ys[0] + j * c->ys[2];                                 \
-                    for (int64_t o = 0; o < c->o; o++) {                                              \
+        const int64_t n = c->n, cm = c->c * mt;                                                       \
+        memset(buf, 0, (size_t)((hi - lo) * cm) * sizeof(T));                                         \
+        for (int64_t i = lo; i < hi; i++)                                                             \
+            for (int64_t k = c->col[i]; k < c->col[i + 1]; k++) {                                     \
+                const int64_t e = c->slots[2 * k], j = c->slots[2 * k + 1];                           \
+                for (int64_t o = 0; o < c->o; o++) {                                                  \
+                    const T *restrict g = gyt + (j * c->o + o) * n + m0;                              \
+                    for (int64_t ch = 0; ch < c->c; ch++) {                                           \
                         const T wk = w[(o * c->c + ch) * c->nnz + e];                                 \
-                        for (int t = 0; t < nt; t++) sum[t] += wk * gyp[t * c->ys[0] + o * c->ys[1]]; \
+                        T *restrict b = buf + (i - lo) * cm + ch * mt;                                \
+                        for (int64_t m = 0; m < mt; m++) b[m] += wk * g[m];                           \
                     }                                                                                 \
                 }                                                                                     \
-                for (int t = 0; t < nt; t++) gxp[t * xs + i] = sum[t];                                \
             }                                                                                         \
+        for (int64_t i0 = lo; i0 < hi; i0 += 16) { /* 16 inputs' sums stay in L1 meanwhile */         \
+            const int64_t i1 = lc_min(i0 + 16, hi);                                                   \
+            for (int64_t ch = 0; ch < c->c; ch++)                                                     \
+                for (int64_t m = 0; m < mt; m++) {                                                    \
+                    T *restrict dst = gx + (m0 + m) * c->xs[0] + ch * c->xs[1];                       \
+                    const T *src = buf + ch * mt + m;                                                 \
+                    for (int64_t i = i0; i < i1; i++) dst[i] = src[(i - lo) * cm];                    \
+                }                                                                                     \
         }                                                                                             \
+    }                                                                                                 \
+    /* gyt[j, o, m] = gy[m, o, j] for outputs begin..end */                                           \
+    static inline __attribute__((always_inline)) int sp_transpose_gy_##S(const lc_job *job,           \
+                                                                         int64_t begin, int64_t end)  \
+    {                                                                                                 \
+        const sp_job *jb = (const sp_job *)job;                                                       \
+        const sp_call *c = &jb->c;                                                                    \
+        const T *gy = c->y;                                                                           \
+        T *gyt = jb->gyt;                                                                             \
+        for (int64_t j = begin; j < end; j++)                                                         \
+            for (int64_t o = 0; o < c->o; o++)                                                        \
+                for (int64_t m = 0; m < c->n; m++)                                                    \
+                    gyt[(j * c->o + o) * c->n + m] = gy[m * c->ys[0] + o * c->ys[1] + j * c->ys[2]];  \
+        return LC_OK;                                                                                 \
     }                                                                                                 \
     /* forward: items are outputs, in tiles of SP_TILE (their weights stay in cache) */              \
     static inline __attribute__((always_inline)) int sp_forward_##S(const lc_job *job, int64_t begin, \
@@ -228,34 +261,39 @@ static int sp_check(const sp_call *c, int dtype)
         }                                                                                             \
         return LC_OK;                                                                                 \
     }                                                                                                 \
-    /* input grad: items are blocks of inputs, each gx element summed in registers */            \
+    /* input grad: items are blocks of inputs, in parts whose sums fit the scratch */             \
     static inline __attribute__((always_inline)) int sp_input_grad_##S(const lc_job *job,              \
-                                                                       int64_t begin, int64_t end)   \
+                                                                       int64_t begin, int64_t end,   \
+                                                                       void *scratch)                 \
     {                                                                                                 \
-        const sp_call *c = &((const sp_job *)job)->c;                                                 \
+        const sp_job *jb = (const sp_job *)job;                                                       \
+        const sp_call *c = &jb->c;                                                                    \
+        const int64_t mt = lc_min(c->n, SP_IG_NB), part = lc_max(1, SP_IG_ELEMENTS / (c->c * mt));     \
         for (int64_t b = begin; b < end; b++) {                                                       \
-            int64_t n0 = 0;                                                                           \
-            for (; n0 + SP_NT <= c->n; n0 += SP_NT) sp_ig_tile_##S(c, b, n0, SP_NT);                 \
-            for (; n0 < c->n; n0++) sp_ig_tile_##S(c, b, n0, 1);                                      \
+            const int64_t lo = b * c->block_size, hi = lc_min(lo + c->block_size, c->in);            \
+            for (int64_t m0 = 0; m0 < c->n; m0 += mt)                                                 \
+                for (int64_t i = lo; i < hi; i += part)                                               \
+                    sp_ig_part_##S(jb, i, lc_min(i + part, hi), m0, lc_min(mt, c->n - m0), scratch);  \
         }                                                                                             \
         return LC_OK;                                                                                 \
     }
-
 SP_BODIES(float, f32)
 SP_BODIES(double, f64)
 
-enum { SP_FORWARD, SP_INPUT_GRAD, SP_WEIGHT_GRAD, SP_OPS };
+enum { SP_FORWARD, SP_INPUT_GRAD, SP_WEIGHT_GRAD, SP_TRANSPOSE_GY, SP_OPS };
 
 /* The range functions of one ISA: [op][dtype]. */
 #define SP_WRAPPERS(ATTR, I)                                                                          \
     ATTR static int sp_fw_f32_##I(const lc_job *j, int64_t b, int64_t e, void *s) { (void)s; return sp_forward_f32(j, b, e); } \
     ATTR static int sp_fw_f64_##I(const lc_job *j, int64_t b, int64_t e, void *s) { (void)s; return sp_forward_f64(j, b, e); } \
-    ATTR static int sp_ig_f32_##I(const lc_job *j, int64_t b, int64_t e, void *s) { (void)s; return sp_input_grad_f32(j, b, e); } \
-    ATTR static int sp_ig_f64_##I(const lc_job *j, int64_t b, int64_t e, void *s) { (void)s; return sp_input_grad_f64(j, b, e); } \
+    ATTR static int sp_ig_f32_##I(const lc_job *j, int64_t b, int64_t e, void *s) { return sp_input_grad_f32(j, b, e, s); } \
+    ATTR static int sp_ig_f64_##I(const lc_job *j, int64_t b, int64_t e, void *s) { return sp_input_grad_f64(j, b, e, s); } \
+    ATTR static int sp_gt_f32_##I(const lc_job *j, int64_t b, int64_t e, void *s) { (void)s; return sp_transpose_gy_f32(j, b, e); } \
+    ATTR static int sp_gt_f64_##I(const lc_job *j, int64_t b, int64_t e, void *s) { (void)s; return sp_transpose_gy_f64(j, b, e); } \
     ATTR static int sp_wg_f32_##I(const lc_job *j, int64_t b, int64_t e, void *s) { (void)s; return sp_weight_grad_f32(j, b, e); } \
     ATTR static int sp_wg_f64_##I(const lc_job *j, int64_t b, int64_t e, void *s) { (void)s; return sp_weight_grad_f64(j, b, e); } \
     static const lc_range_fn sp_fns_##I[SP_OPS][2] = {{sp_fw_f32_##I, sp_fw_f64_##I}, {sp_ig_f32_##I, sp_ig_f64_##I}, \
-                                                      {sp_wg_f32_##I, sp_wg_f64_##I}};
+                                                      {sp_wg_f32_##I, sp_wg_f64_##I}, {sp_gt_f32_##I, sp_gt_f64_##I}};
 
 SP_WRAPPERS(, portable)
 #ifdef LC_X86
@@ -270,16 +308,31 @@ static int sp_launch(const sp_call *call, int dtype, int isa, int threads, int o
     if (isa < 0 || isa >= LC_ISAS || !unshared_isa_supported(isa)) return LC_BAD_ARGUMENT;
     int status = sp_check(call, dtype);
     if (status) return status;
-    lc_range_fn fn = sp_fns_portable[op][dtype];
+    const lc_range_fn(*fns)[2] = sp_fns_portable;
 #ifdef LC_X86
-    if (isa == LC_AVX512) fn = sp_fns_avx512[op][dtype];
-    if (isa == LC_AVX2) fn = sp_fns_avx2[op][dtype];
+    if (isa == LC_AVX512) fns = sp_fns_avx512;
+    if (isa == LC_AVX2) fns = sp_fns_avx2;
 #endif
     sp_job job;
     memset(&job, 0, sizeof(job));
     job.c = *call;
     sp_sync_pool();
-    return lc_run(&job.base, fn, op == SP_INPUT_GRAD ? call->blocks : call->out, 0, threads);
+    if (op != SP_INPUT_GRAD) return lc_run(&job.base, fns[op][dtype], call->out, 0, threads);
+    /* the input grad: gy transposed, then the blocks */
+    int64_t item = dtype == LC_FLOAT32 ? sizeof(float) : sizeof(double), bytes;
+    if (__builtin_mul_overflow(call->out, call->o, &bytes) || __builtin_mul_overflow(bytes, call->n, &bytes) ||
+        __builtin_mul_overflow(bytes, item, &bytes))
+        return LC_TOO_LARGE;
+    job.gyt = malloc((size_t)bytes);
+    if (!job.gyt) return LC_NO_MEMORY;
+    status = lc_run(&job.base, fns[SP_TRANSPOSE_GY][dtype], call->out, 0, threads);
+    if (status == LC_OK) {
+        int64_t mt = lc_min(call->n, SP_IG_NB), part = lc_max(1, SP_IG_ELEMENTS / (call->c * mt));
+        size_t scratch = (size_t)(lc_min(part, call->block_size) * call->c * mt * item);
+        status = lc_run(&job.base, fns[SP_INPUT_GRAD][dtype], call->blocks, scratch, threads);
+    }
+    free(job.gyt);
+    return status;
 }
 
 SP_EXPORT int unshared_sparse_forward(const sp_call *c, int dtype, int isa, int threads)

@@ -113,6 +113,28 @@ def random_sweep(seed: int, count: int):
         check(x, w, b, **cfg.kwargs())
 
 
+def sparse_layers():
+    """The sparse layer's three kernels (csrc/sparse.c) against its dense reference: batches past a
+    tile of samples, channels, outputs with no inputs, a run of inputs across several blocks."""
+    from test_sparse import reference as sparse_reference
+    from unshared.sparse import connectivity as K
+    from unshared.functional import sparsely_connected
+    n_in = 2 * K.BLOCK + 37
+    chain = torch.stack([torch.arange(n_in), torch.arange(n_in) * 7 // n_in])
+    extra = torch.tensor([[0, 3, K.BLOCK, n_in - 1], [8, 8, 9, 2]])  # output 10: no inputs
+    pairs = torch.cat([chain, extra], 1)
+    for batch, c, o in ((1, 1, 1), (37, 1, 2), (70, 3, 2)):
+        x = torch.randn(batch, c, n_in, dtype=torch.float64, requires_grad=True)
+        w = torch.randn(pairs.shape[1], o, c, dtype=torch.float64, requires_grad=True)
+        y = sparsely_connected(x, w, pairs, None, 11, backend="cpu")
+        want = sparse_reference(x, w, pairs, None, n_in, 11)
+        torch.testing.assert_close(y, want)
+        gy = torch.randn_like(y)
+        for got, ref in zip(torch.autograd.grad(y, (x, w), gy), torch.autograd.grad(want, (x, w), gy)):
+            torch.testing.assert_close(got, ref)
+        counts["checked"] += 1
+
+
 def refused(call, message: str):
     try:
         call()
@@ -157,9 +179,11 @@ def main():
         with cpu.use_isa(isa):
             adversarial()
             random_sweep(seed=i, count=12)
+            sparse_layers()
             cpu.SERIAL_BELOW, serial = 0, cpu.SERIAL_BELOW  # every call on threads
             torch.set_num_threads(4)
             adversarial()
+            sparse_layers()
             random_sweep(seed=100 + i, count=6)
             cpu.SERIAL_BELOW = serial
             torch.set_num_threads(1)

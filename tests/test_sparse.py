@@ -109,6 +109,22 @@ def test_long_runs_several_tiles_and_blocks(backend):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+def test_a_run_across_several_blocks_of_inputs(backend):
+    """One output fed by every input (a run 2.5 blocks long, its input gradient added block by
+    block), beside single connections that start inside it."""
+    n_in = 2 * K.BLOCK + K.BLOCK // 2
+    pairs = torch.cat([torch.stack([torch.arange(n_in), torch.zeros(n_in, dtype=torch.int64)]),
+                       torch.tensor([[5, K.BLOCK + 3, n_in - 1], [1, 2, 1]])], 1)
+    w = torch.randn(pairs.shape[1], 2, 1, dtype=torch.float64, requires_grad=True)
+    x = torch.randn(5, 1, n_in, dtype=torch.float64, requires_grad=True)
+    y = sparsely_connected(x, w, pairs, None, 3, backend=backend)
+    want = reference(x, w, pairs, None, n_in, 3)
+    gy = torch.randn_like(y)
+    for a, b in zip(torch.autograd.grad(y, (x, w), gy), torch.autograd.grad(want, (x, w), gy)):
+        torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_gradcheck_in_every_mode(backend):
     pairs, _ = random_pairs(9, 5, 14, seed=7)
     w = torch.randn(pairs.shape[1], 2, 3, dtype=torch.float64, requires_grad=True)

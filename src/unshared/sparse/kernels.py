@@ -40,7 +40,7 @@ __all__ = [
 BACKENDS = ("auto", "cpu", "torch")
 #: most elements of a gathered chunk on the standard-operator path
 CHUNK = 1 << 22
-ABI_VERSION = 2  # SP_ABI_VERSION of csrc/sparse.c
+ABI_VERSION = 3  # SP_ABI_VERSION of csrc/sparse.c
 _DTYPES = {torch.float32: 0, torch.float64: 1}
 _i64, _p = ctypes.c_int64, ctypes.c_void_p
 _REFUSED = {2: "a size, a stride or the dtype is invalid", 3: "the input (or its gradient) reaches past its memory",
