@@ -26,9 +26,9 @@
 #define LC_ISA avx2
 #define LC_TARGET "avx2,fma"
 #define LC_VB 32
-#define FWD_NB 6   /* 12 accumulators */
-#define FWD_NB_SMALL 4  /* for batches such as 8 */
-#define FWD_OB 2
+#define FWD_NB 4   /* 12 accumulators, 7 loads per 12 FMAs; 4 samples' patch rows fit L1 at DeepFace L4 */
+#define FWD_NB_SMALL 4
+#define FWD_OB 3
 #define WG_OB 4    /* 8 accumulators */
 #define WG_RV 2
 #define IG_CB1 8   /* 8 accumulators at 1 batch vector, 12 at 2 or 4 */
