@@ -208,6 +208,48 @@ def test_few_channel_prose_is_the_recorded_run():
         assert 2.5 < ratio  # "both just miss the 2.5x"
 
 
+def test_avx2_prose_is_the_recorded_run():
+    """The AVX2 section: its conditions, distances from the physical floor, the one case where the
+    PyTorch backend wins, and the comparison with the earlier kernels, from the two files."""
+    path = cited(CPU_PAGE, "avx2-cpu-", r"\d{4}-\d\d-\d\d")
+    body = path.read_text()
+    header = dict(re.findall(r"^- ([^:\n]+): (.*)$", body, re.M))
+    assert "compiled CPU kernels: avx2" in header["machine"] and "AMD EPYC, 2 cores" in header["machine"]
+    assert float(re.search(r"at start: ([\d.]+)", header["machine"]).group(1)) <= 0.02  # idle
+    peak = re.search(r"([\d.]+) GFLOP/s", next(v for k, v in header.items() if k.startswith("measured float32 FMA")))
+    matmul = re.search(r"([\d.]+) GFLOP/s", header["measured float32 matmul rate (2048^3, median)"])
+    copy = re.search(r"([\d.]+) GB/s", next(v for k, v in header.items() if k.startswith("measured memory bandwidth")))
+    said(f"on {header['date']}, against that machine's own limits as the script measured them: {peak.group(1)} "
+         f"GFLOP/s FMA peak (its AVX2 microbenchmark), {matmul.group(1)} GFLOP/s for a 2048^3 matmul, "
+         f"{copy.group(1)} GB/s for a copy", CPU_PAGE)
+    rows = {(r["case"], r["mode"], r["provider"]): r for r in markdown_table(body, "| case | batch | mode |")}
+    step = "forward+backward"
+    mine = {case: float(r["x physical floor"]) for (case, mode, p), r in rows.items()
+            if mode == step and p == "unshared-cpu"}
+    deepface = [v for case, v in mine.items() if case[:2] in ("L4", "L5", "L6")]
+    said(f"A training step (forward+backward) runs at {span(mine.values(), 1)}x the physical floor, "
+         f"DeepFace's L4-L6 at {span(deepface, 1)}x", CPU_PAGE)
+    wins = {case: r["unshared-cpu speed-up"] for (case, mode, p), r in rows.items()
+            if mode == step and p == "unshared-torch" and float(r["unshared-cpu speed-up"]) < 1}
+    assert list(wins) == ["wide-64"], wins
+    said(f"The PyTorch backend is faster on one case, wide-64, where it takes {wins['wide-64']}x the kernels'", CPU_PAGE)
+    before_path = RESULTS / path.name.replace(".md", "-before.md")
+    assert f"benchmarks/results/{before_path.name}" in text(CPU_PAGE)
+    before = {(r["case"], r["mode"], r["provider"]): r
+              for r in markdown_table(before_path.read_text(), "| case | batch | mode |")}
+
+    def ms(table, case):
+        return float(table[(case, step, "unshared-cpu")]["median ms"])
+    said(f"took {ms(before, 'wide-64'):.0f} ms for a training step of wide-64 (now {ms(rows, 'wide-64'):.0f}), "
+         f"{ms(before, 'L4-64'):.0f} ms at L4-64 (now {ms(rows, 'L4-64'):.0f}), {ms(before, 'cifar-128'):.0f} ms "
+         f"on the CIFAR-like layer (now {ms(rows, 'cifar-128'):.0f}) and {ms(before, 'alltnn-1-16'):.0f} ms on "
+         f"All-TNN's first layer (now {ms(rows, 'alltnn-1-16'):.0f})", CPU_PAGE)
+    worst = max(float(r["median ms"]) / float(before[k]["median ms"]) for k, r in rows.items()
+                if k[2] == "unshared-cpu")
+    assert worst <= 1.02
+    said("no case took more than 1.02x its earlier time", CPU_PAGE)
+
+
 def test_contiguous_weight_costs_are_the_recorded_run():
     rows = {(r["case"], r["mode"], r["provider"]): r
             for r in markdown_table(cited(CPU_PAGE, "layouts-cpu-").read_text(), "| case | batch | mode |")}

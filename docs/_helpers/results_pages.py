@@ -30,6 +30,7 @@ COMMANDS = {
                                  "wide-64,genomics-1d-32,genomics-1d-wide-32,alltnn-1-16 --providers "
                                  "unshared-cpu,unshared-cpu-contiguous --budget 1 --min-reps 3 --max-reps 8",
     "cuda-2026-11-30-nvidia-h200.md": "python benchmarks/gpu_check.py --out DIR",
+    "avx2-cpu-2026-12-07.md": "python benchmarks/bench.py --budget 1",  # its notes say so
 }
 
 
@@ -113,6 +114,12 @@ def _baseline(providers: list[str]) -> str:
     return next((p for p in providers if p.startswith("unfold+")), providers[-1])
 
 
+def _floor(row: dict) -> str:
+    """A row's time over the machine's floor: ``x physical floor`` (the FMA peak's), or in files
+    recorded before it, ``time/floor`` (the matmul rate's)."""
+    return row.get("x physical floor") or row["time/floor"]
+
+
 def _runs(rec: Record) -> tuple[list[dict], str]:
     """The main table's rows and the provider the speed-ups are relative to."""
     prefix = "| case | batch | dtype | mode |" if "| case | batch | dtype |" in rec.text else "| case | batch | mode |"
@@ -134,7 +141,7 @@ def summary(rec: Record, providers: list[str] | None = None) -> list[list[str]]:
         case, dtype, mode = key
         line = [f"{case}", *([dtype] if dtype else []), mode]
         line += [by[key + (p,)]["median ms"] if key + (p,) in by else "-" for p in providers]
-        line += [f"{mine['time/floor']}x",
+        line += [f"{_floor(mine)}x",
                  f"{recipe[f'{ours} speed-up']}x" if recipe else "-",
                  f"{mine['peak/weight']}, {recipe['peak/weight']}" if recipe else "-"]
         out.append(line)
@@ -183,7 +190,7 @@ def plots(rec: Record) -> str:
     width = 0.8 / len(providers)
     cmap = plt.get_cmap("tab10")
     for n, provider in enumerate(providers):
-        values = [float(by[k + (provider,)]["time/floor"]) if k + (provider,) in by else 0 for k in keys]
+        values = [float(_floor(by[k + (provider,)])) if k + (provider,) in by else 0 for k in keys]
         right.barh([y - 0.4 + width * (n + 0.5) for y in ys], values, height=width, color=cmap(n), label=provider)
     right.axvline(1, color="0.3", lw=0.8)
     right.set_xscale("log")
