@@ -37,19 +37,11 @@ BACKENDS = ["torch", "composite", pytest.param("cpu", marks=pytest.mark.skipif(
     CPU_AUTO != "cpu", reason="the compiled CPU kernels are not built"))]
 
 
+@pytest.mark.parametrize("check", [gradcheck, gradgradcheck], ids=["gradcheck", "gradgradcheck"])
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("cfg", CASES)
-def test_gradcheck(cfg, backend):
+def test_gradcheck_and_gradgradcheck(cfg, backend, check):
     x, w, b = cfg.tensors(requires_grad=True)
     inputs = (x, w) if b is None else (x, w, b)
     fn = lambda *t: FN[cfg.nd](*t, **cfg.kwargs(), backend=backend)  # noqa: E731
-    assert gradcheck(fn, inputs, fast_mode=True)
-
-
-@pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("cfg", CASES)
-def test_gradgradcheck(cfg, backend):
-    x, w, b = cfg.tensors(requires_grad=True)
-    inputs = (x, w) if b is None else (x, w, b)
-    fn = lambda *t: FN[cfg.nd](*t, **cfg.kwargs(), backend=backend)  # noqa: E731
-    assert gradgradcheck(fn, inputs, fast_mode=True)
+    assert check(fn, inputs, fast_mode=True)

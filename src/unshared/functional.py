@@ -21,6 +21,17 @@ __all__ = ["locally_connected", "locally_connected1d", "locally_connected2d", "l
 _WEIGHT_LAYOUT = "*output_size, out_channels, in_channels // groups, *kernel_size"
 
 
+def _spatial_dims(weight, name: str, layout: str) -> int:
+    """1, 2 or 3: the spatial dimensions of a weight of 4, 6 or 8 dimensions (else ``TypeError`` /
+    ``ValueError`` naming the function ``name`` and the weight's ``layout``)."""
+    if not isinstance(weight, Tensor):
+        raise TypeError(f"{name}: weight must be a Tensor, got {type(weight).__name__}")
+    if weight.dim() not in (4, 6, 8):
+        raise ValueError(f"{name}: weight must have 4, 6 or 8 dimensions (1d, 2d or 3d: {layout}), "
+                         f"got weight of shape {tuple(weight.shape)}")
+    return (weight.dim() - 2) // 2
+
+
 def _finish(y: Tensor, bias: Tensor | None, unbatched: bool) -> Tensor:
     """Add the bias (shared, or per position)."""
     if bias is not None:
@@ -98,12 +109,7 @@ def locally_connected(input: Tensor, weight: Tensor, bias: Tensor | None = None,
         >>> UF.locally_connected(torch.randn(2, 3, 8, 8), torch.randn(6, 6, 4, 3, 3, 3)).shape   # 2d
         torch.Size([2, 4, 6, 6])
     """
-    if not isinstance(weight, Tensor):
-        raise TypeError(f"locally_connected: weight must be a Tensor, got {type(weight).__name__}")
-    if weight.dim() not in (4, 6, 8):
-        raise ValueError(f"locally_connected: weight must have 4, 6 or 8 dimensions (1d, 2d or 3d: "
-                         f"{_WEIGHT_LAYOUT}), got weight of shape {tuple(weight.shape)}")
-    nd = (weight.dim() - 2) // 2
+    nd = _spatial_dims(weight, "locally_connected", _WEIGHT_LAYOUT)
     return _locally_connected(nd, input, weight, bias, stride, padding, dilation, groups, padding_mode, backend,
                               banks, f"locally_connected{nd}d")
 
@@ -228,12 +234,8 @@ def locally_connected_transpose(input: Tensor, weight: Tensor, bias: Tensor | No
         >>> UF.locally_connected_transpose(torch.randn(2, 4, 5, 5), torch.randn(5, 5, 4, 3, 3, 3)).shape   # 2d
         torch.Size([2, 3, 7, 7])
     """
-    if not isinstance(weight, Tensor):
-        raise TypeError(f"locally_connected_transpose: weight must be a Tensor, got {type(weight).__name__}")
-    if weight.dim() not in (4, 6, 8):
-        raise ValueError("locally_connected_transpose: weight must have 4, 6 or 8 dimensions (*input_size, "
-                         f"in_channels, out_channels // groups, *kernel_size), got shape {tuple(weight.shape)}")
-    nd = (weight.dim() - 2) // 2
+    nd = _spatial_dims(weight, "locally_connected_transpose",
+                       "*input_size, in_channels, out_channels // groups, *kernel_size")
     return _transpose(nd, input, weight, bias, stride, padding, output_padding, groups, dilation, backend,
                       f"locally_connected_transpose{nd}d")
 
