@@ -124,7 +124,7 @@ def prepare_backends(args) -> None:
     if "jax" in args.providers and jax_device(args.device) is None:
         why = "`import jax` failed" if jax is None else f"JAX has no {args.device} backend"
         raise SystemExit(f"error: provider jax: {why}")
-    for provider in ("unshared-cpu", "unshared-cpu-contiguous"):
+    for provider in ("unshared-cpu", "unshared-cpu-contiguous", "unshared-cpu-bias"):
         if provider in args.providers and not cpu.available_isas():
             raise SystemExit(f"error: provider {provider}: {cpu._REASON}")
     if args.device == "cuda":

@@ -235,6 +235,24 @@ def test_contiguous_weight_provider_runs_beside_the_default_layout(tmp_path):
         torch.testing.assert_close(a, b)
 
 
+@pytest.mark.skipif(CPU_AUTO != "cpu", reason="the compiled CPU kernels are not built")
+def test_bias_providers_time_the_layers_as_users_build_them(tmp_path):
+    # the default per-position bias beside the same kernels without one; its gradient is part of the step
+    text = run(tmp_path, "--providers", "unshared-cpu,unshared-cpu-bias,unshared-auto-bias")
+    assert [r[2:4] for r in rows(text)] == [[m, p] for m in benchmark.MODES
+                                            for p in ("unshared-cpu", "unshared-cpu-bias", "unshared-auto-bias")]
+    case, device = benchmark.CASES["tiny"], devices.CpuDevice()
+    layer, x, gy = providers.case_tensors(case, device, torch.float32)
+    plain, biased = (providers.PROVIDERS[p](case, layer.weight, x, gy, device)
+                     for p in ("unshared-cpu", "unshared-cpu-bias"))
+    torch.testing.assert_close(biased.output(), plain.output())
+    gx, gw, gb = biased.run["forward+backward"]()
+    for a, b in zip((gx, gw), plain.run["forward+backward"]()):
+        torch.testing.assert_close(a, b)
+    assert gb.shape == (case.out_channels, *case.output_size)
+    torch.testing.assert_close(gb, gy.sum(0))
+
+
 def test_dtypes_add_a_column_and_scale_the_bytes(tmp_path):
     text = run(tmp_path, "--providers", "unshared-torch,unfold+einsum", "--dtype", "float32,bfloat16")
     assert "| case | batch | dtype | mode | provider |" in text

@@ -80,6 +80,27 @@ def unshared_provider(backend: str, contiguous: bool = False) -> Callable[..., S
     return make
 
 
+def unshared_bias_provider(backend: str) -> Callable[..., Steps]:
+    """Steps of ``unshared.functional.locally_connected`` with ``backend`` and the layers' default
+    bias, one per output position (``(O, *output_size)``), as users build the layers; the training
+    step also takes the bias's gradient. The bias is zero, so that the output equals the other
+    providers' (the kernels add it and sum its gradient whatever its values)."""
+    def make(case: Case, w: torch.Tensor, x, grad_out, device: Device) -> Steps:
+        bias = torch.zeros(case.out_channels, *case.output_size, device=x.device, dtype=x.dtype, requires_grad=True)
+
+        def fwd():
+            with torch.no_grad():
+                return UF.locally_connected(x, w, bias, case.stride, case.padding, backend=backend)
+
+        def fwd_bwd():
+            y = UF.locally_connected(x, w, bias, case.stride, case.padding, backend=backend)
+            return torch.autograd.grad(y, (x, w, bias), grad_out)
+
+        run = {"forward": fwd, "forward+backward": fwd_bwd}
+        return Steps(fwd, run, lambda mode: device.peak_transient_bytes(run[mode]))
+    return make
+
+
 def patches(x: torch.Tensor, case: Case) -> torch.Tensor:
     """The unfold recipe's patch matrix ``(N, C * prod(kernel), L)``: ``F.unfold`` in 2d (what
     people copy), ``F.pad`` + ``Tensor.unfold`` per dimension in 1d and 3d (``F.unfold`` is 2d only)."""
@@ -170,6 +191,8 @@ BACKENDS = {"unshared-auto": "auto", "unshared-torch": "torch", "unshared-cpu": 
 PROVIDERS = {
     **{name: unshared_provider(backend) for name, backend in BACKENDS.items()},
     "unshared-cpu-contiguous": unshared_provider("cpu", contiguous=True),
+    "unshared-cpu-bias": unshared_bias_provider("cpu"),
+    "unshared-auto-bias": unshared_bias_provider("auto"),
     "unfold+einsum": unfold_einsum_steps,
     "unfold+bmm": unfold_bmm_steps,
     "jax": jax_steps,
