@@ -308,8 +308,7 @@ LC_EXPORT int unshared_input_grad(const lc_call *c, int dtype, int isa, int thre
         status = lc_run(&j, k->input_grad_scatter, c->groups * j.sc_cblocks * j.sc_nblocks, k->ig_scatter_scratch(&j),
                         threads);
     else if (status == LC_OK)
-        status = lc_run(&j, k->input_grad, c->in[0] * c->in[1],  /* pairs of two positions, block sums */
-                        2 * (size_t)j.K * sizeof(lc_pair) + 64 + (size_t)(c->cg * 4 * k->lanes) * item, threads);
+        status = lc_run(&j, k->input_grad, c->in[0] * c->in[1], k->input_grad_scratch(&j), threads);
     free(block);
     return status;
 }

@@ -287,7 +287,7 @@ const lc_kernels NAME(kernels) = {NAME(forward), NAME(weight_grad), NAME(input_g
                                   NAME(forward_rows), NAME(weight_grad_rows), NAME(input_grad_rows),
                                   NAME(input_grad_scatter), NAME(forward_batch), NAME(transpose_x),
                                   NAME(patch_scratch), NAME(rows_scratch), NAME(input_grad_rows_scratch),
-                                  NAME(ig_scatter_scratch), NAME(fwd_batch_scratch), VL,
+                                  NAME(ig_scatter_scratch), NAME(input_grad_scratch), NAME(fwd_batch_scratch), VL,
                                   LC_HALF};
 
 #undef INLINE

@@ -126,8 +126,14 @@ INLINE void NAME(ig_channels)(const lc_job *jb, const lc_pair *pairs, int64_t np
         }
 }
 
-/* Items: rows of input positions (d, h), each over its w. Scratch: the pairs of two positions, then
- * the sums kept between blocks (cg channels x 4 vectors). */
+/* Per-thread scratch of the gather: the pairs of two positions, then (aligned to a vector) the sums
+ * kept between blocks, cg channels x 4 vectors. */
+STATIC size_t NAME(input_grad_scratch)(const lc_job *j)
+{
+    return 2 * (size_t)j->K * sizeof(lc_pair) + VB + (size_t)(j->c.cg * 4 * VL) * sizeof(T);
+}
+
+/* Items: rows of input positions (d, h), each over its w; scratch: input_grad_scratch. */
 STATIC int NAME(input_grad)(const lc_job *jb, int64_t begin, int64_t end, void *scratch)
 {
     const lc_call *c = &jb->c;

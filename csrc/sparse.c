@@ -79,6 +79,7 @@ typedef struct {
     lc_job base;                      /* first: lc_run hands the job back as an lc_job pointer */
     sp_call c;
     void *gyt;                        /* input grad: gy transposed, (out, o, n) */
+    int64_t ig_nb, ig_part;           /* input grad: samples per tile, inputs per part */
 } sp_job;
 
 /* ------------------------------------------------------------------------- checks */
@@ -268,7 +269,7 @@ static int sp_check(const sp_call *c, int dtype)
     {                                                                                                 \
         const sp_job *jb = (const sp_job *)job;                                                       \
         const sp_call *c = &jb->c;                                                                    \
-        const int64_t mt = lc_min(c->n, SP_IG_NB), part = lc_max(1, SP_IG_ELEMENTS / (c->c * mt));     \
+        const int64_t mt = jb->ig_nb, part = jb->ig_part;                                             \
         for (int64_t b = begin; b < end; b++) {                                                       \
             const int64_t lo = b * c->block_size, hi = lc_min(lo + c->block_size, c->in);            \
             for (int64_t m0 = 0; m0 < c->n; m0 += mt)                                                 \
@@ -327,8 +328,9 @@ static int sp_launch(const sp_call *call, int dtype, int isa, int threads, int o
     if (!job.gyt) return LC_NO_MEMORY;
     status = lc_run(&job.base, fns[SP_TRANSPOSE_GY][dtype], call->out, 0, threads);
     if (status == LC_OK) {
-        int64_t mt = lc_min(call->n, SP_IG_NB), part = lc_max(1, SP_IG_ELEMENTS / (call->c * mt));
-        size_t scratch = (size_t)(lc_min(part, call->block_size) * call->c * mt * item);
+        job.ig_nb = lc_min(call->n, SP_IG_NB);
+        job.ig_part = lc_min(lc_max(1, SP_IG_ELEMENTS / (call->c * job.ig_nb)), call->block_size);
+        size_t scratch = (size_t)(job.ig_part * call->c * job.ig_nb * item);
         status = lc_run(&job.base, fns[SP_INPUT_GRAD][dtype], call->blocks, scratch, threads);
     }
     free(job.gyt);

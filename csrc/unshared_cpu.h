@@ -80,6 +80,7 @@ typedef struct lc_kernels {
     size_t (*rows_scratch)(const lc_job *job);    /* per thread, the rows path */
     size_t (*input_grad_rows_scratch)(const lc_job *job);
     size_t (*ig_scatter_scratch)(const lc_job *job);
+    size_t (*input_grad_scratch)(const lc_job *job);  /* per thread, the gather input grad */
     size_t (*fwd_batch_scratch)(const lc_job *job);
     int64_t lanes;
     const struct lc_kernels *half;

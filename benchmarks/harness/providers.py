@@ -41,13 +41,15 @@ class Steps:
 
 
 def torch_steps(forward: Callable, x: torch.Tensor, w: torch.Tensor, grad_out: torch.Tensor,
-                device: Device) -> Steps:
+                device: Device, *more: torch.Tensor) -> Steps:
+    """``forward(x, w)`` with and without its gradients in ``x``, ``w`` and the tensors ``more``
+    that ``forward`` also reads (a bias)."""
     def fwd():
         with torch.no_grad():
             return forward(x, w)
 
     def fwd_bwd():
-        return torch.autograd.grad(forward(x, w), (x, w), grad_out)
+        return torch.autograd.grad(forward(x, w), (x, w, *more), grad_out)
 
     run = {"forward": fwd, "forward+backward": fwd_bwd}
     return Steps(fwd, run, lambda mode: device.peak_transient_bytes(run[mode]))
@@ -88,16 +90,9 @@ def unshared_bias_provider(backend: str) -> Callable[..., Steps]:
     def make(case: Case, w: torch.Tensor, x, grad_out, device: Device) -> Steps:
         bias = torch.zeros(case.out_channels, *case.output_size, device=x.device, dtype=x.dtype, requires_grad=True)
 
-        def fwd():
-            with torch.no_grad():
-                return UF.locally_connected(x, w, bias, case.stride, case.padding, backend=backend)
-
-        def fwd_bwd():
-            y = UF.locally_connected(x, w, bias, case.stride, case.padding, backend=backend)
-            return torch.autograd.grad(y, (x, w, bias), grad_out)
-
-        run = {"forward": fwd, "forward+backward": fwd_bwd}
-        return Steps(fwd, run, lambda mode: device.peak_transient_bytes(run[mode]))
+        def forward(x, w):
+            return UF.locally_connected(x, w, bias, case.stride, case.padding, backend=backend)
+        return torch_steps(forward, x, w, grad_out, device, bias)
     return make
 
 

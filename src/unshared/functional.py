@@ -109,11 +109,8 @@ def locally_connected(input: Tensor, weight: Tensor, bias: Tensor | None = None,
         >>> UF.locally_connected(torch.randn(2, 3, 8, 8), torch.randn(6, 6, 4, 3, 3, 3)).shape   # 2d
         torch.Size([2, 4, 6, 6])
     """
-    if not isinstance(weight, Tensor):  # inline: the layers' cached forward passes through here
-        raise TypeError(f"locally_connected: weight must be a Tensor, got {type(weight).__name__}")
-    if weight.dim() not in (4, 6, 8):
-        raise ValueError(f"locally_connected: weight must have 4, 6 or 8 dimensions (1d, 2d or 3d: "
-                         f"{_WEIGHT_LAYOUT}), got weight of shape {tuple(weight.shape)}")
+    if not isinstance(weight, Tensor) or weight.dim() not in (4, 6, 8):  # (no call on the layers' cached path)
+        _spatial_dims(weight, "locally_connected", _WEIGHT_LAYOUT)  # raises, naming what is wrong
     nd = (weight.dim() - 2) // 2
     return _locally_connected(nd, input, weight, bias, stride, padding, dilation, groups, padding_mode, backend,
                               banks, f"locally_connected{nd}d")
