@@ -99,9 +99,8 @@ def test_one_position_tiles_use_wgmma_on_sm90_and_tiles_of_positions_mma(compile
 
 
 def test_the_sweep_covers_every_kernel_family(compiled):
-    kernels = {r["kernel"] for r in compiled}
-    assert kernels == {c.kernel for cs in configs.TENSOR_CORE.values() for c in cs} | {
-        "forward_small_kernel", "input_grad_small_kernel", "weight_grad_small_kernel"}
+    families = {(r["kernel"], r["small"]) for r in compiled}
+    assert families == {(c.kernel, small) for cs in configs.TENSOR_CORE.values() for c in cs for small in (False, True)}
     assert {r["arch"] for r in compiled} == {80, 90} and {r["kernel_major"] for r in compiled} == {True, False}
     # the channel-poor kernels at 1, 2 and 8 channels on the narrow side, each operation
     small = {(r["op"], r["blocks"].get("BLOCK_C" if r["op"] == "input_grad" else "BLOCK_O")) for r in compiled

@@ -162,7 +162,7 @@ def test_interpreted_launches_use_the_forced_or_fixed_configuration():
 def test_candidates_are_chosen_by_the_narrow_side():
     wide, poor = triton_configs.candidates("forward", 16, 144), triton_configs.candidates("input_grad", 3, 147)
     assert not any(c.small for c in wide) and wide == triton_configs.FORWARD
-    assert poor[0].small and poor[0].kernel == "input_grad_small_kernel" and poor[0].block["BLOCK_C"] == 4
+    assert poor[0].small and poor[0].kernel == "input_grad_kernel" and poor[0].block["BLOCK_C"] == 4
     assert set(poor[2:]) == set(triton_configs.INPUT_GRAD)  # tensor cores stay candidates
     wg = triton_configs.small_candidates("weight_grad", 1, 10)[0]
     assert wg.block["BLOCK_R"] == 16 and wg.block["BLOCK_O"] == 1

@@ -1,5 +1,5 @@
-"""The ``@triton.jit`` helpers that the tensor-core kernels (:mod:`.kernels`) and the channel-poor
-kernels (:mod:`.small`) share: the program's tile (program decomposition, blocks, positions),
+"""The ``@triton.jit`` helpers that the two families of :mod:`.kernels` (tensor-core and
+channel-poor) share: the program's tile (program decomposition, blocks, positions),
 patch and gather arithmetic, filter banks, the matrix product, the output rounding and the
 weight gradient's store. They are broadcast-agnostic: each family passes its own tile shapes.
 This module imports Triton."""

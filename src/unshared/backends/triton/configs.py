@@ -1,8 +1,8 @@
 """Launch parameters of the Triton kernels, as plain data (importing this imports no Triton).
 
 Per operation, the candidate configurations that the launcher measures once per key on a GPU
-(:mod:`.tuning`): a kernel (the tensor-core family of :mod:`.kernels` or the channel-poor one of
-:mod:`.small`), its block sizes, warps and pipeline stages. The one place that reads
+(:mod:`.tuning`): a kernel of :mod:`.kernels` in one of its two families (tensor-core or
+channel-poor), its block sizes, warps and pipeline stages. The one place that reads
 ``TRITON_INTERPRET``: :func:`interpreting` reads it once, at the first use of the Triton backend
 (Triton itself decides when the kernels are defined, at their import).
 """
@@ -14,24 +14,22 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class Candidate:
-    """One configuration of one kernel: ``blocks`` are its ``BLOCK_*`` constexprs."""
+    """One configuration of one kernel: ``blocks`` are its ``BLOCK_*`` constexprs, ``small`` its
+    ``SMALL`` one (the channel-poor CUDA-core family, else the tensor-core one)."""
     kernel: str
     blocks: tuple[tuple[str, int], ...]
     num_warps: int = 4
     num_stages: int = 3
+    small: bool = False
 
     def __str__(self) -> str:
         blocks = ", ".join(f"{name.removeprefix('BLOCK_')}={value}" for name, value in self.blocks)
-        return f"{self.kernel}({blocks}, warps={self.num_warps}, stages={self.num_stages})"
+        family = "SMALL, " if self.small else ""
+        return f"{self.kernel}({family}{blocks}, warps={self.num_warps}, stages={self.num_stages})"
 
     @property
     def block(self) -> dict[str, int]:
         return dict(self.blocks)
-
-    @property
-    def small(self) -> bool:
-        """Whether this is a channel-poor (CUDA-core) kernel."""
-        return self.kernel.endswith("_small_kernel")
 
 
 def _tiles(kernel: str, names: tuple[str, ...], rows) -> tuple[Candidate, ...]:
@@ -75,17 +73,18 @@ bucket = pow2  # the autotuning bucket of a size
 
 def small_candidates(op: str, narrow: int, reduction: int) -> tuple[Candidate, ...]:
     """Channel-poor candidates for a narrow side of ``narrow`` channels (``reduction``: the
-    weight gradient's reduction length, its other tile side)."""
+    weight gradient's reduction length, its other tile side). The block the family walks one
+    element at a time (the weight gradient's samples, the others' reduction) is 1."""
     width = pow2(min(narrow, SMALL_CHANNELS))
     if op == "weight_grad":
         rows = pow2(min(reduction, 32))
         tile = min(128, SMALL_SUMS // (rows * width))  # the second candidate halves it, even where 128 caps it
-        return tuple(Candidate("weight_grad_small_kernel", (("BLOCK_P", max(1, tile // f)), ("BLOCK_R", rows),
-                                                            ("BLOCK_O", width)), 4, 1)
+        return tuple(Candidate("weight_grad_kernel", (("BLOCK_P", max(1, tile // f)), ("BLOCK_N", 1),
+                                                      ("BLOCK_O", width), ("BLOCK_R", rows)), 4, 1, small=True)
                      for f in (1, 2))
-    kernel, name = ("forward_small_kernel", "BLOCK_O") if op == "forward" else ("input_grad_small_kernel", "BLOCK_C")
-    return tuple(Candidate(kernel, (("BLOCK_P", max(1, min(256, SMALL_SUMS // (samples * width)))),
-                                    ("BLOCK_N", samples), (name, width)), 4, 1) for samples in (32, 16))
+    inner = (("BLOCK_O", width), ("BLOCK_R", 1)) if op == "forward" else (("BLOCK_R", 1), ("BLOCK_C", width))
+    return tuple(Candidate(f"{op}_kernel", (("BLOCK_P", max(1, min(256, SMALL_SUMS // (samples * width)))),
+                                            ("BLOCK_N", samples), *inner), 4, 1, small=True) for samples in (32, 16))
 
 
 def candidates(op: str, narrow: int, reduction: int) -> tuple[Candidate, ...]:

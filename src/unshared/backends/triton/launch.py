@@ -1,8 +1,8 @@
 """Fused Triton GPU kernels for the locally connected layer (host side: checks, layouts, arguments).
 
-The kernels (:mod:`.kernels`, tensor cores; :mod:`.small`, channel-poor layers) gather patches on
-the fly, so neither a patch tensor nor a padded copy of the input is ever made; zero padding
-happens in the kernels. float32 uses TF32 when PyTorch allows it for matmuls; float16/bfloat16
+The kernels (:mod:`.kernels`: tensor cores, or CUDA-core FMAs for channel-poor layers) gather
+patches on the fly, so neither a patch tensor nor a padded copy of the input is ever made; zero
+padding happens in the kernels. float32 uses TF32 when PyTorch allows it for matmuls; float16/bfloat16
 are multiplied on tensor cores and summed in float32; float64 stays float64. Which kernel and
 tile runs is measured once per key on a GPU and then launched directly (:mod:`.tuning`).
 
@@ -73,8 +73,8 @@ def can_run(x: torch.Tensor, w: torch.Tensor, g: Geometry) -> str | None:
 
 
 def _kernel_of(c: configs.Candidate):
-    from . import kernels, small
-    return getattr(small if c.small else kernels, c.kernel)
+    from . import kernels
+    return getattr(kernels, c.kernel)
 
 
 def chosen_configs() -> dict[str, dict[str, str]]:
@@ -133,10 +133,9 @@ def _dtype_args(dtype: torch.dtype, small: bool) -> dict:
     import triton.language as tl
 
     interpreting = configs.interpreting()
-    args = dict(UPCAST=dtype == torch.bfloat16 and interpreting, ACC=tl.float64 if dtype == torch.float64 else tl.float32)
-    if not small:
-        args["PRECISION"] = "tf32" if dtype == torch.float32 and not interpreting and _tf32_allowed() else "ieee"
-    return args
+    tf32 = dtype == torch.float32 and not interpreting and not small and _tf32_allowed()
+    return dict(UPCAST=dtype == torch.bfloat16 and interpreting, ACC=tl.float64 if dtype == torch.float64 else tl.float32,
+                PRECISION="tf32" if tf32 else "ieee", SMALL=small)
 
 
 def layouts(op: str, small: bool, dtype: torch.dtype, kernel_major: bool) -> dict[str, str]:
