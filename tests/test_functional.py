@@ -54,17 +54,18 @@ def check_banks_against_reference(layer, x: torch.Tensor, padding: int) -> None:
         torch.testing.assert_close(a, b)
 
 
-@settings(max_examples=1000 * EXAMPLES_SCALE)
-@given(cfg=configs())
-def test_float64_forward_and_gradients_match_reference(cfg):
-    # the PyTorch backend (auto picks the compiled one on the CPU: tests/test_cpu_backend.py)
-    check_against_reference(cfg, torch.float64, seed=0, backend="torch")
+@pytest.mark.parametrize("backend, dtype, max_batch, examples, seed", [
+    ("torch", torch.float64, 3, 1000, 0), ("torch", torch.float32, 2, 300, 1),
+    # the standard-operator backend (used for ONNX export) is held to the same definition
+    ("composite", torch.float64, 3, 200, 5), ("composite", torch.bfloat16, 2, 40, 6)])
+def test_backend_matches_reference(backend, dtype, max_batch, examples, seed):
+    # the PyTorch backends (auto picks the compiled one on the CPU: tests/test_cpu_backend.py)
+    @settings(max_examples=examples * EXAMPLES_SCALE)
+    @given(cfg=configs(max_batch=max_batch))
+    def check(cfg):
+        check_against_reference(cfg, dtype, seed=seed, backend=backend)
 
-
-@settings(max_examples=300 * EXAMPLES_SCALE)
-@given(cfg=configs(max_batch=2))
-def test_float32_matches_reference(cfg):
-    check_against_reference(cfg, torch.float32, seed=1, backend="torch")
+    check()
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
@@ -118,16 +119,3 @@ def test_input_gradient_orientations_and_blocks(batch_inner_from, block_elements
         check_against_reference(cfg, torch.float64, seed=3, backend="torch")
         if block_elements:  # half precision accumulates the batch slices of the weight gradient in float32
             check_against_reference(cfg, torch.bfloat16, seed=4, backend="torch")
-
-
-@settings(max_examples=200 * EXAMPLES_SCALE)
-@given(cfg=configs())
-def test_composite_backend_matches_reference(cfg):
-    # the standard-operator backend (used for ONNX export) is held to the same definition
-    check_against_reference(cfg, torch.float64, seed=5, backend="composite")
-
-
-@settings(max_examples=40 * EXAMPLES_SCALE)
-@given(cfg=configs(max_batch=2))
-def test_composite_backend_bfloat16(cfg):
-    check_against_reference(cfg, torch.bfloat16, seed=6, backend="composite")
