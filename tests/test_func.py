@@ -85,15 +85,18 @@ def test_jacobians_jvp_and_vmap_of_the_forward(backend, name, layer):
 def test_indices_made_inside_a_transform_are_not_kept_for_later_calls():
     # the composite backend builds its bank index inside grad(): a cached wrapped tensor broke a
     # later plain call on Triton (its interpreter cannot read a TensorWrapper's storage)
-    from unshared import _banks
+    from unshared import _cache
     layer = unshared.RegionLocallyConnected2d(2, 3, 3, input_size=6, regions=(2, 1), dtype=torch.float64,
                                               backend="composite")
     x = sample_input(layer)
     params = {k: v.detach() for k, v in layer.named_parameters()}
-    _banks.INDEX_CACHE.clear()
+    _cache.clear()
     grad(lambda p: loss(layer, p, x))(params)
-    cached = [t for v in _banks.INDEX_CACHE.values() for t in (v if isinstance(v, tuple) else (v,))]
+    indices = [v for key, v in _cache.CACHE.items() if key[0] == "index"]
+    cached = [t for v in indices for t in (v if isinstance(v, tuple) else (v,))]
     assert not any(torch._C._functorch.is_functorch_wrapped_tensor(t) for t in cached)
+    layer(x)  # a plain call keeps its index
+    assert any(key[0] == "index" for key in _cache.CACHE)
     if "triton" in BACKENDS:
         layer.backend = "triton"
         expected = unshared.RegionLocallyConnected2d(2, 3, 3, input_size=6, regions=(2, 1), dtype=torch.float64,

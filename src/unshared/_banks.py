@@ -6,6 +6,8 @@ from collections.abc import Sequence
 
 import torch
 
+from . import _cache
+
 __all__ = ["bank_coordinates", "build_flat_bank_index", "cached_index", "check_banks"]
 
 def bank_coordinates(banks: tuple[tuple[int, ...], ...] | None, device) -> tuple[torch.Tensor, ...] | None:
@@ -17,23 +19,19 @@ def bank_coordinates(banks: tuple[tuple[int, ...], ...] | None, device) -> tuple
     return cached_index(("coordinates", banks, torch.device(device)), build_bank_coordinates)
 
 
-INDEX_CACHE: dict = {}
-
-
 def cached_index(key, build):
-    """``build(*key[1:])``, kept for later calls when it made plain tensors: never a fake or traced
-    tensor (made while ``torch.compile``, ``torch.jit.trace`` or an exporter traces), nor one that a
-    ``torch.func`` transform wraps (made inside ``jacfwd``, say), which must not outlive it."""
+    """``build(*key[1:])``, kept in the one cache (:mod:`unshared._cache`, under ``("index", key)``)
+    for later calls when it made plain tensors: never a fake or traced tensor (made while
+    ``torch.compile``, ``torch.jit.trace`` or an exporter traces), nor one that a ``torch.func``
+    transform wraps (made inside ``jacfwd``, say), which must not outlive it."""
     if torch.compiler.is_compiling() or torch.jit.is_tracing():
         return build(*key[1:])
-    value = INDEX_CACHE.get(key)
+    value = _cache.CACHE.get(("index", key))
     if value is None:
         value = build(*key[1:])
         tensors = value if isinstance(value, tuple) else (value,)
         if all(type(t) is torch.Tensor and not torch._C._functorch.is_functorch_wrapped_tensor(t) for t in tensors):
-            if len(INDEX_CACHE) >= 256:
-                INDEX_CACHE.clear()
-            INDEX_CACHE[key] = value
+            _cache.remember(("index", key), value)
     return value
 
 

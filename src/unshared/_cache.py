@@ -4,7 +4,8 @@ A call's checks and choices depend only on its arguments and its tensors' metada
 their data, so what they find is kept here, under a key that holds everything that decides it:
 the functional forms' plans (:mod:`unshared._plans`), the operators' validated geometries
 (:mod:`unshared.backends.checks`), the instruction set and weight layouts of the compiled kernels
-(:mod:`unshared.backends.cpu`). Each key is a tuple whose first item names what it holds.
+(:mod:`unshared.backends.cpu`), the index tensors of filter banks and of the one-shot scatter
+(:mod:`unshared._banks`). Each key is a tuple whose first item names what it holds.
 Least recently used entries go first once :data:`LIMIT` are kept. A call that raises stores
 nothing, so bad input raises every time.
 
