@@ -1,7 +1,8 @@
 /* The compiled CPU kernels of unshared.SparselyConnected (plain C, called through ctypes).
  *
  * A layer of nnz connections (input i, output j), each with an (O, C) filter:
- *     y[n, o, j] = sum over connections e = (i, j) of sum_c w[o, c, e] * x[n, c, i]
+ *     y[n, o, j] = sum over connections e = (i, j) of sum_c w[e, o, c] * x[n, c, i]
+ * (w: the layer's own (nnz, O, C) layout, one connection's filter contiguous).
  * Python builds two lists of the connections:
  * - runs by output, a CSR (row: out + 1 pointers; a run: input start, edge start, length, output:
  *   consecutive inputs joined to one output by consecutive edges, a gene's SNPs): forward and
@@ -9,8 +10,9 @@
  * - slots by input, a CSR (col: in + 1 pointers; a slot: edge, output): input grad, threads over
  *   blocks of inputs, in parts whose sums (inputs x channels x batch) stay in L1-L2, summed with
  *   vectors along the batch from a transposed copy of gy, then written to gx's rows once.
- * The forward and the weight grad walk the batch in tiles of samples, whose rows of x are read in
- * order; the input grad runs vectors along the batch.
+ * The forward and the weight grad walk the batch in tiles of samples and the output channels in
+ * blocks, so that each element of x they read serves a block of output channels; the input grad
+ * runs vectors along the batch.
  * No gathered copy of the input, no scatter between threads.
  *
  * Like dispatch.c, nothing is trusted: sp_check verifies every size, every run and slot against
@@ -47,11 +49,14 @@ static void sp_sync_pool(void)
 #endif
 }
 
-#define SP_ABI_VERSION 3
+#define SP_ABI_VERSION 4
 /* outputs per tile of the forward and the weight gradient */
 #define SP_TILE 256
-/* samples per tile of the batch (forward, weight grad) */
-#define SP_NT 4
+/* samples per tile of the batch (forward, weight grad): SP_NT for one output channel at a time,
+ * SP_NT_OB for a block of SP_OB output channels */
+#define SP_NT 8
+#define SP_NT_OB 4
+#define SP_OB 4
 /* the input grad's parts: sums of at most SP_IG_ELEMENTS (inputs x in channels x samples, 64 KiB of
  * floats) per thread, over tiles of SP_IG_NB samples (each sample's row of gx written in long runs) */
 #define SP_IG_ELEMENTS 16384
@@ -65,7 +70,7 @@ typedef struct {
     int64_t in, out, nnz;             /* in_features, out_features, connections */
     void *x; int64_t xs[3];           /* input or its gradient (n, c, in), strides (xs[2] == 1) */
     void *y; int64_t ys[3];           /* output or its gradient (n, o, out), strides */
-    void *w;                          /* weight or its gradient, (o, c, nnz) contiguous */
+    void *w;                          /* weight or its gradient, (nnz, o, c) contiguous */
     int64_t x_extent, y_extent, w_extent;  /* elements of each memory from its pointer on */
     const int64_t *row;               /* (out + 1,) runs of each output */
     const int64_t *runs;              /* (nruns, 4): input start, edge start, length, output */
@@ -136,53 +141,101 @@ static int sp_check(const sp_call *c, int dtype)
 /* ------------------------------------------------------------------------- kernels */
 /* Bodies per dtype T, always inlined into the ISA wrappers below, which compile them for AVX-512,
  * AVX2+FMA or the baseline. */
-/* Each kernel walks the batch in tiles of SP_NT samples: a run's weights (or its weight gradient)
- * are loaded once for the tile's samples, whose rows of x are read in order. The tile functions
- * take nt as a constant (SP_NT, or 1 for the last samples), so that they compile unrolled. */
+/* The forward and the weight grad walk the batch in tiles of samples and the output channels in
+ * blocks of SP_OB: a connection's x elements are loaded once for the block, whose filters (or their
+ * gradients) sit side by side in the connection's (O, C) filter; the forward sums in vectors along
+ * the tile's samples. The tile functions take nt and ob as constants (SP_NT_OB with SP_OB, SP_NT
+ * with 1, and 1 for the last samples), so that they compile unrolled. */
+/* TILE(c, a, b, n0, o0, nt, ob) over every tile of samples and block of output channels, each with
+ * its sizes as constants */
+#define SP_TILES(TILE, c, a, b)                                                                       \
+    for (int64_t o0 = 0; o0 < (c)->o;) {                                                              \
+        if ((c)->o - o0 >= SP_OB) {                                                                   \
+            const int64_t nfull = (c)->n - (c)->n % SP_NT_OB;                                         \
+            for (int64_t n0 = 0; n0 < nfull; n0 += SP_NT_OB) TILE(c, a, b, n0, o0, SP_NT_OB, SP_OB); \
+            for (int64_t n0 = nfull; n0 < (c)->n; n0++) TILE(c, a, b, n0, o0, 1, SP_OB);              \
+            o0 += SP_OB;                                                                              \
+        } else {                                                                                      \
+            const int64_t nfull = (c)->n - (c)->n % SP_NT;                                            \
+            for (int64_t n0 = 0; n0 < nfull; n0 += SP_NT) TILE(c, a, b, n0, o0, SP_NT, 1);           \
+            for (int64_t n0 = nfull; n0 < (c)->n; n0++) TILE(c, a, b, n0, o0, 1, 1);                  \
+            o0 += 1;                                                                                  \
+        }                                                                                             \
+    }
+typedef float sp_vec_f32 __attribute__((vector_size(SP_NT * sizeof(float))));
+typedef double sp_vec_f64 __attribute__((vector_size(SP_NT * sizeof(double))));
 #define SP_BODIES(T, S)                                                                               \
     static inline __attribute__((always_inline)) void sp_fw_tile_##S(const sp_call *c, int64_t jb,    \
-                                                                     int64_t je, int64_t n0, const int nt) \
+                                                                     int64_t je, int64_t n0, int64_t o0, \
+                                                                     const int nt, const int ob)      \
     {                                                                                                 \
         const T *x = c->x, *w = c->w;                                                                 \
         T *y = c->y;                                                                                  \
-        const int64_t xs = c->xs[0];                                                                  \
-        for (int64_t o = 0; o < c->o; o++)                                                            \
-            for (int64_t j = jb; j < je; j++) {                                                       \
-                T sum[SP_NT] = {0};                                                                   \
-                for (int64_t r = c->row[j]; r < c->row[j + 1]; r++) {                                 \
-                    const int64_t *run = c->runs + 4 * r, len = run[2];                               \
+        const int64_t xs = c->xs[0], oc = c->o * c->c;                                                \
+        for (int64_t j = jb; j < je; j++) {                                                           \
+            sp_vec_##S sum[SP_OB] = {0};                                                              \
+            for (int64_t r = c->row[j]; r < c->row[j + 1]; r++) {                                     \
+                const int64_t *run = c->runs + 4 * r, len = run[2];                                   \
+                for (int64_t k = 0; k < len; k++) {                                                   \
+                    const T *wp = w + (run[1] + k) * oc + o0 * c->c;                                  \
                     for (int64_t ch = 0; ch < c->c; ch++) {                                           \
-                        const T *xp = x + n0 * xs + ch * c->xs[1] + run[0];                           \
-                        const T *wp = w + (o * c->c + ch) * c->nnz + run[1];                          \
-                        for (int64_t k = 0; k < len; k++) {                                           \
-                            const T wk = wp[k];                                                       \
-                            for (int t = 0; t < nt; t++) sum[t] += xp[t * xs + k] * wk;               \
-                        }                                                                             \
+                        const T *xp = x + n0 * xs + ch * c->xs[1] + run[0] + k;                       \
+                        sp_vec_##S xv = {0};                                                          \
+                        for (int t = 0; t < nt; t++) xv[t] = xp[t * xs];                              \
+                        for (int q = 0; q < ob; q++) sum[q] += xv * wp[q * c->c + ch];                \
                     }                                                                                 \
                 }                                                                                     \
-                for (int t = 0; t < nt; t++) y[(n0 + t) * c->ys[0] + o * c->ys[1] + j * c->ys[2]] = sum[t]; \
             }                                                                                         \
+            for (int q = 0; q < ob; q++)                                                              \
+                for (int t = 0; t < nt; t++) y[(n0 + t) * c->ys[0] + (o0 + q) * c->ys[1] + j * c->ys[2]] = sum[q][t]; \
+        }                                                                                             \
     }                                                                                                 \
     static inline __attribute__((always_inline)) void sp_wg_tile_##S(const sp_call *c, int64_t r0,    \
-                                                                     int64_t r1, int64_t n0, const int nt) \
+                                                                     int64_t r1, int64_t n0, int64_t o0, \
+                                                                     const int nt, const int ob)      \
+    {                                                                                                 \
+        const T *x = c->x, *gy = c->y;                                                                \
+        T *gw = c->w;                                                                                 \
+        const int64_t xs = c->xs[0], oc = c->o * c->c;                                                \
+        for (int64_t r = r0; r < r1; r++) {                                                           \
+            const int64_t *run = c->runs + 4 * r, len = run[2];                                       \
+            T a[SP_OB * SP_NT_OB > SP_NT ? SP_OB * SP_NT_OB : SP_NT]; /* (ob, nt) */                   \
+            for (int q = 0; q < ob; q++)                                                              \
+                for (int t = 0; t < nt; t++) a[q * nt + t] = gy[(n0 + t) * c->ys[0] + (o0 + q) * c->ys[1] + run[3] * c->ys[2]]; \
+            for (int64_t ch = 0; ch < c->c; ch++) {                                                   \
+                const T *xp = x + n0 * xs + ch * c->xs[1] + run[0];                                   \
+                T *gp = gw + run[1] * oc + o0 * c->c + ch;                                            \
+                for (int64_t k = 0; k < len; k++) {                                                   \
+                    T xv[SP_NT];                                                                      \
+                    for (int t = 0; t < nt; t++) xv[t] = xp[t * xs + k];                              \
+                    for (int q = 0; q < ob; q++) {                                                    \
+                        T sum = gp[k * oc + q * c->c];                                                \
+                        for (int t = 0; t < nt; t++) sum += a[q * nt + t] * xv[t];                    \
+                        gp[k * oc + q * c->c] = sum;                                                  \
+                    }                                                                                 \
+                }                                                                                     \
+            }                                                                                         \
+        }                                                                                             \
+    }                                                                                                 \
+    /* the weight grad of one-element filters (1 -> 1 channel): vectors along each run */           \
+    static inline __attribute__((always_inline)) void sp_wg1_tile_##S(const sp_call *c, int64_t r0,   \
+                                                                      int64_t r1, int64_t n0, const int nt) \
     {                                                                                                 \
         const T *x = c->x, *gy = c->y;                                                                \
         T *gw = c->w;                                                                                 \
         const int64_t xs = c->xs[0];                                                                  \
-        for (int64_t ch = 0; ch < c->c; ch++)                                                         \
-            for (int64_t o = 0; o < c->o; o++)                                                        \
-                for (int64_t r = r0; r < r1; r++) {                                                   \
-                    const int64_t *run = c->runs + 4 * r, len = run[2];                               \
-                    T a[SP_NT];                                                                       \
-                    for (int t = 0; t < nt; t++) a[t] = gy[(n0 + t) * c->ys[0] + o * c->ys[1] + run[3] * c->ys[2]]; \
-                    const T *xp = x + n0 * xs + ch * c->xs[1] + run[0];                               \
-                    T *gp = gw + (o * c->c + ch) * c->nnz + run[1];                                   \
-                    for (int64_t k = 0; k < len; k++) {                                               \
-                        T sum = gp[k];                                                                \
-                        for (int t = 0; t < nt; t++) sum += a[t] * xp[t * xs + k];                    \
-                        gp[k] = sum;                                                                  \
-                    }                                                                                 \
-                }                                                                                     \
+        for (int64_t r = r0; r < r1; r++) {                                                           \
+            const int64_t *run = c->runs + 4 * r, len = run[2];                                       \
+            T a[SP_NT];                                                                               \
+            for (int t = 0; t < nt; t++) a[t] = gy[(n0 + t) * c->ys[0] + run[3] * c->ys[2]];          \
+            const T *xp = x + n0 * xs + run[0];                                                       \
+            T *gp = gw + run[1];                                                                      \
+            for (int64_t k = 0; k < len; k++) {                                                       \
+                T sum = gp[k];                                                                        \
+                for (int t = 0; t < nt; t++) sum += a[t] * xp[t * xs + k];                            \
+                gp[k] = sum;                                                                          \
+            }                                                                                         \
+        }                                                                                             \
     }                                                                                                 \
     /* input grad, inputs lo..hi (at most SP_IG_ELEMENTS / (c * mt) of them) and samples m0..m0 + mt: \
      * buf (hi - lo, c, mt) summed with vectors along the samples from gyt (out, o, n), then       \
@@ -202,7 +255,7 @@ static int sp_check(const sp_call *c, int dtype)
                 for (int64_t o = 0; o < c->o; o++) {                                                  \
                     const T *restrict g = gyt + (j * c->o + o) * n + m0;                              \
                     for (int64_t ch = 0; ch < c->c; ch++) {                                           \
-                        const T wk = w[(o * c->c + ch) * c->nnz + e];                                 \
+                        const T wk = w[(e * c->o + o) * c->c + ch];                                   \
                         T *restrict b = buf + (i - lo) * cm + ch * mt;                                \
                         for (int64_t m = 0; m < mt; m++) b[m] += wk * g[m];                           \
                     }                                                                                 \
@@ -239,9 +292,7 @@ static int sp_check(const sp_call *c, int dtype)
         const sp_call *c = &((const sp_job *)job)->c;                                                 \
         for (int64_t jb = begin; jb < end; jb += SP_TILE) {                                           \
             const int64_t je = lc_min(jb + SP_TILE, end);                                             \
-            int64_t n0 = 0;                                                                           \
-            for (; n0 + SP_NT <= c->n; n0 += SP_NT) sp_fw_tile_##S(c, jb, je, n0, SP_NT);            \
-            for (; n0 < c->n; n0++) sp_fw_tile_##S(c, jb, je, n0, 1);                                 \
+            SP_TILES(sp_fw_tile_##S, c, jb, je);                                                      \
         }                                                                                             \
         return LC_OK;                                                                                 \
     }                                                                                                 \
@@ -254,11 +305,14 @@ static int sp_check(const sp_call *c, int dtype)
         for (int64_t jb = begin; jb < end; jb += SP_TILE) {                                           \
             const int64_t r0 = c->row[jb], r1 = c->row[lc_min(jb + SP_TILE, end)];                   \
             for (int64_t r = r0; r < r1; r++)                                                         \
-                for (int64_t oc = 0; oc < c->o * c->c; oc++)                                          \
-                    memset(gw + oc * c->nnz + c->runs[4 * r + 1], 0, c->runs[4 * r + 2] * sizeof(T)); \
-            int64_t n0 = 0;                                                                           \
-            for (; n0 + SP_NT <= c->n; n0 += SP_NT) sp_wg_tile_##S(c, r0, r1, n0, SP_NT);            \
-            for (; n0 < c->n; n0++) sp_wg_tile_##S(c, r0, r1, n0, 1);                                 \
+                memset(gw + c->runs[4 * r + 1] * c->o * c->c, 0, c->runs[4 * r + 2] * c->o * c->c * sizeof(T)); \
+            if (c->o * c->c == 1) {                                                                   \
+                int64_t n0 = 0;                                                                       \
+                for (; n0 + SP_NT <= c->n; n0 += SP_NT) sp_wg1_tile_##S(c, r0, r1, n0, SP_NT);       \
+                for (; n0 < c->n; n0++) sp_wg1_tile_##S(c, r0, r1, n0, 1);                            \
+            } else {                                                                                  \
+                SP_TILES(sp_wg_tile_##S, c, r0, r1);                                                  \
+            }                                                                                         \
         }                                                                                             \
         return LC_OK;                                                                                 \
     }                                                                                                 \

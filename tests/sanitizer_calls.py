@@ -123,7 +123,7 @@ def sparse_layers():
     chain = torch.stack([torch.arange(n_in), torch.arange(n_in) * 7 // n_in])
     extra = torch.tensor([[0, 3, K.BLOCK, n_in - 1], [8, 8, 9, 2]])  # output 10: no inputs
     pairs = torch.cat([chain, extra], 1)
-    for batch, c, o in ((1, 1, 1), (37, 1, 2), (70, 3, 2)):
+    for batch, c, o in ((1, 1, 1), (37, 1, 2), (70, 3, 2), (9, 2, 6)):
         x = torch.randn(batch, c, n_in, dtype=torch.float64, requires_grad=True)
         w = torch.randn(pairs.shape[1], o, c, dtype=torch.float64, requires_grad=True)
         y = sparsely_connected(x, w, pairs, None, 11, backend="cpu")

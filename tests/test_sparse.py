@@ -2,6 +2,8 @@
 channels 1->1 and 3->2, empty rows and columns, both computing paths (the compiled CPU kernels and
 standard operators), gradcheck in every mode, bad connectivity refused, and the tracers
 (torch.compile, torch.export, torch.func, ONNX)."""
+import contextlib
+
 import pytest
 import torch
 from torch.autograd import gradcheck, gradgradcheck
@@ -90,22 +92,30 @@ def test_lower_precision_matches_reference(dtype, tol):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_long_runs_several_tiles_and_blocks(backend):
-    """Gene-like connectivity (contiguous SNP runs, overlaps), past a tile of outputs and a block of inputs."""
+@pytest.mark.parametrize("channels,batch", [((2, 2), 3), ((3, 6), 9)])
+def test_long_runs_several_tiles_and_blocks(backend, channels, batch):
+    """Gene-like connectivity (contiguous SNP runs, overlaps), past a tile of outputs and a block of
+    inputs; 6 output channels: a block of 4 and two single ones in the compiled kernels, whose
+    tiles of 4 samples leave one over at batch 9. The compiled kernels run on every instruction set."""
+    from unshared.backends import cpu
     n_in, n_out = 2 * K.BLOCK + 77, 600
     gene = torch.arange(n_in) * n_out // n_in
     extra = torch.arange(0, n_in, 7)
     pairs = torch.cat([torch.stack([torch.arange(n_in), gene]),
                        torch.stack([extra, (gene[extra] + 1).clamp(max=n_out - 1)])], 1).unique(dim=1)
     pairs = pairs[:, pairs[1] != 5]  # an empty output between tiles
-    layer = SparselyConnected(n_in, n_out, pairs, in_channels=2, out_channels=2, dtype=torch.float64)
-    x = torch.randn(3, 2, n_in, dtype=torch.float64, requires_grad=True)
-    y = sparsely_connected(x, layer.weight, layer.connectivity, None, n_out, backend=backend)
+    layer = SparselyConnected(n_in, n_out, pairs, in_channels=channels[0], out_channels=channels[1],
+                              dtype=torch.float64)
+    x = torch.randn(batch, channels[0], n_in, dtype=torch.float64, requires_grad=True)
     want = reference(x, layer.weight, layer.connectivity, None, n_in, n_out)
-    torch.testing.assert_close(y, want)
-    gy = torch.randn_like(y)
-    for a, b in zip(torch.autograd.grad(y, (x, layer.weight), gy), torch.autograd.grad(want, (x, layer.weight), gy)):
-        torch.testing.assert_close(a, b)
+    gy = torch.randn_like(want)
+    wanted = torch.autograd.grad(want, (x, layer.weight), gy)
+    for isa in cpu.available_isas() if backend == "cpu" else [None]:
+        with cpu.use_isa(isa) if isa else contextlib.nullcontext():
+            y = sparsely_connected(x, layer.weight, layer.connectivity, None, n_out, backend=backend)
+            torch.testing.assert_close(y, want)
+            for a, b in zip(torch.autograd.grad(y, (x, layer.weight), gy), wanted):
+                torch.testing.assert_close(a, b)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

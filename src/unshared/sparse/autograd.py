@@ -129,7 +129,7 @@ def _out_shape(op: str, a: Tensor, b: Tensor, pairs: Tensor, in_features: int, o
         return (a.shape[0], b.shape[1], out_features)
     if op == "input_grad":
         return (a.shape[0], b.shape[2], in_features)
-    return (b.shape[1], a.shape[1], pairs.shape[1])  # weight grad, as (O, C, nnz), permuted
+    return (pairs.shape[1], b.shape[1], a.shape[1])  # weight grad
 
 
 def _register(op: str):
@@ -145,8 +145,7 @@ def _register(op: str):
 
     @operator.register_fake
     def _(a, b, pairs, in_features, out_features, backend):
-        empty = a.new_empty(_out_shape(op, a, b, pairs, in_features, out_features))
-        return empty.permute(2, 0, 1) if op == "weight_grad" else empty
+        return a.new_empty(_out_shape(op, a, b, pairs, in_features, out_features))
 
     def setup_context(ctx, inputs, output):
         a, b, pairs, in_features, out_features, backend = inputs

@@ -40,7 +40,7 @@ __all__ = [
 BACKENDS = ("auto", "cpu", "torch")
 #: most elements of a gathered chunk on the standard-operator path
 CHUNK = 1 << 22
-ABI_VERSION = 3  # SP_ABI_VERSION of csrc/sparse.c
+ABI_VERSION = 4  # SP_ABI_VERSION of csrc/sparse.c
 _DTYPES = {torch.float32: 0, torch.float64: 1}
 _i64, _p = ctypes.c_int64, ctypes.c_void_p
 _REFUSED = {2: "a size, a stride or the dtype is invalid", 3: "the input (or its gradient) reaches past its memory",
@@ -89,7 +89,7 @@ def _extent(t: Tensor) -> int:
 
 def _launch(op: str, pairs: Tensor, in_features: int, out_features: int, x: Tensor, y: Tensor, w: Tensor) -> None:
     """``unshared_sparse_<op>`` on x ``(N, C, in)`` (stride 1 along features), y ``(N, O, out)``
-    and the channel-major weight ``w`` ``(O, C, nnz)`` (contiguous)."""
+    and the weight ``w`` ``(nnz, O, C)`` (contiguous)."""
     plan = K.plan(pairs, in_features, out_features)
     n, c, o = x.shape[0], x.shape[1], y.shape[1]
     call = _Call(n, c, o, in_features, out_features, pairs.shape[1], x.data_ptr(), (_i64 * 3)(*x.stride()),
@@ -109,10 +109,6 @@ def _launch(op: str, pairs: Tensor, in_features: int, out_features: int, x: Tens
 def _rows(t: Tensor) -> Tensor:
     """``t`` with stride 1 along its last dimension and non-negative strides."""
     return t if t.stride(-1) == 1 and min(t.stride()) >= 0 else t.contiguous()
-
-
-def _channel_major(w: Tensor) -> Tensor:
-    return w.permute(1, 2, 0).contiguous()
 
 
 def _compiled(backend: str, a: Tensor, b: Tensor, pairs: Tensor) -> bool:
@@ -189,7 +185,7 @@ def forward(x: Tensor, w: Tensor, pairs: Tensor, in_features: int, out_features:
     """``(N, C, in_features)`` -> ``(N, O, out_features)``."""
     if _compiled(backend, x, w, pairs):
         y = pooled_buffer((x.shape[0], w.shape[1], out_features), dtype=x.dtype)
-        _launch("forward", pairs, in_features, out_features, _rows(x), y, _channel_major(w))
+        _launch("forward", pairs, in_features, out_features, _rows(x), y, w.contiguous())
         return y
     return _propagate(x, w, pairs, out_features, True)
 
@@ -199,26 +195,25 @@ def input_grad(gy: Tensor, w: Tensor, pairs: Tensor, in_features: int, out_featu
     """``(N, O, out_features)`` -> ``(N, C, in_features)``."""
     if _compiled(backend, gy, w, pairs):
         gx = pooled_buffer((gy.shape[0], w.shape[2], in_features), dtype=gy.dtype)
-        _launch("input_grad", pairs, in_features, out_features, gx, gy, _channel_major(w))
+        _launch("input_grad", pairs, in_features, out_features, gx, gy, w.contiguous())
         return gx
     return _propagate(gy, w, pairs, in_features, False)
 
 
 def weight_grad(x: Tensor, gy: Tensor, pairs: Tensor, in_features: int, out_features: int,
                 backend: str = "auto") -> Tensor:
-    """``(N, C, in_features)``, ``(N, O, out_features)`` -> ``(nnz, O, C)`` (strides of an
-    ``(O, C, nnz)`` tensor: the kernels' layout, on either path)."""
+    """``(N, C, in_features)``, ``(N, O, out_features)`` -> ``(nnz, O, C)``, contiguous on either path."""
     nnz, o, c = pairs.shape[1], gy.shape[1], x.shape[1]
     if _compiled(backend, x, gy, pairs):
-        gw = pooled_buffer((o, c, nnz), dtype=x.dtype)
+        gw = pooled_buffer((nnz, o, c), dtype=x.dtype)
         _launch("weight_grad", pairs, in_features, out_features, _rows(x), gy, gw)
-        return gw.permute(2, 0, 1)
-    gw = torch.empty(o, c, nnz, dtype=x.dtype, device=x.device)
+        return gw
+    gw = torch.empty(nnz, o, c, dtype=x.dtype, device=x.device)
     xw, gyw = _wide(x), _wide(gy)
     for s in _chunks(pairs, x.shape[0] * (c + o + (c * o if c * o <= SMALL_FILTERS else 0))):
         xs, gs = xw.index_select(2, pairs[0, s]), gyw.index_select(2, pairs[1, s])
         if o * c > SMALL_FILTERS:
-            gw[:, :, s] = torch.einsum("nce,noe->oce", xs, gs)
+            gw[s] = torch.einsum("nce,noe->eoc", xs, gs)
         else:
-            gw[:, :, s] = (gs.unsqueeze(2) * xs.unsqueeze(1)).sum(0)
-    return gw.permute(2, 0, 1)
+            gw[s] = (gs.unsqueeze(2) * xs.unsqueeze(1)).sum(0).permute(2, 0, 1)
+    return gw
