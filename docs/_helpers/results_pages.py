@@ -31,6 +31,8 @@ COMMANDS = {
                                  "unshared-cpu,unshared-cpu-contiguous --budget 1 --min-reps 3 --max-reps 8",
     "cuda-2026-11-30-nvidia-h200.md": "python benchmarks/gpu_check.py --out DIR",
     "avx2-cpu-2026-12-07.md": "python benchmarks/bench.py --budget 1",  # its notes say so
+    "cpu-2026-12-07.md": "python benchmarks/bench.py --budget 1 --providers unshared-cpu,unshared-cpu-bias,"
+                         "unshared-torch,unfold+einsum --output benchmarks/results/cpu-2026-12-07.md",
 }
 
 
