@@ -446,6 +446,21 @@ def test_genomics_example_and_benchmark_are_the_recorded_runs():
         assert row["x floor"] == mine["x floor"] and row["faster"] == f"{float(mine['speed-up vs recipe']):.1f}x", row
 
 
+def test_genomics_scale_is_the_recorded_run():
+    rows = markdown_table(text("benchmarks/results/sparse-full.md"), "| case | nnz | provider |")
+    mine = [r for r in rows if r["provider"] == "unshared (auto)"]
+    assert len(mine) == 7  # no case skipped
+    floors = [float(r["x floor"]) for r in mine]
+    faster = [float(r["speed-up vs recipe"]) for r in mine]
+    said(f"a step takes {span(floors, 1)}x the floor and runs {span(faster, 1)}x faster than the recipe",
+         "docs/guide/genomics.md")
+    recipe = max((r for r in rows if r["provider"].startswith("x[:, idx]")), key=lambda r: float(r["peak MiB"]))
+    layer = next(r for r in mine if r["case"] == recipe["case"])
+    assert recipe["case"].startswith("1,000,000 ->") and recipe["case"].endswith("4->4ch")
+    said(f"(1,000,000 SNPs, 4 channels), its step holds {float(recipe['peak MiB']) / 1024:.1f} GiB and the "
+         f"layer's {float(layer['peak MiB']) / 1024:.1f} GiB", "docs/guide/genomics.md")
+
+
 def test_host_time_against_the_earlier_main_is_the_recorded_run():
     rows = markdown_table(text("benchmarks/results/overhead-checkouts-cpu-2026-12-07.md"), "| layer | mode |")
     ratios = [float(r["this / base"]) for r in rows]
