@@ -28,7 +28,7 @@ from setuptools.command.build_ext import build_ext
 from setuptools.errors import ExecError
 
 SOURCES = ["csrc/dispatch.c", "csrc/cpu_portable.c", "csrc/cpu_avx2.c", "csrc/cpu_avx512.c", "csrc/peak.c", "csrc/sparse.c"]
-HEADERS = ["csrc/unshared_cpu.h", "csrc/kernels.h", "csrc/kernels_ig.h", "csrc/kernels_wg.h", "csrc/kernels_ig_scatter.h", "csrc/kernels_fwd_batch.h", "csrc/kernels_rows.h", "csrc/kernels_rows_ig.h", "csrc/layouts.h", "csrc/isa.h", "csrc/threads.h"]
+HEADERS = ["csrc/unshared_cpu.h", "csrc/kernels.h", "csrc/kernels_ig.h", "csrc/kernels_wg.h", "csrc/kernels_ig_scatter.h", "csrc/kernels_fwd_batch.h", "csrc/kernels_rows.h", "csrc/kernels_rows_ig.h", "csrc/layouts.h", "csrc/isa.h", "csrc/threads.h", "csrc/sparse_checks.h"]
 LIBRARY = "_cpu_kernels" + (".dll" if sys.platform == "win32" else ".so")  # as unshared/backends/cpu.py looks for it
 RECORD = "_cpu_kernels_build.json"
 WARNING = ("unshared: the compiled CPU kernels were not built ({}); unshared works without them "

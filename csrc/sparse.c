@@ -10,9 +10,6 @@
  * - slots by input, a CSR (col: in + 1 pointers; a slot: edge, output): input grad, threads over
  *   blocks of inputs, in parts whose sums (inputs x channels x batch) stay in L1-L2, summed with
  *   vectors along the batch from a transposed copy of gy, then written to gx's rows once.
- * The forward and the weight grad walk the batch in tiles of samples and the output channels in
- * blocks, so that each element of x they read serves a block of output channels; the input grad
- * runs vectors along the batch.
  * No gathered copy of the input, no scatter between threads.
  *
  * Like dispatch.c, nothing is trusted: sp_check verifies every size, every run and slot against
@@ -20,6 +17,7 @@
  * threads.h (PyTorch's OpenMP team when loaded, else pthreads), the pool chosen by
  * unshared_thread_pool. */
 #include <stdatomic.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -52,8 +50,7 @@ static void sp_sync_pool(void)
 #define SP_ABI_VERSION 4
 /* outputs per tile of the forward and the weight gradient */
 #define SP_TILE 256
-/* samples per tile of the batch (forward, weight grad): SP_NT for one output channel at a time,
- * SP_NT_OB for a block of SP_OB output channels */
+/* samples per tile (forward, weight grad): SP_NT for one output channel, SP_NT_OB for SP_OB of them */
 #define SP_NT 8
 #define SP_NT_OB 4
 #define SP_OB 4
@@ -87,67 +84,15 @@ typedef struct {
     int64_t ig_nb, ig_part;           /* input grad: samples per tile, inputs per part */
 } sp_job;
 
-/* ------------------------------------------------------------------------- checks */
-
-static int sp_inside(const int64_t size[3], const int64_t stride[3], int64_t extent)
-{
-    int64_t last = 0, term;
-    for (int d = 0; d < 3; d++)
-        if (stride[d] < 0 || __builtin_mul_overflow(size[d] - 1, stride[d], &term) ||
-            __builtin_add_overflow(last, term, &last))
-            return 0;
-    return last < extent;
-}
-
-/* A run (i0, e0, len, j) lies inside the inputs, the edges and the outputs. */
-static int sp_run_ok(const int64_t *r, const sp_call *c)
-{
-    int64_t end;
-    return r[2] >= 1 && r[0] >= 0 && !__builtin_add_overflow(r[0], r[2], &end) && end <= c->in && r[1] >= 0 &&
-           !__builtin_add_overflow(r[1], r[2], &end) && end <= c->nnz && r[3] >= 0 && r[3] < c->out;
-}
-
-static int sp_check(const sp_call *c, int dtype)
-{
-    if (dtype != LC_FLOAT32 && dtype != LC_FLOAT64) return LC_BAD_ARGUMENT;
-    if (c->n <= 0 || c->c <= 0 || c->o <= 0 || c->in <= 0 || c->out <= 0 || c->nnz <= 0 || c->nruns < 0 ||
-        c->block_size <= 0 || c->xs[2] != 1 || !c->row || !c->runs || !c->col || !c->slots)
-        return LC_BAD_ARGUMENT;
-    int64_t w_size;
-    if (__builtin_mul_overflow(c->o, c->c, &w_size) || __builtin_mul_overflow(w_size, c->nnz, &w_size))
-        return LC_TOO_LARGE;
-    const int64_t xsize[3] = {c->n, c->c, c->in}, ysize[3] = {c->n, c->o, c->out};
-    if (!c->x || !sp_inside(xsize, c->xs, c->x_extent)) return LC_BAD_X;
-    if (!c->y || !sp_inside(ysize, c->ys, c->y_extent)) return LC_BAD_Y;
-    if (!c->w || w_size > c->w_extent) return LC_BAD_W;
-    if (c->row[0] != 0 || c->row[c->out] != c->nruns) return LC_BAD_BANK;
-    for (int64_t j = 0; j < c->out; j++) {
-        if (c->row[j + 1] < c->row[j] || c->row[j + 1] > c->nruns) return LC_BAD_BANK;
-        for (int64_t r = c->row[j]; r < c->row[j + 1]; r++)
-            if (!sp_run_ok(c->runs + 4 * r, c) || c->runs[4 * r + 3] != j) return LC_BAD_BANK;
-    }
-    if (c->blocks != c->in / c->block_size + (c->in % c->block_size != 0) || c->col[0] != 0 || c->col[c->in] != c->nnz)
-        return LC_BAD_BANK;
-    for (int64_t i = 0; i < c->in; i++) {
-        if (c->col[i + 1] < c->col[i] || c->col[i + 1] > c->nnz) return LC_BAD_BANK;
-        for (int64_t k = c->col[i]; k < c->col[i + 1]; k++)
-            if (c->slots[2 * k] < 0 || c->slots[2 * k] >= c->nnz || c->slots[2 * k + 1] < 0 ||
-                c->slots[2 * k + 1] >= c->out)
-                return LC_BAD_BANK;
-    }
-    return LC_OK;
-}
+#include "sparse_checks.h"
 
 /* ------------------------------------------------------------------------- kernels */
-/* Bodies per dtype T, always inlined into the ISA wrappers below, which compile them for AVX-512,
- * AVX2+FMA or the baseline. */
-/* The forward and the weight grad walk the batch in tiles of samples and the output channels in
- * blocks of SP_OB: a connection's x elements are loaded once for the block, whose filters (or their
- * gradients) sit side by side in the connection's (O, C) filter; the forward sums in vectors along
- * the tile's samples. The tile functions take nt and ob as constants (SP_NT_OB with SP_OB, SP_NT
- * with 1, and 1 for the last samples), so that they compile unrolled. */
-/* TILE(c, a, b, n0, o0, nt, ob) over every tile of samples and block of output channels, each with
- * its sizes as constants */
+/* Bodies per dtype T, always inlined into the ISA wrappers below (AVX-512, AVX2+FMA, baseline).
+ * The forward and the weight grad walk the batch in tiles of samples and the output channels in
+ * blocks of SP_OB, whose filters (or their gradients) sit side by side in a connection's (O, C)
+ * filter: each x element is loaded once per block; the forward sums in vectors along the samples.
+ * SP_TILES calls TILE(c, a, b, n0, o0, nt, ob) over every tile and block, sizes as constants
+ * (SP_NT_OB with SP_OB, SP_NT with 1, and 1 for the last samples), so that they compile unrolled. */
 #define SP_TILES(TILE, c, a, b)                                                                       \
     for (int64_t o0 = 0; o0 < (c)->o;) {                                                              \
         if ((c)->o - o0 >= SP_OB) {                                                                   \
@@ -162,6 +107,7 @@ static int sp_check(const sp_call *c, int dtype)
             o0 += 1;                                                                                  \
         }                                                                                             \
     }
+#define SP_LINE(T) ((int64_t)(64 / sizeof(T)))
 typedef float sp_vec_f32 __attribute__((vector_size(SP_NT * sizeof(float))));
 typedef double sp_vec_f64 __attribute__((vector_size(SP_NT * sizeof(double))));
 #define SP_BODIES(T, S)                                                                               \
@@ -239,10 +185,11 @@ typedef double sp_vec_f64 __attribute__((vector_size(SP_NT * sizeof(double))));
     }                                                                                                 \
     /* input grad, inputs lo..hi (at most SP_IG_ELEMENTS / (c * mt) of them) and samples m0..m0 + mt: \
      * buf (hi - lo, c, mt) summed with vectors along the samples from gyt (out, o, n), then       \
-     * written to the samples' rows of gx, long runs each */                                       \
+     * written to the samples' rows of gx, whole aligned 64-byte lines by put (sp_put_*) */        \
     static inline __attribute__((always_inline)) void sp_ig_part_##S(const sp_job *jb, int64_t lo,    \
                                                                      int64_t hi, int64_t m0,          \
-                                                                     int64_t mt, T *restrict buf)     \
+                                                                     int64_t mt, T *restrict buf,     \
+                                                                     void (*put)(T *, const T *, int64_t)) \
     {                                                                                                 \
         const sp_call *c = &jb->c;                                                                    \
         const T *restrict gyt = jb->gyt, *w = c->w;                                                   \
@@ -261,13 +208,16 @@ typedef double sp_vec_f64 __attribute__((vector_size(SP_NT * sizeof(double))));
                     }                                                                                 \
                 }                                                                                     \
             }                                                                                         \
-        for (int64_t i0 = lo; i0 < hi; i0 += 16) { /* 16 inputs' sums stay in L1 meanwhile */         \
-            const int64_t i1 = lc_min(i0 + 16, hi);                                                   \
+        for (int64_t i0 = lo; i0 < hi; i0 += SP_LINE(T)) { /* one 64-byte line of each row at a time */ \
+            const int64_t i1 = lc_min(i0 + SP_LINE(T), hi);                                           \
             for (int64_t ch = 0; ch < c->c; ch++)                                                     \
                 for (int64_t m = 0; m < mt; m++) {                                                    \
                     T *restrict dst = gx + (m0 + m) * c->xs[0] + ch * c->xs[1];                       \
                     const T *src = buf + ch * mt + m;                                                 \
-                    for (int64_t i = i0; i < i1; i++) dst[i] = src[(i - lo) * cm];                    \
+                    if (i1 - i0 == SP_LINE(T) && ((uintptr_t)(dst + i0) & 63) == 0)                   \
+                        put(dst + i0, src + (i0 - lo) * cm, cm);                                      \
+                    else                                                                              \
+                        for (int64_t i = i0; i < i1; i++) dst[i] = src[(i - lo) * cm];                \
                 }                                                                                     \
         }                                                                                             \
     }                                                                                                 \
@@ -306,20 +256,20 @@ typedef double sp_vec_f64 __attribute__((vector_size(SP_NT * sizeof(double))));
             const int64_t r0 = c->row[jb], r1 = c->row[lc_min(jb + SP_TILE, end)];                   \
             for (int64_t r = r0; r < r1; r++)                                                         \
                 memset(gw + c->runs[4 * r + 1] * c->o * c->c, 0, c->runs[4 * r + 2] * c->o * c->c * sizeof(T)); \
-            if (c->o * c->c == 1) {                                                                   \
-                int64_t n0 = 0;                                                                       \
-                for (; n0 + SP_NT <= c->n; n0 += SP_NT) sp_wg1_tile_##S(c, r0, r1, n0, SP_NT);       \
-                for (; n0 < c->n; n0++) sp_wg1_tile_##S(c, r0, r1, n0, 1);                            \
-            } else {                                                                                  \
+            if (c->o * c->c == 1)                                                                     \
+                for (int64_t n0 = 0; n0 < c->n; n0 += n0 + SP_NT <= c->n ? SP_NT : 1)                \
+                    if (n0 + SP_NT <= c->n) sp_wg1_tile_##S(c, r0, r1, n0, SP_NT);                    \
+                    else sp_wg1_tile_##S(c, r0, r1, n0, 1);                                           \
+            else                                                                                      \
                 SP_TILES(sp_wg_tile_##S, c, r0, r1);                                                  \
-            }                                                                                         \
         }                                                                                             \
         return LC_OK;                                                                                 \
     }                                                                                                 \
     /* input grad: items are blocks of inputs, in parts whose sums fit the scratch */             \
     static inline __attribute__((always_inline)) int sp_input_grad_##S(const lc_job *job,              \
                                                                        int64_t begin, int64_t end,   \
-                                                                       void *scratch)                 \
+                                                                       void *scratch,                 \
+                                                                       void (*put)(T *, const T *, int64_t)) \
     {                                                                                                 \
         const sp_job *jb = (const sp_job *)job;                                                       \
         const sp_call *c = &jb->c;                                                                    \
@@ -328,7 +278,7 @@ typedef double sp_vec_f64 __attribute__((vector_size(SP_NT * sizeof(double))));
             const int64_t lo = b * c->block_size, hi = lc_min(lo + c->block_size, c->in);            \
             for (int64_t m0 = 0; m0 < c->n; m0 += mt)                                                 \
                 for (int64_t i = lo; i < hi; i += part)                                               \
-                    sp_ig_part_##S(jb, i, lc_min(i + part, hi), m0, lc_min(mt, c->n - m0), scratch);  \
+                    sp_ig_part_##S(jb, i, lc_min(i + part, hi), m0, lc_min(mt, c->n - m0), scratch, put); \
         }                                                                                             \
         return LC_OK;                                                                                 \
     }
@@ -341,8 +291,10 @@ enum { SP_FORWARD, SP_INPUT_GRAD, SP_WEIGHT_GRAD, SP_TRANSPOSE_GY, SP_OPS };
 #define SP_WRAPPERS(ATTR, I)                                                                          \
     ATTR static int sp_fw_f32_##I(const lc_job *j, int64_t b, int64_t e, void *s) { (void)s; return sp_forward_f32(j, b, e); } \
     ATTR static int sp_fw_f64_##I(const lc_job *j, int64_t b, int64_t e, void *s) { (void)s; return sp_forward_f64(j, b, e); } \
-    ATTR static int sp_ig_f32_##I(const lc_job *j, int64_t b, int64_t e, void *s) { return sp_input_grad_f32(j, b, e, s); } \
-    ATTR static int sp_ig_f64_##I(const lc_job *j, int64_t b, int64_t e, void *s) { return sp_input_grad_f64(j, b, e, s); } \
+    ATTR static int sp_ig_f32_##I(const lc_job *j, int64_t b, int64_t e, void *s)                     \
+    { int status = sp_input_grad_f32(j, b, e, s, sp_put_f32_##I); SP_FENCE_##I(); return status; }    \
+    ATTR static int sp_ig_f64_##I(const lc_job *j, int64_t b, int64_t e, void *s)                     \
+    { int status = sp_input_grad_f64(j, b, e, s, sp_put_f64_##I); SP_FENCE_##I(); return status; }    \
     ATTR static int sp_gt_f32_##I(const lc_job *j, int64_t b, int64_t e, void *s) { (void)s; return sp_transpose_gy_f32(j, b, e); } \
     ATTR static int sp_gt_f64_##I(const lc_job *j, int64_t b, int64_t e, void *s) { (void)s; return sp_transpose_gy_f64(j, b, e); } \
     ATTR static int sp_wg_f32_##I(const lc_job *j, int64_t b, int64_t e, void *s) { (void)s; return sp_weight_grad_f32(j, b, e); } \
@@ -350,10 +302,31 @@ enum { SP_FORWARD, SP_INPUT_GRAD, SP_WEIGHT_GRAD, SP_TRANSPOSE_GY, SP_OPS };
     static const lc_range_fn sp_fns_##I[SP_OPS][2] = {{sp_fw_f32_##I, sp_fw_f64_##I}, {sp_ig_f32_##I, sp_ig_f64_##I}, \
                                                       {sp_wg_f32_##I, sp_wg_f64_##I}, {sp_gt_f32_##I, sp_gt_f64_##I}};
 
+/* put(dst, src, s): dst[k] = src[k * s] for the SP_LINE(T) elements of one aligned 64-byte line,
+ * stored past the caches where the ISA can (gx is written once: no read of the line first). */
+#define SP_PUT(ATTR, I, T, S, STORE)                                                                  \
+    ATTR static inline void sp_put_##S##_##I(T *dst, const T *src, int64_t s)                        \
+    {                                                                                                 \
+        T line[SP_LINE(T)] __attribute__((aligned(64)));                                              \
+        for (int k = 0; k < SP_LINE(T); k++) line[k] = src[k * s];                                    \
+        STORE;                                                                                        \
+    }
+SP_PUT(, portable, float, f32, memcpy(dst, line, 64))
+SP_PUT(, portable, double, f64, memcpy(dst, line, 64))
+#define SP_FENCE_portable()
 SP_WRAPPERS(, portable)
 #ifdef LC_X86
-SP_WRAPPERS(__attribute__((target("avx2,fma"))), avx2)
-SP_WRAPPERS(__attribute__((target("avx512f,avx512vl,avx2,fma"))), avx512)
+#include <immintrin.h>
+#define SP_AVX2 __attribute__((target("avx2,fma")))
+#define SP_AVX512 __attribute__((target("avx512f,avx512vl,avx2,fma")))
+SP_PUT(SP_AVX2, avx2, float, f32, (_mm256_stream_ps(dst, _mm256_load_ps(line)), _mm256_stream_ps(dst + 8, _mm256_load_ps(line + 8))))
+SP_PUT(SP_AVX2, avx2, double, f64, (_mm256_stream_pd(dst, _mm256_load_pd(line)), _mm256_stream_pd(dst + 4, _mm256_load_pd(line + 4))))
+SP_PUT(SP_AVX512, avx512, float, f32, _mm512_stream_ps(dst, _mm512_load_ps(line)))
+SP_PUT(SP_AVX512, avx512, double, f64, _mm512_stream_pd(dst, _mm512_load_pd(line)))
+#define SP_FENCE_avx2() _mm_sfence()
+#define SP_FENCE_avx512() _mm_sfence()
+SP_WRAPPERS(SP_AVX2, avx2)
+SP_WRAPPERS(SP_AVX512, avx512)
 #endif
 
 int unshared_isa_supported(int isa);

@@ -119,19 +119,26 @@ def test_long_runs_several_tiles_and_blocks(backend, channels, batch):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_a_run_across_several_blocks_of_inputs(backend):
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_a_run_across_several_blocks_of_inputs(backend, dtype):
     """One output fed by every input (a run 2.5 blocks long, its input gradient added block by
-    block), beside single connections that start inside it."""
+    block), beside single connections that start inside it. Rows of 5,120 inputs: the compiled
+    input gradient writes whole aligned 64-byte lines of them (streaming stores on x86-64)."""
     n_in = 2 * K.BLOCK + K.BLOCK // 2
     pairs = torch.cat([torch.stack([torch.arange(n_in), torch.zeros(n_in, dtype=torch.int64)]),
                        torch.tensor([[5, K.BLOCK + 3, n_in - 1], [1, 2, 1]])], 1)
-    w = torch.randn(pairs.shape[1], 2, 1, dtype=torch.float64, requires_grad=True)
-    x = torch.randn(5, 1, n_in, dtype=torch.float64, requires_grad=True)
-    y = sparsely_connected(x, w, pairs, None, 3, backend=backend)
+    from unshared.backends import cpu
+    w = torch.randn(pairs.shape[1], 2, 1, dtype=dtype, requires_grad=True)
+    x = torch.randn(5, 1, n_in, dtype=dtype, requires_grad=True)
     want = reference(x, w, pairs, None, n_in, 3)
-    gy = torch.randn_like(y)
-    for a, b in zip(torch.autograd.grad(y, (x, w), gy), torch.autograd.grad(want, (x, w), gy)):
-        torch.testing.assert_close(a, b)
+    gy = torch.randn_like(want)
+    wanted = torch.autograd.grad(want, (x, w), gy)
+    for isa in cpu.available_isas() if backend == "cpu" else [None]:
+        with cpu.use_isa(isa) if isa else contextlib.nullcontext():
+            y = sparsely_connected(x, w, pairs, None, 3, backend=backend)
+            torch.testing.assert_close(y, want.to(dtype), rtol=1e-5, atol=1e-5)
+            for a, b in zip(torch.autograd.grad(y, (x, w), gy.to(dtype)), wanted):
+                torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
