@@ -165,8 +165,10 @@ typedef double sp_vec_f64 __attribute__((vector_size(SP_NT * sizeof(double))));
     }                                                                                                 \
     /* the weight grad of one-element filters (1 -> 1 channel): vectors along each run */           \
     static inline __attribute__((always_inline)) void sp_wg1_tile_##S(const sp_call *c, int64_t r0,   \
-                                                                      int64_t r1, int64_t n0, const int nt) \
+                                                                      int64_t r1, int64_t n0, int64_t o0, \
+                                                                      const int nt, const int ob)     \
     {                                                                                                 \
+        (void)o0, (void)ob; /* one output channel: SP_TILES passes 0 and 1 */                        \
         const T *x = c->x, *gy = c->y;                                                                \
         T *gw = c->w;                                                                                 \
         const int64_t xs = c->xs[0];                                                                  \
@@ -256,12 +258,11 @@ typedef double sp_vec_f64 __attribute__((vector_size(SP_NT * sizeof(double))));
             const int64_t r0 = c->row[jb], r1 = c->row[lc_min(jb + SP_TILE, end)];                   \
             for (int64_t r = r0; r < r1; r++)                                                         \
                 memset(gw + c->runs[4 * r + 1] * c->o * c->c, 0, c->runs[4 * r + 2] * c->o * c->c * sizeof(T)); \
-            if (c->o * c->c == 1)                                                                     \
-                for (int64_t n0 = 0; n0 < c->n; n0 += n0 + SP_NT <= c->n ? SP_NT : 1)                \
-                    if (n0 + SP_NT <= c->n) sp_wg1_tile_##S(c, r0, r1, n0, SP_NT);                    \
-                    else sp_wg1_tile_##S(c, r0, r1, n0, 1);                                           \
-            else                                                                                      \
+            if (c->o * c->c == 1) {                                                                   \
+                SP_TILES(sp_wg1_tile_##S, c, r0, r1);                                                 \
+            } else {                                                                                  \
                 SP_TILES(sp_wg_tile_##S, c, r0, r1);                                                  \
+            }                                                                                         \
         }                                                                                             \
         return LC_OK;                                                                                 \
     }                                                                                                 \
@@ -356,7 +357,9 @@ static int sp_launch(const sp_call *call, int dtype, int isa, int threads, int o
     status = lc_run(&job.base, fns[SP_TRANSPOSE_GY][dtype], call->out, 0, threads);
     if (status == LC_OK) {
         job.ig_nb = lc_min(call->n, SP_IG_NB);
-        job.ig_part = lc_min(lc_max(1, SP_IG_ELEMENTS / (call->c * job.ig_nb)), call->block_size);
+        /* parts of whole 64-byte lines where they hold one, so that their lines stay aligned */
+        int64_t part = lc_max(1, SP_IG_ELEMENTS / (call->c * job.ig_nb));
+        job.ig_part = lc_min(part >= SP_LINE(float) ? part - part % SP_LINE(float) : part, call->block_size);
         size_t scratch = (size_t)(job.ig_part * call->c * job.ig_nb * item);
         status = lc_run(&job.base, fns[SP_INPUT_GRAD][dtype], call->blocks, scratch, threads);
     }
